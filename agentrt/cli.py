@@ -1,0 +1,245 @@
+"""The ``agentrt`` command: run plans on substrates and show where the time went."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from agentrt import __version__
+from agentrt.agent import Agent, AgentRun
+from agentrt.clock import VirtualClock, run
+from agentrt.errors import AgentrtError, ConfigError
+from agentrt.log import configure_logging
+from agentrt.plan import Plan, load_plan
+from agentrt.registry import default_registry
+from agentrt.result import RunResult
+from agentrt.tool import Tool
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="agentrt",
+    help="An agentic workflow runtime with pluggable inference substrates.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Piped output keeps full-width tables instead of rich's 80-column default.
+_out = Console(width=None if sys.stdout.isatty() else 200)
+_err = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"agentrt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """An agentic workflow runtime with pluggable inference substrates."""
+
+
+def _parse_options(pairs: list[str]) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--option expects KEY=VALUE, got {pair!r}")
+        options[key.strip().replace("-", "_")] = value.strip()
+    return options
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    _err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+@app.command("run")
+def run_command(
+    plan_path: Annotated[Path, typer.Argument(metavar="PLAN", help="Plan file (.yaml or .json).")],
+    substrate: Annotated[
+        str, typer.Option("--substrate", "-s", help="Substrate name (see `agentrt substrates`).")
+    ],
+    virtual: Annotated[
+        bool, typer.Option("--virtual", help="Run in virtual time: no waiting, same timings.")
+    ] = False,
+    seed: Annotated[int | None, typer.Option(help="Seed for jitter and retries.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run as JSON.")] = False,
+    latency_ms: Annotated[
+        float | None, typer.Option(help="Option for `fixed`: milliseconds per call.")
+    ] = None,
+    output_tokens: Annotated[
+        int | None, typer.Option(help="Option for `fixed`: tokens generated per call.")
+    ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--option", "-o", help="Substrate option KEY=VALUE (repeatable)."),
+    ] = None,
+    deadline_s: Annotated[
+        float | None, typer.Option("--deadline", help="Whole-run deadline in seconds.")
+    ] = None,
+    log_format: Annotated[str, typer.Option(help="Log format on stderr: console or json.")] = (
+        "console"
+    ),
+    log_level: Annotated[
+        str, typer.Option(help="Lowest log level: debug, info, warning, error or off.")
+    ] = "warning",
+) -> None:
+    """Run PLAN on a substrate and print each step's timing, or the whole run as JSON."""
+    try:
+        if log_format not in ("console", "json"):
+            raise ConfigError(f"--log-format must be console or json, not {log_format!r}")
+        if log_level not in ("debug", "info", "warning", "error", "off"):
+            raise ConfigError("--log-level must be debug, info, warning, error or off")
+        configure_logging(format=log_format, level=log_level)  # type: ignore[arg-type]
+        plan = load_plan(plan_path)
+        options: dict[str, Any] = _parse_options(option or [])
+        if latency_ms is not None:
+            options["latency_ms"] = latency_ms
+        if output_tokens is not None:
+            options["output_tokens"] = output_tokens
+        registry = default_registry()
+        sub = registry.substrate(substrate, seed=seed, **options)
+        tools: list[Tool] = [
+            registry.tool(name) for name in sorted({s.tool for s in plan.steps if s.tool})
+        ]
+        agent = Agent(sub, tools=tools, name=plan.name, seed=seed)
+        prepared = agent.prepare(plan, deadline_s=deadline_s)
+    except AgentrtError as exc:
+        raise _fail(str(exc).replace("\n", " ")) from None
+
+    show_progress = not as_json and not virtual and _err.is_terminal
+    result = run(
+        _execute,
+        prepared,
+        plan,
+        show_progress,
+        clock=VirtualClock() if virtual else None,
+    )
+    if as_json:
+        _out.print_json(json.dumps(result.to_dict()))
+    else:
+        _print_run(result)
+    if result.status != "succeeded":
+        raise typer.Exit(1)
+
+
+async def _execute(prepared: AgentRun, plan: Plan, show_progress: bool) -> RunResult:
+    try:
+        if not show_progress:
+            await prepared.execute()
+            return prepared.result()
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} steps"),
+            TimeElapsedColumn(),
+            console=_err,
+            transient=True,
+        ) as progress:
+            task = progress.add_task(plan.name, total=len(plan.steps))
+
+            async def watch() -> None:
+                while True:
+                    steps = prepared.result().steps
+                    done = sum(s.end_s is not None for s in steps)
+                    progress.update(task, completed=done)
+                    await anyio.sleep(0.1)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch)
+                await prepared.execute()
+                tg.cancel_scope.cancel()
+        return prepared.result()
+    finally:
+        await prepared.agent.aclose()
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.1f}"
+
+
+def _print_run(result: RunResult) -> None:
+    title = f"run {result.run_id} · {result.plan} · {result.clock} time · times in ms"
+    table = Table(title=title, title_justify="left")
+    for column in ("step", "kind", "status", "substrate"):
+        table.add_column(column)
+    for column in ("start", "latency", "tries", "in tok", "out tok", "queue", "network"):
+        table.add_column(column, justify="right")
+    for column in ("prefill", "decode", "comm", "ttft", "tool"):
+        table.add_column(column, justify="right")
+    colors = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "skipped": "dim"}
+    for s in result.steps:
+        t = s.timing
+        table.add_row(
+            s.id,
+            s.kind,
+            f"[{colors[s.status]}]{s.status}[/]",
+            s.substrate or "-",
+            _ms(s.start_s),
+            _ms(s.latency_s if s.start_s is not None else None),
+            str(s.attempts),
+            str(s.input_tokens),
+            str(s.output_tokens),
+            _ms(t.queue_s if t else None),
+            _ms(t.network_s if t else None),
+            _ms(t.prefill_s if t else None),
+            _ms(t.decode_s if t else None),
+            _ms(t.comm_s if t else None),
+            _ms(t.ttft_s if t else None),
+            _ms(s.tool_s) if s.tool else "-",
+        )
+    _out.print(table)
+    status = f"[{colors[result.status]}]{result.status}[/]"
+    _out.print(
+        f"{status} · end-to-end {result.e2e_s:.3f} s · "
+        f"{result.input_tokens} in / {result.output_tokens} out tokens · "
+        f"${result.cost_usd:.6f} · {result.energy_j:.1f} J"
+    )
+    if result.error:
+        _out.print(f"[red]reason:[/] {result.error}", highlight=False)
+
+
+@app.command("substrates")
+def substrates_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """List the registered substrates and tools (built-in and plug-ins)."""
+    try:
+        registry = default_registry()
+        subs = registry.names("agentrt.substrates")
+        tools = registry.names("agentrt.tools")
+    except AgentrtError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        _out.print_json(json.dumps({"substrates": subs, "tools": tools}))
+        return
+    table = Table("kind", "name")
+    for name in subs:
+        table.add_row("substrate", name)
+    for name in tools:
+        table.add_row("tool", name)
+    _out.print(table)
+
+
+def main() -> None:
+    """Entry point of the ``agentrt`` console script."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        _err.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,207 @@
+"""Name -> substrate / tool factory, found through entry points, for the CLI and plan files.
+
+Code passes instances (``Agent(substrate=...)``); names are for the edges. A package adds a
+substrate or a tool exactly like the built-ins do, with an entry point in its ``pyproject.toml``::
+
+    [project.entry-points."agentrt.substrates"]
+    my-engine = "my_package.engine:make_engine"     # make_engine(**options) -> Substrate
+
+Factories are called with keyword options (strings from the command line are converted to the
+annotated parameter types) and must accept ``seed: int | None``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import threading
+import typing
+from collections.abc import Callable, Mapping
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
+from typing import Any, Literal, final
+
+from pydantic import TypeAdapter, ValidationError
+
+from agentrt.errors import ConfigError, UnknownNameError
+from agentrt.substrate import Substrate
+from agentrt.tool import Tool
+
+__all__ = ["Registry", "default_registry", "resolve_substrate", "resolve_tool"]
+
+Group = Literal["agentrt.substrates", "agentrt.tools"]
+_KIND: dict[Group, str] = {"agentrt.substrates": "substrate", "agentrt.tools": "tool"}
+
+
+@final
+class Registry:
+    """Lazily loaded, cached name -> factory tables for substrates and tools.
+
+    Entry points are read on the first lookup, not at import. Two distributions registering the
+    same name is an error that names both.
+
+    Example:
+        >>> reg = Registry()
+        >>> "fixed" in reg.names("agentrt.substrates")
+        True
+        >>> sub = reg.substrate("fixed", latency_ms=5)
+    """
+
+    def __init__(self) -> None:
+        self._tables: dict[Group, dict[str, EntryPoint]] = {}
+        self._loaded: dict[tuple[Group, str], Callable[..., Any]] = {}
+        self._lock = threading.Lock()
+
+    def _table(self, group: Group) -> dict[str, EntryPoint]:
+        with self._lock:
+            table = self._tables.get(group)
+            if table is None:
+                table = {}
+                for ep in entry_points(group=group):
+                    other = table.get(ep.name)
+                    if other is not None and other.value != ep.value:
+                        raise ConfigError(
+                            f"two packages register the {_KIND[group]} {ep.name!r}: "
+                            f"{_dist_name(other)} ({other.value}) and {_dist_name(ep)} "
+                            f"({ep.value}); uninstall one of them"
+                        )
+                    table[ep.name] = ep
+                self._tables[group] = table
+            return table
+
+    def names(self, group: Group) -> list[str]:
+        """The registered names in ``group``, sorted."""
+        return sorted(self._table(group))
+
+    def factory(self, group: Group, name: str) -> Callable[..., Any]:
+        """The factory registered as ``name``, imported on first use.
+
+        Raises:
+            UnknownNameError: no such name; the message lists the known ones.
+            ConfigError: the entry point cannot be imported.
+        """
+        key = (group, name)
+        if key in self._loaded:
+            return self._loaded[key]
+        table = self._table(group)
+        ep = table.get(name)
+        if ep is None:
+            raise UnknownNameError(_KIND[group], name, list(table))
+        try:
+            factory: Callable[..., Any] = ep.load()
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(_load_failure(group, ep, exc)) from exc
+        if not callable(factory):
+            raise ConfigError(f"entry point {ep.value!r} for {name!r} is not callable")
+        self._loaded[key] = factory
+        return factory
+
+    def substrate(self, name: str, **options: Any) -> Substrate:
+        """Build the substrate registered as ``name`` with keyword ``options``.
+
+        String option values (from a command line) are converted to the factory's annotated
+        parameter types; unknown options are an error listing the accepted ones.
+        """
+        made = _call(self.factory("agentrt.substrates", name), "substrate", name, options)
+        if not isinstance(made, Substrate):
+            raise ConfigError(
+                f"the factory for substrate {name!r} returned {made!r}, not a Substrate"
+            )
+        return made
+
+    def tool(self, name: str, **options: Any) -> Tool:
+        """Build the tool registered as ``name`` with keyword ``options``."""
+        made = _call(self.factory("agentrt.tools", name), "tool", name, options)
+        if not isinstance(made, Tool):
+            raise ConfigError(f"the factory for tool {name!r} returned {made!r}, not a Tool")
+        return made
+
+
+def _dist_name(ep: EntryPoint) -> str:
+    dist = ep.dist
+    return dist.name if dist is not None else "an unknown distribution"
+
+
+def _load_failure(group: Group, ep: EntryPoint, exc: BaseException) -> str:
+    message = f"cannot load the {_KIND[group]} {ep.name!r} from {ep.value!r}: {exc}"
+    top = ep.module.split(".")[0]
+    module = sys.modules.get(top)
+    origin = getattr(module, "__file__", None)
+    if origin is not None and ep.dist is not None and ep.dist.name == "agentrt":
+        ours = Path(__file__).resolve().parent.parent / top
+        if Path(origin).resolve().parent != ours:
+            message += (
+                f"; the package {top!r} was imported from {origin}, which is not agentrt's own "
+                f"{top!r} package ({ours}): another package of that name comes first on "
+                "sys.path; rename or remove it"
+            )
+    return message
+
+
+def _call(factory: Callable[..., Any], kind: str, name: str, options: Mapping[str, Any]) -> Any:
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without signatures
+        return factory(**options)
+    try:
+        hints = typing.get_type_hints(factory)
+    except Exception:  # unresolvable annotations: pass values through unconverted
+        hints = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    converted: dict[str, Any] = {}
+    for key, value in options.items():
+        if key not in params and not takes_any:
+            accepted = [p for p in params if p != "seed"]
+            raise ConfigError(
+                f"{kind} {name!r} has no option {key!r}; its options: "
+                f"{', '.join(accepted) or 'none'}"
+            )
+        hint = hints.get(key)
+        if isinstance(value, str) and hint is not None:
+            try:
+                value = TypeAdapter(hint).validate_strings(value)
+            except ValidationError as exc:
+                raise ConfigError(
+                    f"option {key}={value!r} of {kind} {name!r} is not a valid "
+                    f"{getattr(hint, '__name__', hint)}: {exc.errors()[0]['msg']}"
+                ) from exc
+        converted[key] = value
+    try:
+        return factory(**converted)
+    except TypeError as exc:
+        raise ConfigError(f"cannot build {kind} {name!r} with {dict(options)}: {exc}") from exc
+
+
+_default: Registry | None = None
+_default_lock = threading.Lock()
+
+
+def default_registry() -> Registry:
+    """The process-wide registry used by the CLI (created on first use)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Registry()
+        return _default
+
+
+def resolve_substrate(name: str, **options: Any) -> Substrate:
+    """Build a registered substrate by name.
+
+    Example:
+        >>> resolve_substrate("fixed", latency_ms=200).name
+        'fixed'
+
+    Raises:
+        UnknownNameError: the name is not registered; the message lists the known names.
+    """
+    return default_registry().substrate(name, **options)
+
+
+def resolve_tool(name: str, **options: Any) -> Tool:
+    """Build a registered tool by name.
+
+    Raises:
+        UnknownNameError: the name is not registered; the message lists the known names.
+    """
+    return default_registry().tool(name, **options)

@@ -1,0 +1,77 @@
+"""The `Tool` protocol and the data it exchanges: `ToolCall` and `ToolResult`."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+__all__ = ["Tool", "ToolCall", "ToolResult"]
+
+
+class ToolCall(BaseModel):
+    """A request to run a tool with arguments (already validated against its argument model)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tool: str
+    args: dict[str, JsonValue] = Field(default_factory=dict)
+    run_id: str | None = None
+    step_id: str | None = None
+
+
+class ToolResult(BaseModel):
+    """What a tool returns.
+
+    ``ok=False`` is a result the agent can reason about (a failing test run is a *successful*
+    tool call whose result says the tests failed); a tool that cannot do its job at all raises
+    `agentrt.errors.ToolError` instead.
+
+    Example:
+        >>> ToolResult(output="3 passed").ok
+        True
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    output: str = Field(description="Text the model sees as the tool's answer.")
+    ok: bool = True
+    data: JsonValue = Field(default=None, description="Structured result for programs.")
+    duration_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="Time the tool says it spent (emulated twins); None = measured by the caller.",
+    )
+
+
+@runtime_checkable
+class Tool(Protocol):
+    """**Protocol:** a named action with a pydantic argument model and one async call.
+
+    Example:
+        >>> from pydantic import BaseModel
+        >>> class EchoArgs(BaseModel):
+        ...     text: str
+        >>> class Echo:
+        ...     name = "echo"
+        ...     description = "Repeat the text."
+        ...     args_model = EchoArgs
+        ...     async def call(self, args: EchoArgs) -> ToolResult:
+        ...         return ToolResult(output=args.text)
+        ...     async def aclose(self) -> None: ...
+        >>> isinstance(Echo(), Tool)
+        True
+    """
+
+    name: str
+    description: str
+    # A class, not an instance: the agent validates a step's ``args`` with it before the call.
+    args_model: type[BaseModel]
+
+    async def call(self, args: Any) -> ToolResult:
+        """Run the tool with validated arguments (an instance of ``args_model``)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release resources; safe to call more than once."""
+        ...
