@@ -21,8 +21,12 @@ _LEVELS = {
     "info": logging.INFO,
     "warning": logging.WARNING,
     "error": logging.ERROR,
-    "off": logging.CRITICAL + 10,
+    "off": logging.CRITICAL,
 }
+
+
+def _drop(logger: object, method_name: str, event_dict: MutableMapping[str, Any]) -> Any:
+    raise structlog.DropEvent
 
 
 def get_logger(name: str = "agentrt") -> Any:
@@ -64,6 +68,14 @@ def configure_logging(
         if format == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+    if level == "off":
+        # The filtering logger stops everything below CRITICAL for free; this drops the rest.
+        structlog.configure(
+            processors=[_drop],
+            wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+            logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        )
+        return
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -74,5 +86,7 @@ def configure_logging(
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
-        cache_logger_on_first_use=True,
+        # No caching: a cached module-level logger would ignore any later configure() call.
+        # agentrt binds one logger per run instead, which costs the same per event.
+        cache_logger_on_first_use=False,
     )

@@ -114,6 +114,14 @@ class RunResult(BaseModel):
                 return s
         raise KeyError(step_id)
 
+    def __repr__(self) -> str:
+        # Short on purpose: asyncio's runner reprs the main task's result when it restores the
+        # SIGINT handler, and a full repr of a 10,000-step run costs longer than running it.
+        return (
+            f"<RunResult {self.run_id} {self.plan!r} {self.status} e2e_s={self.e2e_s:.6g} "
+            f"steps={len(self.steps)}>"
+        )
+
     def __iter__(self) -> Iterator[StepResult]:  # type: ignore[override]
         return iter(self.steps)
 

@@ -165,3 +165,10 @@ def test_substrates_lists_the_registry() -> None:
     proc = agentrt_cli("substrates", "--json")
     assert proc.returncode == 0
     assert "fixed" in json.loads(proc.stdout)["substrates"]
+
+
+def test_log_level_off_prints_nothing() -> None:
+    proc = agentrt_cli("run", str(RESEARCH), "-s", "fixed", "--virtual", "--json",
+                       "--log-level", "off")
+    assert proc.returncode == 0
+    assert proc.stderr == ""

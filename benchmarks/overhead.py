@@ -1,0 +1,67 @@
+"""The runtime's own overhead per step: a 50-step sequential plan on an instant substrate.
+
+Run: ``python benchmarks/overhead.py [--runs N]``. Prints median (and p90) microseconds per step
+with logging off, and for comparison with logging on (JSON rendered to a null stream).
+Target: median at most 50 µs per step with logging and tracing off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import time
+
+import anyio
+
+from agentrt import Agent
+from agentrt.log import configure_logging
+
+from _common import InstantSubstrate, chain, logging_off, print_table
+
+STEPS = 50
+
+
+async def measure(runs: int) -> list[float]:
+    agent = Agent(InstantSubstrate())
+    plan = chain(STEPS)
+    per_step_us: list[float] = []
+    for _ in range(5):  # warm caches and the allocator
+        await agent.run(plan)
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        result = await agent.run(plan)
+        per_step_us.append((time.perf_counter() - t0) / STEPS * 1e6)
+        assert result.status == "succeeded"
+    return per_step_us
+
+
+def summarize(label: str, samples: list[float]) -> list[object]:
+    samples = sorted(samples)
+    p90 = samples[int(len(samples) * 0.9) - 1]
+    return [label, f"{statistics.median(samples):.1f}", f"{p90:.1f}", f"{samples[0]:.1f}",
+            len(samples)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=200)
+    args = parser.parse_args()
+    rows = []
+    logging_off()
+    off = anyio.run(measure, args.runs)
+    rows.append(summarize("logging off, tracing off", off))
+    configure_logging(format="json", level="info", stream=io.StringIO())
+    on = anyio.run(measure, max(20, args.runs // 4))
+    rows.append(summarize("logging on (json, in-memory stream)", on))
+    print_table(
+        f"agentrt runtime overhead: {STEPS}-step sequential plan, instant substrate (µs per step)",
+        ["configuration", "median", "p90", "min", "runs"],
+        rows,
+    )
+    verdict = "meets" if statistics.median(off) <= 50 else "MISSES"
+    print(f"target: median <= 50 µs/step with logging and tracing off -> {verdict}")
+
+
+if __name__ == "__main__":
+    main()
