@@ -55,5 +55,7 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[obje
         table.add_row(*(str(cell) for cell in row))
     console = Console(width=None if sys.stdout.isatty() else 120)
     console.print(table)
-    console.print(f"[dim]{platform.python_implementation()} {platform.python_version()} · "
-                  f"{platform.machine()} · {platform.node()}[/]")
+    console.print(
+        f"[dim]{platform.python_implementation()} {platform.python_version()} · "
+        f"{platform.machine()} · {platform.node()}[/]"
+    )

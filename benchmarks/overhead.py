@@ -13,11 +13,10 @@ import statistics
 import time
 
 import anyio
+from _common import InstantSubstrate, chain, logging_off, print_table
 
 from agentrt import Agent
 from agentrt.log import configure_logging
-
-from _common import InstantSubstrate, chain, logging_off, print_table
 
 STEPS = 50
 
@@ -39,8 +38,13 @@ async def measure(runs: int) -> list[float]:
 def summarize(label: str, samples: list[float]) -> list[object]:
     samples = sorted(samples)
     p90 = samples[int(len(samples) * 0.9) - 1]
-    return [label, f"{statistics.median(samples):.1f}", f"{p90:.1f}", f"{samples[0]:.1f}",
-            len(samples)]
+    return [
+        label,
+        f"{statistics.median(samples):.1f}",
+        f"{p90:.1f}",
+        f"{samples[0]:.1f}",
+        len(samples),
+    ]
 
 
 def main() -> None:
