@@ -499,11 +499,10 @@ class AgentRun:
         record.tool_s = tool_result.duration_s if tool_result.duration_s is not None else measured
 
     def _outputs_for(self, step: Step) -> dict[str, dict[str, str]]:
+        if not step.args and (step.prompt is None or "{{" not in step.prompt):
+            return {}
         plan = self._plan
-        if plan is not None:
-            wanted: Iterable[str] = plan.ancestors(step.id) if _has_templates(step) else ()
-        else:
-            wanted = self._records.keys() if _has_templates(step) else ()
+        wanted: Iterable[str] = plan.ancestors(step.id) if plan is not None else self._records
         return {sid: self._records[sid].outputs() for sid in wanted}
 
     # -- bookkeeping ---------------------------------------------------------------------------
@@ -576,10 +575,6 @@ def _describe(error: BaseException | None) -> str | None:
         return None
     cause = error.__cause__ if isinstance(error, StepFailed) else error
     return f"{type(cause).__name__}: {cause}" if cause is not None else str(error)
-
-
-def _has_templates(step: Step) -> bool:
-    return "{{" in (step.prompt or "") or bool(step.args)
 
 
 def _render_args(

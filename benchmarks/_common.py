@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 from collections.abc import Sequence
@@ -55,7 +56,8 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[obje
         table.add_row(*(str(cell) for cell in row))
     console = Console(width=None if sys.stdout.isatty() else 120)
     console.print(table)
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     console.print(
         f"[dim]{platform.python_implementation()} {platform.python_version()} · "
-        f"{platform.machine()} · {platform.node()}[/]"
+        f"{platform.machine()} · {os.cpu_count()} cores · load average {load}[/]"
     )

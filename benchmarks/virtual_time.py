@@ -47,9 +47,7 @@ def main() -> None:
         if wall < 2.0 and result.e2e_s >= 0.999 * args.steps * args.step_ms / 1000
         else "MISSES"
     )
-    print(
-        f"target: {args.steps * args.step_ms / 1000:,.0f} s simulated in < 2 s wall -> {verdict}"
-    )
+    print(f"target: {args.steps * args.step_ms / 1000:,.0f} s simulated in < 2 s wall -> {verdict}")
 
 
 if __name__ == "__main__":
