@@ -5,12 +5,18 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal, final
 
 import anyio
 import structlog
 from anyio.abc import TaskGroup
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import Span, TracerProvider
 from pydantic import JsonValue, ValidationError
 from tenacity import RetryCallState
 
@@ -21,6 +27,7 @@ from agentrt.policy import Policy, RunState
 from agentrt.result import RunResult, RunStatus, StepResult, StepStatus
 from agentrt.retry import is_retryable, retrying
 from agentrt.substrate import InferenceRequest, InferenceResult, Message, Substrate
+from agentrt.telemetry.tracing import Detail, Instruments, RunTracer, provider_of
 from agentrt.tool import Tool, ToolResult
 
 __all__ = ["Agent", "AgentRun"]
@@ -48,6 +55,11 @@ class _StepRecord:
     tool_result: ToolResult | None = None
     tool_s: float = 0.0
     error: BaseException | None = None
+    index: int = 0
+    waits_for: tuple[str, ...] = ()
+    last_attempt_start: float | None = None
+    span: Span | None = None
+    span_context: Context | None = None
     frozen: StepResult | None = field(default=None)
 
     def outputs(self) -> dict[str, str]:
@@ -78,6 +90,11 @@ class Agent:
         seed: seeds retry jitter, so virtual-time runs repeat exactly.
         defaults: timeout and retry policy for policy-driven steps that set none (plans carry
             their own ``defaults``).
+        tracer_provider: where spans go; default the global one (a no-op until an application
+            configures the SDK, e.g. with `agentrt.telemetry.configure`).
+        meter_provider: where metrics go; default the global one.
+        trace_detail: ``phases`` adds queue/network/prefill/decode spans under each model call;
+            ``steps`` stops at run, step, chat and tool spans (cheaper).
     """
 
     def __init__(
@@ -88,9 +105,17 @@ class Agent:
         name: str = "agent",
         seed: int | None = None,
         defaults: StepDefaults | None = None,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+        trace_detail: Detail = "phases",
     ) -> None:
         self.substrate = substrate
         self.defaults = defaults or StepDefaults()
+        self.tracer_provider = tracer_provider
+        self.trace_detail: Detail = trace_detail
+        self._instruments = Instruments(meter_provider)
+        self._provider = provider_of(substrate)
+        self._remote = bool(getattr(substrate, "remote", False))
         if isinstance(tools, Mapping):
             self.tools: dict[str, Tool] = dict(tools)
         else:
@@ -202,9 +227,10 @@ class AgentRun:
         self._started = False
         self._rng = random.Random(agent.seed)
         self._log: Any = _log_proxy
+        self._tracer = RunTracer(agent.tracer_provider, self._clock, detail=agent.trace_detail)
         if isinstance(target, Plan):
-            for step in target.steps:
-                self._records[step.id] = _StepRecord(step)
+            for index, step in enumerate(target.steps):
+                self._records[step.id] = _StepRecord(step, index=index, waits_for=step.depends_on)
 
     @property
     def _plan(self) -> Plan | None:
@@ -222,11 +248,20 @@ class AgentRun:
         self._clock = current_clock()
         self._start = self._clock.current_time()
         target_name = self.target.name
+        tracer = self._tracer = RunTracer(
+            self.agent.tracer_provider, self._clock, detail=self.agent.trace_detail
+        )
+        tracer.start_run(
+            agent=self.agent.name, run_id=self.run_id, target=target_name, t=self._start
+        )
         # One concrete logger per run, built from the logging configuration in force now:
         # cheaper per event than the module-level proxy, and never stale after a reconfigure.
         self._log = _log_proxy.bind()
         _log = self._log
-        with structlog.contextvars.bound_contextvars(run_id=self.run_id):
+        with (
+            structlog.contextvars.bound_contextvars(run_id=self.run_id),
+            _current(tracer.root if tracer.enabled else None),
+        ):
             _log.info("run_started", agent=self.agent.name, target=target_name)
             try:
                 deadline = self.deadline_s if self.deadline_s is not None else float("inf")
@@ -244,6 +279,7 @@ class AgentRun:
                     # Leaving without a verdict means we were cancelled from outside.
                     self._status = "cancelled"
                     self._error = self._error or "cancelled by the caller"
+                tracer.end_run(status=self._status, error=self._error, t=self._end)
                 _log.info(
                     "run_finished",
                     status=self._status,
@@ -269,6 +305,7 @@ class AgentRun:
             steps=tuple(steps),
             error=self._error if self._status != "succeeded" else None,
             failed_step=self._failed_step,
+            trace_id=self._tracer.trace_id,
             seed=self.agent.seed,
         )
 
@@ -278,7 +315,7 @@ class AgentRun:
         waiting = {s.id: len(set(s.depends_on)) for s in plan.steps}
         children: dict[str, list[str]] = {s.id: [] for s in plan.steps}
         for s in plan.steps:
-            for dep in dict.fromkeys(s.depends_on):
+            for dep in set(s.depends_on):
                 children[dep].append(s.id)
 
         async def chain(step_id: str, tg: TaskGroup) -> None:
@@ -312,6 +349,7 @@ class AgentRun:
 
     async def _run_policy(self, policy: Policy) -> None:
         started = 0
+        previous: tuple[str, ...] = ()
         while True:
             state = RunState(
                 results=self._finished,
@@ -339,11 +377,12 @@ class AgentRun:
                 return
             batch = proposed[: self.max_steps - started]
             try:
-                self._admit(batch)
+                self._admit(batch, after=previous, first_index=started)
             except PlanError as exc:
                 self._fail(str(exc), step_id=None)
                 return
             started += len(batch)
+            previous = tuple(s.id for s in batch)
             async with anyio.create_task_group() as tg:
                 for step in batch:
                     tg.start_soon(self._run_policy_step, self._records[step.id], tg)
@@ -365,8 +404,12 @@ class AgentRun:
             self._fail(str(record.error), step_id=record.step.id)
             tg.cancel_scope.cancel()
 
-    def _admit(self, batch: Sequence[Step]) -> None:
-        """Check a policy's proposed steps against what has run, then record them."""
+    def _admit(self, batch: Sequence[Step], *, after: tuple[str, ...], first_index: int) -> None:
+        """Check a policy's proposed steps against what has run, then record them.
+
+        ``after`` is the previous batch: a policy step cannot start before it has ended, so it
+        waits for those steps as well as for its declared dependencies.
+        """
         problems: list[str] = []
         ids = [s.id for s in batch]
         for step in batch:
@@ -383,8 +426,11 @@ class AgentRun:
             raise PlanError(
                 "policy proposed invalid steps: " + "; ".join(problems), step_ids=tuple(ids)
             )
-        for step in batch:
-            self._records[step.id] = _StepRecord(step)
+        for offset, step in enumerate(batch):
+            waits_for = tuple(dict.fromkeys((*after, *step.depends_on)))
+            self._records[step.id] = _StepRecord(
+                step, index=first_index + offset, waits_for=waits_for
+            )
 
     # -- one step ----------------------------------------------------------------------------
 
@@ -395,6 +441,13 @@ class AgentRun:
         clock = self._clock
         record.state = "running"
         record.start = clock.current_time()
+        tracer = self._tracer
+        span = record.span = tracer.start_step(
+            step, index=record.index, waits_for=record.waits_for, t=record.start
+        )
+        # The step span is the current span while the step runs (log lines get its trace ids).
+        ctx = record.span_context = tracer.context_of(span)
+        attached = None if ctx is None else otel_context.attach(ctx)
         # bind/reset rather than bound_contextvars(): same effect, a third of the cost per step.
         tokens = structlog.contextvars.bind_contextvars(step_id=step.id, kind=step.kind)
         _log = self._log
@@ -427,6 +480,16 @@ class AgentRun:
                 record.state = "cancelled"
                 record.end = clock.current_time()
                 _log.info("step_cancelled", latency_s=record.end - record.start)
+            tracer.end_step(
+                span,
+                status=record.state,
+                attempts=record.attempts,
+                retry_s=_retry_s(record),
+                error=record.error,
+                t=record.end if record.end is not None else clock.current_time(),
+            )
+            if attached is not None:
+                otel_context.detach(attached)
             if self._plan is None:
                 self._finished.append(self._freeze(record))
             structlog.contextvars.reset_contextvars(**tokens)
@@ -451,6 +514,7 @@ class AgentRun:
 
     async def _timed_attempt(self, record: _StepRecord, timeout_s: float) -> None:
         record.attempts += 1
+        record.last_attempt_start = self._clock.current_time()
         with anyio.move_on_after(timeout_s) as scope:
             await self._attempt(record)
         if scope.cancelled_caught:
@@ -475,7 +539,26 @@ class AgentRun:
             slo=step.slo,
             substrate_hint=step.substrate,
         )
-        result = await self.agent.substrate.infer(request)
+        tracer = self._tracer
+        clock = self._clock
+        t0 = clock.current_time()
+        substrate = self.agent.substrate
+        chat = tracer.start_chat(
+            record.span_context, request, substrate, attempt=record.attempts, t=t0
+        )
+        result: InferenceResult | None = None
+        error: BaseException | None = None
+        try:
+            # Remote substrates propagate the current span (W3C traceparent) to their server.
+            with _current(chat if self.agent._remote else None):
+                result = await substrate.infer(request)
+        except BaseException as exc:  # recorded on the span, then re-raised untouched
+            error = exc
+            raise
+        finally:
+            t1 = clock.current_time()
+            tracer.end_chat(chat, result=result, error=error, t_start=t0, t_end=t1)
+        self.agent._instruments.record(result, t1 - t0, self.agent._provider)
         record.inference = result
         record.input_tokens += result.usage.input_tokens
         record.output_tokens += result.usage.output_tokens
@@ -492,9 +575,19 @@ class AgentRun:
                 f"invalid arguments for tool {tool.name!r} in step {step.id!r}: "
                 f"{exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
             ) from exc
-        t0 = self._clock.current_time()
-        tool_result = await tool.call(args)
-        measured = self._clock.current_time() - t0
+        t0 = clock.current_time()
+        tool_span = tracer.start_tool(record.span_context, tool.name, attempt=record.attempts, t=t0)
+        tool_result: ToolResult | None = None
+        try:
+            with _current(tool_span if getattr(tool, "remote", False) else None):
+                tool_result = await tool.call(args)
+        except BaseException as exc:  # recorded on the span, then re-raised untouched
+            error = exc
+            raise
+        finally:
+            t1 = clock.current_time()
+            tracer.end_tool(tool_span, result=tool_result, error=error, t=t1)
+        measured = t1 - t0
         record.tool_result = tool_result
         record.tool_s = tool_result.duration_s if tool_result.duration_s is not None else measured
 
@@ -564,10 +657,29 @@ class AgentRun:
             text=inference.text if inference else "",
             tool_output=record.tool_result.output if record.tool_result else None,
             error=_describe(record.error),
+            index=record.index,
+            waits_for=record.waits_for,
+            retry_s=_retry_s(record),
         )
         if record.state not in ("pending", "running"):
             record.frozen = frozen
         return frozen
+
+
+def _retry_s(record: _StepRecord) -> float:
+    """Time the step spent before its last attempt: failed attempts and back-off."""
+    if record.start is None or record.last_attempt_start is None:
+        return 0.0
+    return record.last_attempt_start - record.start
+
+
+def _current(span: Span | None) -> AbstractContextManager[object]:
+    """Make ``span`` the current span (for log trace ids and trace propagation), if any."""
+    if span is None:
+        return nullcontext()
+    return trace.use_span(
+        span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+    )
 
 
 def _describe(error: BaseException | None) -> str | None:

@@ -20,7 +20,10 @@ from agentrt.errors import AgentrtError, ConfigError
 from agentrt.log import configure_logging
 from agentrt.plan import Plan, load_plan
 from agentrt.registry import default_registry
+from agentrt.render import print_report, print_run, print_waterfall
+from agentrt.report import from_run, load_trace_file
 from agentrt.result import RunResult
+from agentrt.telemetry.configure import Telemetry, configure, parse_trace_target
 from agentrt.tool import Tool
 
 __all__ = ["app", "main"]
@@ -98,9 +101,21 @@ def run_command(
     log_level: Annotated[
         str, typer.Option(help="Lowest log level: debug, info, warning, error or off.")
     ] = "warning",
+    trace: Annotated[
+        str,
+        typer.Option(
+            envvar="AGENTRT_TRACE",
+            help="Where traces go: otlp, otlp-grpc, jaeger-json:PATH, console or none.",
+        ),
+    ] = "none",
+    trace_detail: Annotated[
+        str, typer.Option(help="Span detail: phases (queue/network/prefill/decode) or steps.")
+    ] = "phases",
 ) -> None:
     """Run PLAN on a substrate and print each step's timing, or the whole run as JSON."""
     try:
+        if trace_detail not in ("phases", "steps"):
+            raise ConfigError(f"--trace-detail must be phases or steps, not {trace_detail!r}")
         if log_format not in ("console", "json"):
             raise ConfigError(f"--log-format must be console or json, not {log_format!r}")
         if log_level not in ("debug", "info", "warning", "error", "off"):
@@ -117,25 +132,83 @@ def run_command(
         tools: list[Tool] = [
             registry.tool(name) for name in sorted({s.tool for s in plan.steps if s.tool})
         ]
-        agent = Agent(sub, tools=tools, name=plan.name, seed=seed)
+        telemetry = configure(parse_trace_target(trace), service_name="agentrt", set_global=False)
+        agent = Agent(
+            sub,
+            tools=tools,
+            name=plan.name,
+            seed=seed,
+            tracer_provider=telemetry.tracer_provider,
+            meter_provider=telemetry.meter_provider,
+            trace_detail=trace_detail,  # type: ignore[arg-type]
+        )
         prepared = agent.prepare(plan, deadline_s=deadline_s)
     except AgentrtError as exc:
         raise _fail(str(exc).replace("\n", " ")) from None
 
     show_progress = not as_json and not virtual and _err.is_terminal
-    result = run(
-        _execute,
-        prepared,
-        plan,
-        show_progress,
-        clock=VirtualClock() if virtual else None,
-    )
+    try:
+        result = run(
+            _execute,
+            prepared,
+            plan,
+            show_progress,
+            clock=VirtualClock() if virtual else None,
+        )
+    finally:
+        telemetry.shutdown()
+    report = from_run(result)
     if as_json:
-        _out.print_json(json.dumps(result.to_dict()))
+        data = result.to_dict()
+        data["report"] = report.to_dict()
+        data["trace"] = _trace_location(telemetry, result.trace_id)
+        _out.print_json(json.dumps(data))
     else:
-        _print_run(result)
+        print_run(_out, result)
+        _out.print()
+        print_report(_out, report)
+        print_waterfall(_out, report)
+        where = _trace_location(telemetry, result.trace_id)
+        if where:
+            _out.print(f"trace: {where}", highlight=False)
     if result.status != "succeeded":
         raise typer.Exit(1)
+
+
+def _trace_location(telemetry: Telemetry, trace_id: str | None) -> str | None:
+    return telemetry.where(trace_id)
+
+
+@app.command("report")
+def report_command(
+    trace_file: Annotated[
+        Path,
+        typer.Argument(metavar="TRACE", help="A trace file agentrt wrote (Jaeger or OTLP JSON)."),
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the attribution as JSON.")] = False,
+    plot: Annotated[
+        Path | None, typer.Option(help="Also draw the waterfall to FILE.svg or FILE.png.")
+    ] = None,
+) -> None:
+    """Where did the time go? Per-step attribution, critical path and totals of a trace file."""
+    try:
+        reports = load_trace_file(trace_file)
+        if plot is not None:
+            from agentrt.plot import plot_attribution
+
+            for i, report in enumerate(reports):
+                target = plot if i == 0 else plot.with_stem(f"{plot.stem}-{i + 1}")
+                plot_attribution(report, target)
+                _err.print(f"wrote {target}", highlight=False)
+    except AgentrtError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        payload = [r.to_dict() for r in reports]
+        _out.print_json(json.dumps(payload[0] if len(payload) == 1 else payload))
+        return
+    for report in reports:
+        print_report(_out, report)
+        print_waterfall(_out, report)
 
 
 async def _execute(prepared: AgentRun, plan: Plan, show_progress: bool) -> RunResult:
@@ -167,51 +240,6 @@ async def _execute(prepared: AgentRun, plan: Plan, show_progress: bool) -> RunRe
         return prepared.result()
     finally:
         await prepared.agent.aclose()
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value * 1000:.1f}"
-
-
-def _print_run(result: RunResult) -> None:
-    title = f"run {result.run_id} · {result.plan} · {result.clock} time · times in ms"
-    table = Table(title=title, title_justify="left")
-    for column in ("step", "kind", "status", "substrate"):
-        table.add_column(column)
-    for column in ("start", "latency", "tries", "in tok", "out tok", "queue", "network"):
-        table.add_column(column, justify="right")
-    for column in ("prefill", "decode", "comm", "ttft", "tool"):
-        table.add_column(column, justify="right")
-    colors = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "skipped": "dim"}
-    for s in result.steps:
-        t = s.timing
-        table.add_row(
-            s.id,
-            s.kind,
-            f"[{colors[s.status]}]{s.status}[/]",
-            s.substrate or "-",
-            _ms(s.start_s),
-            _ms(s.latency_s if s.start_s is not None else None),
-            str(s.attempts),
-            str(s.input_tokens),
-            str(s.output_tokens),
-            _ms(t.queue_s if t else None),
-            _ms(t.network_s if t else None),
-            _ms(t.prefill_s if t else None),
-            _ms(t.decode_s if t else None),
-            _ms(t.comm_s if t else None),
-            _ms(t.ttft_s if t else None),
-            _ms(s.tool_s) if s.tool else "-",
-        )
-    _out.print(table)
-    status = f"[{colors[result.status]}]{result.status}[/]"
-    _out.print(
-        f"{status} · end-to-end {result.e2e_s:.3f} s · "
-        f"{result.input_tokens} in / {result.output_tokens} out tokens · "
-        f"${result.cost_usd:.6f} · {result.energy_j:.1f} J"
-    )
-    if result.error:
-        _out.print(f"[red]reason:[/] {result.error}", highlight=False)
 
 
 @app.command("substrates")

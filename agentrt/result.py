@@ -45,6 +45,13 @@ class StepResult(BaseModel):
     text: str = Field(default="", description="The model's output.")
     tool_output: str | None = None
     error: str | None = Field(default=None, description="'Type: message' of the final error.")
+    index: int = Field(default=0, description="Position in the plan (or policy order).")
+    waits_for: tuple[str, ...] = Field(
+        default=(), description="Steps that had to end before this one could start."
+    )
+    retry_s: float = Field(
+        default=0.0, description="Time before the final attempt: failed attempts and back-off."
+    )
 
     @property
     def latency_s(self) -> float:

@@ -168,7 +168,8 @@ def test_substrates_lists_the_registry() -> None:
 
 
 def test_log_level_off_prints_nothing() -> None:
-    proc = agentrt_cli("run", str(RESEARCH), "-s", "fixed", "--virtual", "--json",
-                       "--log-level", "off")
+    proc = agentrt_cli(
+        "run", str(RESEARCH), "-s", "fixed", "--virtual", "--json", "--log-level", "off"
+    )
     assert proc.returncode == 0
     assert proc.stderr == ""

@@ -1,0 +1,347 @@
+"""Spans and metrics for one run, timestamped by the run's clock (OpenTelemetry API only)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
+
+from opentelemetry import metrics, trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from agentrt.clock import Clock
+from agentrt.telemetry import semconv as sc
+
+if TYPE_CHECKING:
+    from agentrt.plan import Step
+    from agentrt.substrate import InferenceRequest, InferenceResult, Substrate
+    from agentrt.tool import ToolResult
+
+__all__ = ["Detail", "Instruments", "RunTracer"]
+
+#: ``steps``: run, step, chat and tool spans. ``phases``: also queue/network/prefill/decode spans.
+Detail = Literal["steps", "phases"]
+
+_SCOPE = "agentrt"
+
+
+class Instruments:
+    """The GenAI histograms, created once per agent from a meter provider."""
+
+    __slots__ = ("_attrs", "duration", "tokens", "tpot", "ttft")
+
+    def __init__(self, meter_provider: metrics.MeterProvider | None) -> None:
+        from agentrt import __version__
+
+        meter = (meter_provider or metrics.get_meter_provider()).get_meter(_SCOPE, __version__)
+        self.duration = meter.create_histogram(
+            sc.METRIC_OPERATION_DURATION,
+            unit="s",
+            description="Duration of a model call, as the agent saw it.",
+            explicit_bucket_boundaries_advisory=list(sc.DURATION_BUCKETS_S),
+        )
+        self.ttft = meter.create_histogram(
+            sc.METRIC_TIME_TO_FIRST_TOKEN,
+            unit="s",
+            description="Time to the first output token.",
+            explicit_bucket_boundaries_advisory=list(sc.TTFT_BUCKETS_S),
+        )
+        self.tpot = meter.create_histogram(
+            sc.METRIC_TIME_PER_OUTPUT_TOKEN,
+            unit="s",
+            description="Time per output token after the first.",
+            explicit_bucket_boundaries_advisory=list(sc.TPOT_BUCKETS_S),
+        )
+        self.tokens = meter.create_histogram(
+            sc.METRIC_TOKEN_USAGE,
+            unit="{token}",
+            description="Tokens per model call, by gen_ai.token.type.",
+            explicit_bucket_boundaries_advisory=list(sc.TOKEN_BUCKETS),
+        )
+        # Attribute sets per (provider, model, substrate), built once: recording is per call.
+        self._attrs: dict[tuple[str, str, str], tuple[dict[str, str], ...]] = {}
+
+    def record(self, result: InferenceResult, duration_s: float, provider: str) -> None:
+        """Record one successful model call."""
+        key = (provider, result.model, result.substrate)
+        sets = self._attrs.get(key)
+        if sets is None:
+            attrs = {
+                sc.OPERATION_NAME: "chat",
+                sc.PROVIDER_NAME: provider,
+                sc.REQUEST_MODEL: result.model,
+                sc.SUBSTRATE: result.substrate,
+            }
+            sets = self._attrs[key] = (
+                attrs,
+                {**attrs, sc.TOKEN_TYPE: "input"},
+                {**attrs, sc.TOKEN_TYPE: "output"},
+            )
+        attrs, inputs, outputs = sets
+        self.duration.record(duration_s, attrs)
+        self.ttft.record(result.timing.ttft_s, attrs)
+        if result.usage.output_tokens > 1:
+            self.tpot.record(result.timing.tpot_s, attrs)
+        self.tokens.record(result.usage.input_tokens, inputs)
+        self.tokens.record(result.usage.output_tokens, outputs)
+
+
+def provider_of(substrate: Substrate) -> str:
+    """``gen_ai.provider.name`` for a substrate: its ``provider`` attribute, or agentrt.<name>."""
+    provider = getattr(substrate, "provider", None)
+    return provider if isinstance(provider, str) else f"agentrt.{substrate.name}"
+
+
+class RunTracer:
+    """Creates a run's spans with timestamps from the run's clock.
+
+    All methods are cheap no-ops when tracing is off (no SDK configured, or a non-recording
+    root span), so the agent loop calls them unconditionally.
+    """
+
+    __slots__ = ("_clock", "_detail", "_tracer", "enabled", "root", "root_context")
+
+    def __init__(
+        self,
+        tracer_provider: trace.TracerProvider | None,
+        clock: Clock,
+        *,
+        detail: Detail = "phases",
+    ) -> None:
+        from agentrt import __version__
+
+        provider = tracer_provider or trace.get_tracer_provider()
+        self._tracer = provider.get_tracer(_SCOPE, __version__)
+        self._clock = clock
+        self._detail = detail
+        self.enabled = False
+        self.root: Span | None = None
+        self.root_context: Context | None = None
+
+    def _ns(self, t: float) -> int:
+        return self._clock.to_epoch_ns(t)
+
+    @property
+    def trace_id(self) -> str | None:
+        """The run's trace id in lowercase hex, if it is being traced."""
+        if self.root is None or not self.enabled:
+            return None
+        return format(self.root.get_span_context().trace_id, "032x")
+
+    def start_run(self, *, agent: str, run_id: str, target: str, t: float) -> None:
+        """Open the root ``invoke_agent`` span."""
+        root = self._tracer.start_span(
+            sc.INVOKE_AGENT_SPAN.format(agent=agent),
+            kind=SpanKind.INTERNAL,
+            start_time=self._ns(t),
+            attributes={
+                sc.OPERATION_NAME: "invoke_agent",
+                sc.AGENT_NAME: agent,
+                sc.RUN_ID: run_id,
+                sc.PLAN_NAME: target,
+                sc.CLOCK: "virtual" if self._clock.is_virtual else "real",
+            },
+        )
+        self.enabled = root.is_recording()
+        self.root = root
+        self.root_context = trace.set_span_in_context(root)
+
+    def end_run(self, *, status: str, error: str | None, t: float) -> None:
+        """Close the root span with the run's status."""
+        root = self.root
+        if root is None or not self.enabled:
+            return
+        root.set_attribute(sc.RUN_STATUS, status)
+        if status != "succeeded":
+            root.set_status(Status(StatusCode.ERROR, error or status))
+        root.end(end_time=self._ns(t))
+
+    def start_step(
+        self, step: Step, *, index: int, waits_for: Sequence[str], t: float
+    ) -> Span | None:
+        """Open a ``step {id}`` span under the root."""
+        if not self.enabled:
+            return None
+        return self._tracer.start_span(
+            sc.STEP_SPAN.format(step=step.id),
+            context=self.root_context,
+            start_time=self._ns(t),
+            attributes={
+                sc.STEP_ID: step.id,
+                sc.STEP_KIND: step.kind,
+                sc.STEP_INDEX: index,
+                sc.STEP_OPTIONAL: step.optional,
+                sc.STEP_WAITS_FOR: list(waits_for),
+            },
+        )
+
+    def end_step(
+        self,
+        span: Span | None,
+        *,
+        status: str,
+        attempts: int,
+        retry_s: float,
+        error: BaseException | None,
+        t: float,
+    ) -> None:
+        """Close a step span."""
+        if span is None:
+            return
+        span.set_attribute(sc.STEP_STATUS, status)
+        span.set_attribute(sc.STEP_ATTEMPTS, attempts)
+        span.set_attribute(sc.STEP_RETRY_S, retry_s)
+        if error is not None:
+            _record_error(span, error, self._ns(t))
+        elif status == "cancelled":
+            span.set_status(Status(StatusCode.ERROR, "cancelled"))
+            span.set_attribute(sc.ERROR_TYPE, "cancelled")
+        span.end(end_time=self._ns(t))
+
+    def context_of(self, span: Span | None) -> Context | None:
+        """The context whose current span is ``span`` (build once, reuse for its children)."""
+        return None if span is None else trace.set_span_in_context(span)
+
+    def start_chat(
+        self,
+        parent: Context | None,
+        request: InferenceRequest,
+        substrate: Substrate,
+        *,
+        attempt: int,
+        t: float,
+    ) -> Span | None:
+        """Open a ``chat {model}`` span under the step whose context is ``parent``.
+
+        The kind is CLIENT for substrates that declare ``remote = True`` (HTTP endpoints) and
+        INTERNAL otherwise: an emulated engine runs in process.
+        """
+        if parent is None:
+            return None
+        model = request.model or getattr(substrate, "model", None) or substrate.name
+        return self._tracer.start_span(
+            sc.CHAT_SPAN.format(model=model),
+            context=parent,
+            kind=SpanKind.CLIENT if getattr(substrate, "remote", False) else SpanKind.INTERNAL,
+            start_time=self._ns(t),
+            attributes={
+                sc.OPERATION_NAME: "chat",
+                sc.PROVIDER_NAME: provider_of(substrate),
+                sc.REQUEST_MODEL: str(model),
+                sc.REQUEST_MAX_TOKENS: request.max_output_tokens,
+                sc.SUBSTRATE: substrate.name,
+                sc.ATTEMPT: attempt,
+            },
+        )
+
+    def end_chat(
+        self,
+        span: Span | None,
+        *,
+        result: InferenceResult | None,
+        error: BaseException | None,
+        t_start: float,
+        t_end: float,
+    ) -> None:
+        """Close a chat span: usage, timing attributes and, at ``phases`` detail, phase spans."""
+        if span is None:
+            return
+        if result is not None:
+            timing = result.timing
+            # Attribute cleaning dominates the SDK's cost: set each fact once, skip empty ones.
+            attributes: dict[str, str | int | float | bool | list[str]] = {
+                sc.RESPONSE_MODEL: result.model,
+                sc.INPUT_TOKENS: result.usage.input_tokens,
+                sc.OUTPUT_TOKENS: result.usage.output_tokens,
+                sc.FINISH_REASONS: [result.finish_reason],
+                sc.TIMING["queue_s"]: timing.queue_s,
+                sc.TIMING["network_s"]: timing.network_s,
+                sc.TIMING["prefill_s"]: timing.prefill_s,
+                sc.TIMING["decode_s"]: timing.decode_s,
+                sc.TIMING["comm_s"]: timing.comm_s,
+                sc.TIMING["ttft_s"]: timing.ttft_s,
+                sc.TIMING["tpot_s"]: timing.tpot_s,
+            }
+            if result.cost_usd:
+                attributes[sc.COST_USD] = result.cost_usd
+            if result.energy_j:
+                attributes[sc.ENERGY_J] = result.energy_j
+            if result.chips:
+                attributes[sc.CHIPS] = result.chips
+            if result.attributes:
+                attributes.update(result.attributes)
+            span.update_name(sc.CHAT_SPAN.format(model=result.model))
+            span.set_attributes(attributes)
+            if self._detail == "phases":
+                self._phases(span, result, t_start)
+        if error is not None:
+            _record_error(span, error, self._ns(t_end))
+        span.end(end_time=self._ns(t_end))
+
+    def _phases(self, chat: Span, result: InferenceResult, t0: float) -> None:
+        # Lay the phases end to end from the call's start. Communication happens inside prefill
+        # and decode (all-reduces per layer, hops per token), so it is shared between them in
+        # proportion to their compute time; each phase span carries its share as an attribute.
+        timing = result.timing
+        compute = timing.prefill_s + timing.decode_s
+        comm_prefill = timing.comm_s * (timing.prefill_s / compute) if compute > 0 else 0.0
+        comm_decode = timing.comm_s - comm_prefill
+        spans = (
+            ("queue", timing.queue_s, 0.0),
+            ("network", timing.network_s, 0.0),
+            ("prefill", timing.prefill_s + comm_prefill, comm_prefill),
+            ("decode", timing.decode_s + comm_decode, comm_decode),
+        )
+        context = trace.set_span_in_context(chat)
+        t = t0
+        for name, duration, comm in spans:
+            if duration <= 0:
+                continue
+            phase = self._tracer.start_span(
+                name, context=context, start_time=self._ns(t), attributes={"agentrt.comm_s": comm}
+            )
+            if name == "decode":
+                phase.add_event(
+                    sc.FIRST_TOKEN_EVENT,
+                    {sc.TIMING["ttft_s"]: timing.ttft_s},
+                    timestamp=self._ns(t0 + timing.ttft_s),
+                )
+            t += duration
+            phase.end(end_time=self._ns(t))
+
+    def start_tool(
+        self, parent: Context | None, tool: str, *, attempt: int, t: float
+    ) -> Span | None:
+        """Open an ``execute_tool {tool}`` span under the step whose context is ``parent``."""
+        if parent is None:
+            return None
+        return self._tracer.start_span(
+            sc.EXECUTE_TOOL_SPAN.format(tool=tool),
+            context=parent,
+            start_time=self._ns(t),
+            attributes={sc.OPERATION_NAME: "execute_tool", sc.TOOL_NAME: tool, sc.ATTEMPT: attempt},
+        )
+
+    def end_tool(
+        self,
+        span: Span | None,
+        *,
+        result: ToolResult | None,
+        error: BaseException | None,
+        t: float,
+    ) -> None:
+        """Close a tool span."""
+        if span is None:
+            return
+        if result is not None:
+            span.set_attribute(sc.TOOL_OK, result.ok)
+        if error is not None:
+            _record_error(span, error, self._ns(t))
+        span.end(end_time=self._ns(t))
+
+
+def _record_error(span: Span, error: BaseException, t_ns: int) -> None:
+    cause = error.__cause__ if error.__cause__ is not None else error
+    span.set_status(Status(StatusCode.ERROR, f"{type(cause).__name__}: {cause}"))
+    span.set_attribute(sc.ERROR_TYPE, type(cause).__name__)
+    span.record_exception(cause, timestamp=t_ns)
