@@ -12,7 +12,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from agentrt.agent import Agent, AgentRun
-from agentrt.clock import Clock, RealClock, VirtualClock, current_clock, run
+from agentrt.clock import Clock, RealClock, VirtualClock, VirtualTimeStalled, current_clock, run
 from agentrt.errors import (
     AgentrtError,
     BadResponse,
@@ -97,6 +97,7 @@ __all__ = [
     "UnknownNameError",
     "Usage",
     "VirtualClock",
+    "VirtualTimeStalled",
     "__version__",
     "current_clock",
     "load_plan",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -242,7 +243,6 @@ async def _execute(prepared: AgentRun, plan: Plan, show_progress: bool) -> RunRe
         await prepared.agent.aclose()
 
 
-@app.command("substrates")
 def substrates_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
@@ -264,8 +264,28 @@ def substrates_command(
     _out.print(table)
 
 
+def _load_plugin_commands() -> None:
+    """Add the commands other packages register under the ``agentrt.commands`` entry points.
+
+    ``substrates`` (this distribution's emulated engines) adds ``predict``, ``calibrate`` and a
+    richer ``substrates``; the kernel keeps a plain ``substrates`` listing for when none does.
+    """
+    names = set()
+    for ep in sorted(entry_points(group="agentrt.commands"), key=lambda e: e.name):
+        try:
+            command = ep.load()
+        except (ImportError, AttributeError) as exc:
+            _err.print(f"[yellow]warning:[/] cannot load command {ep.name!r} ({ep.value}): {exc}")
+            continue
+        app.command(ep.name)(command)
+        names.add(ep.name)
+    if "substrates" not in names:
+        app.command("substrates")(substrates_command)
+
+
 def main() -> None:
     """Entry point of the ``agentrt`` console script."""
+    _load_plugin_commands()
     try:
         app()
     except KeyboardInterrupt:

@@ -23,9 +23,14 @@ from typing import Any, Protocol, TypeVar, final, runtime_checkable
 
 import anyio
 
-from agentrt.errors import ConfigError
+from agentrt.errors import AgentrtError, ConfigError
 
-__all__ = ["Clock", "RealClock", "VirtualClock", "current_clock", "run"]
+__all__ = ["Clock", "RealClock", "VirtualClock", "VirtualTimeStalled", "current_clock", "run"]
+
+
+class VirtualTimeStalled(AgentrtError, RuntimeError):
+    """A virtual-time run in which every task waits and nothing can ever wake one."""
+
 
 T = TypeVar("T")
 
@@ -117,11 +122,21 @@ class VirtualClock:
         start_s: the clock reading when the run starts.
         epoch_s: the Unix time that ``start_s`` corresponds to in span timestamps; defaults to the
             wall time when the clock is created, so traces of a virtual run land near "now".
+        stall_timeout_s: real seconds to wait when every task is blocked and no timer is set
+            (only real I/O or another thread could wake the loop) before raising
+            `VirtualTimeStalled` instead of hanging; None waits forever.
     """
 
-    __slots__ = ("_epoch_ns", "_jumps", "_now", "_start_s")
+    __slots__ = ("_epoch_ns", "_jumps", "_now", "_start_s", "stall_timeout_s")
 
-    def __init__(self, *, start_s: float = 0.0, epoch_s: float | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        start_s: float = 0.0,
+        epoch_s: float | None = None,
+        stall_timeout_s: float | None = 30.0,
+    ) -> None:
+        self.stall_timeout_s = stall_timeout_s
         self._now = float(start_s)
         self._start_s = float(start_s)
         epoch_ns = time.time_ns() if epoch_s is None else int(epoch_s * 1e9)
@@ -177,8 +192,17 @@ class _JumpingSelector(selectors.DefaultSelector):
         ready: list[tuple[selectors.SelectorKey, int]] = super().select(0)
         if ready or timeout is None or timeout <= 0:
             if not ready and timeout is None:
-                # Nothing scheduled: only real I/O (or another thread) can wake us.
-                ready = super().select(None)
+                # Nothing scheduled: only real I/O (or another thread) can wake us. If nothing
+                # does, every task waits for another: a deadlock, which must not hang.
+                limit = self._clock.stall_timeout_s
+                ready = super().select(limit)
+                if not ready and limit is not None:
+                    raise VirtualTimeStalled(
+                        f"virtual time stalled at t={self._clock._now:g} s: every task is "
+                        f"waiting, no timer is set, and no I/O arrived for {limit:g} s of real "
+                        "time (a deadlock, or real I/O in a virtual-time run: use an emulated "
+                        "twin)"
+                    )
             return ready
         self._clock._now += timeout
         self._clock._jumps += 1

@@ -15,7 +15,8 @@ AgentrtError
 ├── ToolError                   a tool call failed (RetryableToolError may be retried)
 ├── StepTimeout                 one attempt of a step ran past its timeout (retryable, TimeoutError)
 ├── StepFailed                  a step failed for good: carries step_id and the cause
-└── RunFailed                   a run ended without success: raised by RunResult.raise_for_status()
+├── RunFailed                   a run ended without success: raised by RunResult.raise_for_status()
+└── VirtualTimeStalled          (agentrt.clock) every task waits and nothing can wake one
 ```
 
 Cancellation is never an `AgentrtError`: it is anyio's cancellation exception and always propagates.

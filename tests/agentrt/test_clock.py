@@ -115,3 +115,14 @@ async def test_run_refuses_to_nest_inside_a_running_loop() -> None:
 
     with pytest.raises(ConfigError, match="cannot be called from async code"):
         run(noop)
+
+
+def test_a_virtual_deadlock_is_an_error_not_a_hang() -> None:
+    from agentrt.clock import VirtualTimeStalled
+
+    async def main() -> None:
+        await anyio.sleep(2)
+        await anyio.Event().wait()  # nobody will ever set it
+
+    with pytest.raises(VirtualTimeStalled, match="virtual time stalled at t=2 s"):
+        run(main, clock=VirtualClock(stall_timeout_s=0.2))
