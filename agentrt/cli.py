@@ -89,6 +89,28 @@ def run_command(
     output_tokens: Annotated[
         int | None, typer.Option(help="Option for `fixed`: tokens generated per call.")
     ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Emulated engines: model profile (default llama-3.1-70b).")
+    ] = None,
+    chips: Annotated[
+        int | None, typer.Option(help="Emulated engines: chips (wafers, GPUs).")
+    ] = None,
+    tp: Annotated[
+        int | None, typer.Option(help="Emulated engines: tensor-parallel degree.")
+    ] = None,
+    pp: Annotated[int | None, typer.Option(help="Emulated engines: pipeline stages.")] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="Emulated engines: bf16, fp8 or fp4.")
+    ] = None,
+    max_batch: Annotated[
+        int | None, typer.Option(help="Emulated engines: most requests decoded together.")
+    ] = None,
+    network_rtt_ms: Annotated[
+        float | None, typer.Option(help="Emulated engines: client-endpoint round trip.")
+    ] = None,
+    spec_decode: Annotated[
+        str | None, typer.Option(help="Emulated engines: speculative decoding DRAFT:ACCEPT.")
+    ] = None,
     option: Annotated[
         list[str] | None,
         typer.Option("--option", "-o", help="Substrate option KEY=VALUE (repeatable)."),
@@ -126,8 +148,18 @@ def run_command(
         options: dict[str, Any] = _parse_options(option or [])
         if latency_ms is not None:
             options["latency_ms"] = latency_ms
-        if output_tokens is not None:
-            options["output_tokens"] = output_tokens
+        named = {
+            "output_tokens": output_tokens,
+            "model": model,
+            "chips": chips,
+            "tp": tp,
+            "pp": pp,
+            "precision": precision,
+            "max_batch": max_batch,
+            "network_rtt_ms": network_rtt_ms,
+            "spec_decode": spec_decode,
+        }
+        options.update({k: v for k, v in named.items() if v is not None})
         registry = default_registry()
         sub = registry.substrate(substrate, seed=seed, **options)
         tools: list[Tool] = [

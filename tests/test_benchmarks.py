@@ -13,7 +13,11 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 @pytest.mark.parametrize(
     ("script", "args"),
-    [("overhead.py", ["--runs", "5"]), ("virtual_time.py", ["--steps", "300"])],
+    [
+        ("overhead.py", ["--runs", "5"]),
+        ("virtual_time.py", ["--steps", "300"]),
+        ("engine.py", ["--sequential", "200", "--concurrent", "100", "--repeat", "1"]),
+    ],
 )
 def test_benchmark_runs_and_prints_a_table(script: str, args: list[str]) -> None:
     proc = subprocess.run(

@@ -1,0 +1,263 @@
+"""Commands the emulated engines add to ``agentrt`` (entry points ``agentrt.commands``).
+
+``agentrt predict``, ``agentrt calibrate`` and ``agentrt substrates``. They live here, not in the
+kernel's CLI, because the kernel does not import this package.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from typing import Annotated, Any
+
+import anyio
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agentrt import InferenceRequest, InferenceResult, VirtualClock, run
+from agentrt.errors import AgentrtError, DoesNotFitError
+from agentrt.registry import default_registry
+from substrates.calibration import calibrate, format_table
+from substrates.perfmodel import size_deployment
+from substrates.presets import PRESETS, build_engine
+from substrates.profiles import hardware_names, load_hardware, load_model, model_names
+
+__all__ = ["calibrate_command", "predict_command", "substrates_command"]
+
+_out = Console(width=None if sys.stdout.isatty() else 160)
+_err = Console(stderr=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    _err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+def predict_command(
+    substrate: Annotated[str, typer.Option("--substrate", "-s", help="wse3, h100, h200 or b200.")],
+    model: Annotated[str, typer.Option(help="Model profile name.")] = "llama-3.1-70b",
+    prompt_tokens: Annotated[int, typer.Option(min=1, help="Prompt length.")] = 1000,
+    output_tokens: Annotated[int, typer.Option(min=1, help="Tokens to generate.")] = 500,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="Identical requests arriving together.")
+    ] = 1,
+    chips: Annotated[int | None, typer.Option(help="Chips (wafers or GPUs).")] = None,
+    tp: Annotated[int | None, typer.Option(help="Tensor-parallel degree.")] = None,
+    pp: Annotated[int | None, typer.Option(help="Pipeline stages.")] = None,
+    precision: Annotated[str | None, typer.Option(help="bf16, fp8 or fp4.")] = None,
+    max_batch: Annotated[int, typer.Option(help="Most requests decoded together.")] = 256,
+    network_rtt_ms: Annotated[float, typer.Option(help="Client-endpoint round trip.")] = 0.0,
+    spec_decode: Annotated[
+        str | None, typer.Option(help="Speculative decoding DRAFT:ACCEPT, e.g. 4:0.7.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for jitter and stalls.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Predict one request's latency, speed, cost and energy on an emulated engine.
+
+    With --concurrency C, C identical requests arrive together and the figures are medians.
+    """
+    if substrate not in PRESETS:
+        raise _fail(
+            f"predict works on the emulated presets ({', '.join(PRESETS)}), not {substrate!r}"
+        )
+    try:
+        engine = build_engine(
+            substrate,
+            model=model,
+            chips=chips,
+            tp=tp,
+            pp=pp,
+            precision=precision,
+            max_batch=max_batch,
+            network_rtt_ms=network_rtt_ms,
+            spec_decode=spec_decode,
+            seed=seed,
+        )
+    except AgentrtError as exc:
+        raise _fail(str(exc)) from None
+
+    async def serve() -> list[InferenceResult]:
+        results: list[InferenceResult] = []
+
+        async def one(i: int) -> None:
+            request = InferenceRequest.from_prompt(
+                "predict",
+                prompt_tokens=prompt_tokens,
+                max_output_tokens=output_tokens,
+                step_id=f"predict-{i}",
+            )
+            results.append(await engine.infer(request))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(concurrency):
+                tg.start_soon(one, i)
+        return results
+
+    results = run(serve, clock=VirtualClock())
+
+    def median(field: str) -> float:
+        return float(statistics.median(getattr(r.timing, field) for r in results))
+
+    tpot = median("tpot_s")
+    e2e = statistics.median(r.timing.e2e_s for r in results)
+    data: dict[str, Any] = {
+        "substrate": substrate,
+        "model": model,
+        "deployment": engine.deployment.describe(),
+        "chips": engine.chips,
+        "concurrency": concurrency,
+        "prompt_tokens": prompt_tokens,
+        "output_tokens": output_tokens,
+        "ttft_s": median("ttft_s"),
+        "tpot_s": tpot,
+        "output_tokens_per_s": 1.0 / tpot if tpot > 0 else None,
+        "e2e_s": e2e,
+        "cost_usd": statistics.median(r.cost_usd for r in results),
+        "energy_j": statistics.median(r.energy_j for r in results),
+        **{k: median(k) for k in ("queue_s", "network_s", "prefill_s", "decode_s", "comm_s")},
+    }
+    if as_json:
+        _out.print_json(json.dumps(data))
+        return
+    table = Table(
+        title=f"{model} on {engine.deployment.describe()} · {concurrency} concurrent",
+        title_justify="left",
+    )
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key in (
+        "ttft_s",
+        "tpot_s",
+        "output_tokens_per_s",
+        "e2e_s",
+        "queue_s",
+        "network_s",
+        "prefill_s",
+        "decode_s",
+        "comm_s",
+        "cost_usd",
+        "energy_j",
+    ):
+        value = data[key]
+        table.add_row(key, "-" if value is None else f"{value:.6g}")
+    _out.print(table)
+
+
+def calibrate_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    scored_only: Annotated[
+        bool, typer.Option("--scored-only", help="Hide excluded and input rows.")
+    ] = False,
+) -> None:
+    """Every published point in the calibration table: measured, predicted, relative error."""
+    calibration = calibrate()
+    if as_json:
+        worst = calibration.largest_error
+        payload = {
+            "tolerance": calibration.tolerance,
+            "points": [
+                {
+                    "row": p.row,
+                    "system": p.system,
+                    "chip": p.chip,
+                    "model": p.model,
+                    "metric": p.metric,
+                    "unit": p.unit,
+                    "measured": p.measured,
+                    "predicted": p.predicted,
+                    "relative_error": p.relative_error,
+                    "use": p.use,
+                    "source": p.source,
+                    "note": p.note,
+                }
+                for p in calibration.points
+                if p.scored or not scored_only
+            ],
+            "largest_error": None
+            if worst is None
+            else {
+                "row": worst.row,
+                "relative_error": worst.relative_error,
+            },
+            "failures": [p.row for p in calibration.failures],
+        }
+        _out.print_json(json.dumps(payload))
+    else:
+        _out.print(format_table(calibration, include_unscored=not scored_only), highlight=False)
+    if calibration.failures:
+        raise typer.Exit(1)
+
+
+def substrates_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Registered substrates; per emulated preset: chips, memory, bandwidth, what fits."""
+    try:
+        registry = default_registry()
+        names = registry.names("agentrt.substrates")
+        tools = registry.names("agentrt.tools")
+    except AgentrtError as exc:
+        raise _fail(str(exc)) from None
+    presets: list[dict[str, Any]] = []
+    for name in names:
+        if name not in PRESETS:
+            continue
+        hw = load_hardware(PRESETS[name])
+        fits: dict[str, str] = {}
+        for model_name in model_names():
+            model = load_model(model_name)
+            try:
+                dep = size_deployment(hw, model)
+                fits[model_name] = f"{dep.chips} ({dep.precision})"
+            except DoesNotFitError:
+                fits[model_name] = "does not fit"
+        presets.append(
+            {
+                "name": name,
+                "hardware": hw.display_name,
+                "kind": hw.kind,
+                "memory_gb_per_chip": hw.memory_gb,
+                "memory_bandwidth_tb_per_s": hw.memory_bandwidth_tb_per_s,
+                "chips_per_node": hw.chips_per_node,
+                "power_w_per_chip": hw.power_w,
+                "models": fits,
+            }
+        )
+    others = [n for n in names if n not in PRESETS]
+    if as_json:
+        _out.print_json(
+            json.dumps(
+                {
+                    "presets": presets,
+                    "substrates": names,
+                    "tools": tools,
+                    "hardware_profiles": list(hardware_names()),
+                }
+            )
+        )
+        return
+    table = Table(
+        title="emulated presets · chips needed per model (smallest deployment that fits)",
+        title_justify="left",
+    )
+    for column in ("preset", "hardware", "memory/chip", "bandwidth/chip", "power/chip"):
+        table.add_column(column)
+    models = list(model_names())
+    for m in models:
+        table.add_column(m, justify="right")
+    for p in presets:
+        table.add_row(
+            p["name"],
+            p["hardware"],
+            f"{p['memory_gb_per_chip']:g} GB",
+            f"{p['memory_bandwidth_tb_per_s']:g} TB/s",
+            f"{p['power_w_per_chip']:g} W",
+            *(p["models"][m].replace(" (", "\n(") for m in models),
+        )
+    _out.print(table)
+    if others:
+        _out.print("other substrates: " + ", ".join(others), highlight=False)
+    _out.print("tools: " + (", ".join(tools) or "none registered"), highlight=False)

@@ -1,0 +1,180 @@
+"""Where an emulated engine's text comes from: synthetic, scripted per step, or a recorded run."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import zlib
+from collections import deque
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from agentrt.errors import BadResponse, ConfigError
+from agentrt.substrate import InferenceRequest
+
+__all__ = [
+    "ContentSource",
+    "ReplayContent",
+    "ScriptedContent",
+    "SyntheticContent",
+    "count_tokens",
+    "split_tokens",
+]
+
+_VOCABULARY = (
+    "the model reads the failing test and finds that the parser drops the last field when a "
+    "line ends with a separator so the patch keeps an empty field and the suite passes again "
+    "after checking the docs for the expected behaviour of trailing separators in records"
+).split(" ")
+
+
+def count_tokens(text: str) -> int:
+    """Tokens in ``text`` by the usual 4-characters-per-token estimate (at least 1 if non-empty).
+
+    Example:
+        >>> count_tokens("twelve chars")
+        3
+    """
+    return math.ceil(len(text) / 4) if text else 0
+
+
+def split_tokens(text: str, tokens: int) -> list[str]:
+    """Split ``text`` into ``tokens`` consecutive pieces that join back to it (for streaming).
+
+    Example:
+        >>> split_tokens("abcdefgh", 3)
+        ['abc', 'def', 'gh']
+    """
+    if tokens <= 1 or not text:
+        return [text]
+    size = math.ceil(len(text) / tokens)
+    pieces = [text[i : i + size] for i in range(0, len(text), size)]
+    while len(pieces) < tokens:
+        pieces.append("")
+    return pieces
+
+
+@runtime_checkable
+class ContentSource(Protocol):
+    """**Protocol:** the text an emulated engine returns for a request.
+
+    ``text_for`` returns the text and its length in tokens. The engine times the generation by
+    that length, so a scripted answer of 40 tokens takes 40 tokens of decode time.
+
+    Example:
+        >>> class Fixed:
+        ...     def text_for(self, request: InferenceRequest, max_tokens: int) -> tuple[str, int]:
+        ...         return "ok", 1
+        >>> isinstance(Fixed(), ContentSource)
+        True
+    """
+
+    def text_for(self, request: InferenceRequest, max_tokens: int) -> tuple[str, int]:
+        """Text for ``request`` of at most ``max_tokens`` tokens, and its token count."""
+        ...
+
+
+class SyntheticContent:
+    """Filler text of exactly the requested length (``max_tokens``), reproducible per step.
+
+    Each token is one short word; where the words start in the vocabulary depends on the seed
+    and the step id only.
+    """
+
+    __slots__ = ("_seed",)
+
+    def __init__(self, *, seed: int | None = None) -> None:
+        self._seed = seed or 0
+
+    def text_for(self, request: InferenceRequest, max_tokens: int) -> tuple[str, int]:
+        """``max_tokens`` words."""
+        start = zlib.crc32(f"{self._seed}:{request.step_id}".encode()) % len(_VOCABULARY)
+        return _words(start, max_tokens), max_tokens
+
+
+@functools.lru_cache(maxsize=1024)
+def _words(start: int, count: int) -> str:
+    n = len(_VOCABULARY)
+    return " ".join(_VOCABULARY[(start + i) % n] for i in range(count))
+
+
+class ScriptedContent:
+    """Answers written in advance, keyed by step id; a list is consumed one answer per call.
+
+    Steps without an answer get ``default`` (synthetic text when None). The token count is
+    `count_tokens` of the answer, truncated at the request's ``max_output_tokens``.
+
+    Example:
+        >>> source = ScriptedContent({"patch": "--- a/x.py +++ b/x.py"})
+        >>> source.text_for(InferenceRequest.from_prompt("p", step_id="patch"), 256)[1]
+        6
+    """
+
+    def __init__(
+        self,
+        answers: Mapping[str, str | Sequence[str]],
+        *,
+        default: str | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self._answers: dict[str, deque[str]] = {
+            k: deque([v] if isinstance(v, str) else list(v)) for k, v in answers.items()
+        }
+        self._default = default
+        self._synthetic = SyntheticContent(seed=seed)
+
+    def text_for(self, request: InferenceRequest, max_tokens: int) -> tuple[str, int]:
+        """The scripted answer for the request's step."""
+        queue = self._answers.get(request.step_id or "")
+        if queue:
+            text = queue.popleft() if len(queue) > 1 else queue[0]
+        elif self._default is not None:
+            text = self._default
+        else:
+            return self._synthetic.text_for(request, max_tokens)
+        tokens = count_tokens(text)
+        if tokens > max_tokens:
+            text = text[: max_tokens * 4]
+            tokens = max_tokens
+        return text, max(tokens, 1)
+
+
+class ReplayContent:
+    """The text and lengths of a recorded run (``agentrt run --json`` output), step by step.
+
+    Raises:
+        ConfigError: the file is not a recorded run.
+    """
+
+    def __init__(self, recorded: str | Path | Mapping[str, Any]) -> None:
+        if isinstance(recorded, Mapping):
+            data: Any = recorded
+        else:
+            path = Path(recorded)
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ConfigError(f"{path}: cannot read a recorded run ({exc})") from exc
+        steps = data.get("steps") if isinstance(data, Mapping) else None
+        if not isinstance(steps, list):
+            raise ConfigError(
+                "a recorded run is the JSON of `agentrt run ... --json` (with a `steps` list)"
+            )
+        self._steps: dict[str, tuple[str, int]] = {
+            str(s["id"]): (str(s.get("text", "")), int(s.get("output_tokens", 0)))
+            for s in steps
+            if isinstance(s, Mapping) and "id" in s
+        }
+
+    def text_for(self, request: InferenceRequest, max_tokens: int) -> tuple[str, int]:
+        """The recorded step's text and length (capped at ``max_tokens``)."""
+        recorded = self._steps.get(request.step_id or "")
+        if recorded is None:
+            known = ", ".join(sorted(self._steps)) or "none"
+            raise BadResponse(
+                f"the recorded run has no step {request.step_id!r} to replay (recorded: {known})"
+            )
+        text, tokens = recorded
+        return text, max(1, min(tokens or count_tokens(text), max_tokens))
