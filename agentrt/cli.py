@@ -17,11 +17,12 @@ from rich.table import Table
 from agentrt import __version__
 from agentrt.agent import Agent, AgentRun
 from agentrt.clock import VirtualClock, run
+from agentrt.compare import Comparison, compare
 from agentrt.errors import AgentrtError, ConfigError
 from agentrt.log import configure_logging
 from agentrt.plan import Plan, load_plan
 from agentrt.registry import default_registry
-from agentrt.render import print_report, print_run, print_waterfall
+from agentrt.render import print_comparison, print_report, print_run, print_waterfall
 from agentrt.report import from_run, load_trace_file
 from agentrt.result import RunResult
 from agentrt.telemetry.configure import Telemetry, configure, parse_trace_target
@@ -162,9 +163,7 @@ def run_command(
         options.update({k: v for k, v in named.items() if v is not None})
         registry = default_registry()
         sub = registry.substrate(substrate, seed=seed, **options)
-        tools: list[Tool] = [
-            registry.tool(name) for name in sorted({s.tool for s in plan.steps if s.tool})
-        ]
+        tools = _tools_for(plan, virtual=virtual)
         telemetry = configure(parse_trace_target(trace), service_name="agentrt", set_global=False)
         agent = Agent(
             sub,
@@ -206,6 +205,78 @@ def run_command(
             _out.print(f"trace: {where}", highlight=False)
     if result.status != "succeeded":
         raise typer.Exit(1)
+
+
+def _tools_for(plan: Plan, *, virtual: bool) -> list[Tool]:
+    """The registered tools a plan names; in virtual time, their ``-twin`` where one exists."""
+    registry = default_registry()
+    known = set(registry.names("agentrt.tools"))
+    tools = []
+    for name in sorted({s.tool for s in plan.steps if s.tool}):
+        twin = f"{name}-twin"
+        tools.append(registry.tool(twin if virtual and twin in known else name))
+    return tools
+
+
+@app.command("compare")
+def compare_command(
+    plan_path: Annotated[Path, typer.Argument(metavar="PLAN", help="Plan file (.yaml or .json).")],
+    substrates: Annotated[
+        str, typer.Option("--substrates", help="Comma-separated substrate names, e.g. wse3,h100.")
+    ],
+    trials: Annotated[int, typer.Option(min=1, help="Runs per substrate.")] = 10,
+    virtual: Annotated[bool, typer.Option("--virtual", help="Run in virtual time.")] = False,
+    seed: Annotated[int | None, typer.Option(help="Seed for engines and retries.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--option", "-o", help="Option KEY=VALUE for every substrate (repeatable)."),
+    ] = None,
+) -> None:
+    """Run PLAN on several substrates: end-to-end p50/p95/p99, per-step medians, speed-ups."""
+    try:
+        configure_logging(level="warning")
+        plan = load_plan(plan_path)
+        names = [n.strip() for n in substrates.split(",") if n.strip()]
+        if not names:
+            raise ConfigError("--substrates needs at least one name, e.g. --substrates wse3,h100")
+        options = _parse_options(option or [])
+        registry = default_registry()
+        subs = {n: registry.substrate(n, seed=seed, **options) for n in names}
+        tools = _tools_for(plan, virtual=virtual)
+    except AgentrtError as exc:
+        raise _fail(str(exc).replace("\n", " ")) from None
+
+    async def main() -> Comparison:
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} runs"),
+            TimeElapsedColumn(),
+            console=_err,
+            transient=True,
+            disable=as_json or not _err.is_terminal,
+        ) as progress:
+            task = progress.add_task(plan.name, total=trials * len(subs))
+            result = await compare(
+                plan,
+                subs,
+                tools=tools,
+                trials=trials,
+                seed=seed,
+                on_trial=lambda name, run: progress.update(
+                    task, advance=1, description=f"{plan.name} on {name}"
+                ),
+            )
+        for substrate in subs.values():
+            await substrate.aclose()
+        return result
+
+    comparison = run(main, clock=VirtualClock() if virtual else None)
+    if as_json:
+        _out.print_json(json.dumps(comparison.model_dump(mode="json")))
+        return
+    print_comparison(_out, comparison)
 
 
 def _trace_location(telemetry: Telemetry, trace_id: str | None) -> str | None:

@@ -6,10 +6,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from agentrt.compare import Comparison
 from agentrt.report import CATEGORIES, Attribution, StepAttribution
 from agentrt.result import RunResult
 
-__all__ = ["COLORS", "print_report", "print_run", "print_waterfall"]
+__all__ = ["COLORS", "print_comparison", "print_report", "print_run", "print_waterfall"]
 
 #: One color per category, shared by the waterfall and the plot.
 COLORS = {
@@ -168,3 +169,44 @@ def print_waterfall(console: Console, report: Attribution, *, width: int = 64) -
         legend.append("█", style=COLORS[name])
         legend.append(f" {name[:-2]}  ")
     console.print(legend)
+
+
+def print_comparison(console: Console, comparison: Comparison) -> None:
+    """End-to-end percentiles per substrate, per-step medians side by side, and speed-ups."""
+    names = list(comparison.substrates)
+    table = Table(
+        title=f"{comparison.plan} · {comparison.trials} trials per substrate · "
+        f"{comparison.clock} time · times in ms",
+        title_justify="left",
+    )
+    table.add_column("")
+    for name in names:
+        table.add_column(name, justify="right")
+    rows = [("e2e p50", "e2e_p50_s"), ("e2e p95", "e2e_p95_s"), ("e2e p99", "e2e_p99_s")]
+    for label, field in rows:
+        table.add_row(label, *(_ms(getattr(comparison.substrates[n], field)) for n in names))
+    table.add_row(
+        "speed-up (p50)", *(f"{comparison.speedup[n]:.2f}x" for n in names), end_section=True
+    )
+    step_ids: dict[str, None] = {}
+    for summary in comparison.substrates.values():
+        for step_id in summary.steps:
+            step_ids.setdefault(step_id, None)
+    for step_id in step_ids:
+        table.add_row(
+            f"step {step_id} (median)",
+            *(_ms(comparison.substrates[n].steps.get(step_id)) for n in names),
+        )
+    table.add_row(
+        "succeeded",
+        *(f"{s.succeeded}/{s.trials}" for s in comparison.substrates.values()),
+        end_section=True,
+    )
+    table.add_row(
+        "cost per run", *(f"${s.cost_usd_mean:.5f}" for s in comparison.substrates.values())
+    )
+    table.add_row(
+        "energy per run",
+        *(f"{s.energy_j_mean / 1000:.2f} kJ" for s in comparison.substrates.values()),
+    )
+    console.print(table)
