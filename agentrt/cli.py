@@ -232,9 +232,17 @@ def compare_command(
         list[str] | None,
         typer.Option("--option", "-o", help="Option KEY=VALUE for every substrate (repeatable)."),
     ] = None,
+    trace: Annotated[
+        str,
+        typer.Option(
+            envvar="AGENTRT_TRACE",
+            help="Where traces go (one per run): otlp, otlp-grpc, jaeger-json:PATH, console, none.",
+        ),
+    ] = "none",
 ) -> None:
     """Run PLAN on several substrates: end-to-end p50/p95/p99, per-step medians, speed-ups."""
     try:
+        telemetry = configure(parse_trace_target(trace), service_name="agentrt", set_global=False)
         configure_logging(level="warning")
         plan = load_plan(plan_path)
         names = [n.strip() for n in substrates.split(",") if n.strip()]
@@ -267,16 +275,25 @@ def compare_command(
                 on_trial=lambda name, run: progress.update(
                     task, advance=1, description=f"{plan.name} on {name}"
                 ),
+                tracer_provider=telemetry.tracer_provider,
             )
         for substrate in subs.values():
             await substrate.aclose()
         return result
 
-    comparison = run(main, clock=VirtualClock() if virtual else None)
+    try:
+        comparison = run(main, clock=VirtualClock() if virtual else None)
+    finally:
+        telemetry.shutdown()
+    where = telemetry.where("<trace_id>") if telemetry.target.kind != "none" else None
     if as_json:
-        _out.print_json(json.dumps(comparison.model_dump(mode="json")))
+        data = comparison.model_dump(mode="json")
+        data["trace"] = where
+        _out.print_json(json.dumps(data))
         return
     print_comparison(_out, comparison)
+    if where:
+        _out.print(f"traces: {where} (one trace per run)", highlight=False)
 
 
 def _trace_location(telemetry: Telemetry, trace_id: str | None) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 
+from opentelemetry.trace import TracerProvider
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentrt.agent import Agent
@@ -103,6 +104,7 @@ async def compare(
     trials: int = 10,
     seed: int | None = None,
     on_trial: Callable[[str, RunResult], None] | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> Comparison:
     """Run ``plan`` ``trials`` times on each substrate, one trial after another, and compare.
 
@@ -122,6 +124,7 @@ async def compare(
         trials: runs per substrate.
         seed: seeds the agents' retry jitter.
         on_trial: called after each run (for progress bars).
+        tracer_provider: where the runs' spans go (one trace per run); default the global one.
 
     Raises:
         ValueError: ``trials`` below 1 or no substrates.
@@ -131,7 +134,9 @@ async def compare(
     summaries: dict[str, SubstrateSummary] = {}
     clock = "real"
     for name, substrate in substrates.items():
-        agent = Agent(substrate, tools=tools, name=plan.name, seed=seed)
+        agent = Agent(
+            substrate, tools=tools, name=plan.name, seed=seed, tracer_provider=tracer_provider
+        )
         runs: list[RunResult] = []
         for _ in range(trials):
             result = await agent.run(plan)
