@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from importlib.metadata import entry_points
@@ -294,6 +295,51 @@ def compare_command(
     print_comparison(_out, comparison)
     if where:
         _out.print(f"traces: {where} (one trace per run)", highlight=False)
+
+
+@app.command("demo")
+def demo_command(
+    virtual: Annotated[
+        bool, typer.Option("--virtual", help="Instant, simulated time (tools run as twins).")
+    ] = False,
+    substrates: Annotated[
+        str, typer.Option(help="Comma-separated emulated substrates.")
+    ] = "wse3,h100",
+    model: Annotated[str, typer.Option(help="Model profile for the engines.")] = "llama-3.1-70b",
+    seed: Annotated[int, typer.Option(help="Seed for engines and tools.")] = 0,
+    trace: Annotated[
+        str | None,
+        typer.Option(
+            envvar="AGENTRT_TRACE",
+            help="otlp, otlp-grpc, jaeger-json:PATH, console or none (default: OTLP if "
+            "OTEL_EXPORTER_OTLP_ENDPOINT is set, else a Jaeger JSON file).",
+        ),
+    ] = None,
+) -> None:
+    """The coding agent fixes a real bug on emulated wse3 and h100, side by side."""
+    # The demo is an example application (examples/demo.py): it uses the substrates and tools
+    # packages, which the kernel does not import, so it is loaded from the source tree.
+    path = Path(__file__).resolve().parent.parent / "examples" / "demo.py"
+    if not path.is_file():
+        raise _fail(
+            f"agentrt demo runs examples/demo.py from a source checkout ({path} is missing); "
+            "clone the repository and install it with pip install -e ."
+        )
+    spec = importlib.util.spec_from_file_location("agentrt_demo", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["--substrates", substrates, "--model", model, "--seed", str(seed)]
+    if virtual:
+        argv.append("--virtual")
+    if trace:
+        argv += ["--trace", trace]
+    try:
+        code = int(module.main(argv))
+    except AgentrtError as exc:
+        raise _fail(str(exc)) from None
+    raise typer.Exit(code)
 
 
 def _trace_location(telemetry: Telemetry, trace_id: str | None) -> str | None:

@@ -1,5 +1,5 @@
 """Embed agentrt with your own substrate and tool. Run: python examples/embed.py"""
-import anyio  # noqa: I001 - one blank line keeps this example within 30 lines
+import anyio
 from pydantic import BaseModel
 
 from agentrt import Agent, InferenceRequest, InferenceResult, Plan, Step, Timing, ToolResult, Usage

@@ -1,5 +1,19 @@
-"""Built-in agent tools for agentrt."""
+"""Built-in agent tools for agentrt: a real search index, a real sandbox, and their twins."""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from tools.debug import DebugArgs, DebugTool, SandboxLimits
+from tools.search import SearchArgs, SearchHit, SearchTool
+from tools.twins import DebugOutcome, DebugTwin, SearchTwin
+
+__all__ = [
+    "DebugArgs",
+    "DebugOutcome",
+    "DebugTool",
+    "DebugTwin",
+    "SandboxLimits",
+    "SearchArgs",
+    "SearchHit",
+    "SearchTool",
+    "SearchTwin",
+]

@@ -1,0 +1,120 @@
+"""Every example runs, as a user would run it; the coding agent really fixes the bug."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from agentrt import run
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    return module
+
+
+def example(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=EXAMPLES.parent,
+    )
+
+
+def package_tests(workdir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
+    )
+
+
+@pytest.mark.parametrize("substrate", ["fixed", "wse3"])
+def test_the_coding_agent_fixes_the_bundled_package(substrate: str, tmp_path: Path) -> None:
+    coding = load("coding_agent")
+    workdir = coding.copy_project(tmp_path)
+    assert "2 failed" in package_tests(workdir).stdout  # the bug is real
+    options: dict[str, Any] = {"model": "llama-3.1-8b"} if substrate == "wse3" else {}
+    sub = coding.make_substrate(substrate, seed=1, **options)
+    result = run(lambda: coding.run_coding_agent(sub, virtual=False, workdir=workdir, seed=1))
+    assert result.status == "succeeded", result.error
+    first, second = result.step("run-tests"), result.step("re-test")
+    assert first.tool_ok is False
+    assert "test_trailing_separator_keeps_an_empty_last_field" in (first.tool_output or "")
+    assert second.tool_ok is True
+    assert "docs/format.md" in (result.step("search-docs").tool_output or "")
+    # Checked independently of the agent: the copy's tests now pass; the original is untouched.
+    assert "4 passed" in package_tests(workdir).stdout
+    assert "fields.pop()" in (coding.PROJECT / "tinycsv" / "__init__.py").read_text()
+
+
+def test_the_coding_agent_in_virtual_time_uses_the_twins() -> None:
+    proc = example("examples/coding_agent.py", "--virtual", "--substrate", "h100")
+    assert proc.returncode == 0, proc.stderr
+    assert "critical path: plan → run-tests → search-docs → patch → re-test → answer" in proc.stdout
+
+
+def test_research_agent_shows_the_critical_path() -> None:
+    proc = example("examples/research_agent.py", "--virtual")
+    assert proc.returncode == 0, proc.stderr
+    found = re.search(r"critical path ([\d.]+) s vs sum of step latencies ([\d.]+) s", proc.stdout)
+    assert found is not None, proc.stdout
+    critical, total = float(found.group(1)), float(found.group(2))
+    assert critical < 0.9 * total  # the three searches overlapped
+
+
+def test_compare_substrates_writes_traces(tmp_path: Path) -> None:
+    trace = tmp_path / "t.json"
+    proc = example("examples/compare_substrates.py", "--trials", "5", "--trace", str(trace))
+    assert proc.returncode == 0, proc.stderr
+    assert "wse3 is" in proc.stdout
+    assert "faster end to end" in proc.stdout
+    assert trace.stat().st_size > 1000
+
+
+def test_embed_example_is_short_and_runs() -> None:
+    assert len((EXAMPLES / "embed.py").read_text().splitlines()) <= 30
+    proc = example("examples/embed.py")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("succeeded")
+    assert "sunny in Lisbon" in proc.stdout
+
+
+def test_the_demo_in_virtual_time(tmp_path: Path) -> None:
+    trace = tmp_path / "demo.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "agentrt", "demo", "--virtual", "--trace", f"jaeger-json:{trace}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "ran the same agent" in proc.stdout
+    assert proc.stdout.count("tests: 4 passed") == 2
+    assert f"trace (wse3): {trace}" in proc.stdout
+    assert trace.exists()

@@ -1,0 +1,217 @@
+"""Running one command in a fresh session under the supervisor, with bounded output capture."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from anyio.abc import ByteReceiveStream, Process
+
+__all__ = ["SandboxRun", "Tail", "run_sandboxed"]
+
+_SUPERVISOR = Path(__file__).with_name("_supervisor.py")
+# The supervisor enforces the timeout; the parent steps in only if the supervisor itself hangs.
+_BACKSTOP_S = 5.0
+# Once the supervisor has exited every writer is dead, so the pipes end at once; bound it anyway.
+_DRAIN_S = 2.0
+_STOP_S = 2.0
+_KILL_ROUNDS = 100
+
+
+@dataclass(slots=True)
+class Tail:
+    """The last ``size`` bytes of a stream, and how many bytes the stream carried in all.
+
+    Memory stays bounded however much a process writes: each chunk is appended and the front
+    trimmed.
+    """
+
+    size: int
+    data: bytearray = field(default_factory=bytearray)
+    total: int = 0
+
+    def add(self, chunk: bytes) -> None:
+        """Append ``chunk``, keeping only the last ``size`` bytes."""
+        self.total += len(chunk)
+        self.data += chunk
+        if len(self.data) > self.size:
+            del self.data[: len(self.data) - self.size]
+
+    def text(self) -> str:
+        """The kept bytes as text (UTF-8, undecodable bytes replaced)."""
+        return self.data.decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxRun:
+    """What happened to one sandboxed command.
+
+    ``limit`` is set here only for what the supervisor enforces itself (``"timeout"``,
+    ``"processes"``); the kernel's rlimits show up as signals or errors, read by the caller.
+    """
+
+    exit_code: int | None
+    signal: str | None
+    limit: str | None
+    duration_s: float
+    stdout: Tail
+    stderr: Tail
+    peak_processes: int = 0
+    leftover_processes: int = 0
+    cpu_time_s: float | None = None
+    max_rss_kib: int | None = None
+
+
+async def run_sandboxed(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    status_path: Path,
+    timeout_s: float,
+    grace_s: float,
+    max_processes: int,
+    rlimits: Mapping[str, tuple[int, int]],
+    tail_bytes: int,
+) -> SandboxRun:
+    """Run ``argv`` under the supervisor and wait until it and everything it started are gone.
+
+    Cancelling this call kills the whole process tree before the cancellation propagates.
+
+    Raises:
+        OSError: the supervisor could not be started (bad ``cwd``, no interpreter).
+    """
+    config = {
+        "status_path": str(status_path),
+        "timeout_s": timeout_s,
+        "grace_s": grace_s,
+        "max_processes": max_processes,
+        "rlimits": {name: list(pair) for name, pair in rlimits.items()},
+    }
+    command = [sys.executable, "-I", "-S", str(_SUPERVISOR), json.dumps(config), "--", *argv]
+    out, err = Tail(tail_bytes), Tail(tail_bytes)
+    started = anyio.current_time()
+    backstop_hit = False
+    process = await anyio.open_process(
+        command,
+        stdin=subprocess.DEVNULL,
+        cwd=cwd,
+        env=dict(env),
+        start_new_session=True,
+    )
+    try:
+        async with anyio.create_task_group() as tg:
+            assert process.stdout is not None
+            assert process.stderr is not None
+            tg.start_soon(_drain, process.stdout, out)
+            tg.start_soon(_drain, process.stderr, err)
+            with anyio.move_on_after(timeout_s + grace_s + _BACKSTOP_S):
+                await process.wait()
+            if process.returncode is None:
+                backstop_hit = True
+                await anyio.to_thread.run_sync(_kill_session, process.pid)
+                await process.wait()
+            elif not await anyio.Path(status_path).exists():
+                # The supervisor died without a report: whatever it started is unsupervised.
+                await anyio.to_thread.run_sync(_kill_session, process.pid)
+            tg.cancel_scope.deadline = anyio.current_time() + _DRAIN_S
+    finally:
+        with anyio.CancelScope(shield=True):
+            await _stop(process)
+    duration_s = anyio.current_time() - started
+    status = _read_status(status_path)
+    if status is None:
+        # The supervisor died without a report (killed by the backstop or from outside).
+        code = process.returncode
+        return SandboxRun(
+            exit_code=None,
+            signal=_signal_name(code) if code is not None and code < 0 else None,
+            limit="timeout" if backstop_hit else None,
+            duration_s=duration_s,
+            stdout=out,
+            stderr=err,
+        )
+    if "error" in status:
+        err.add(f"\n[sandbox supervisor failed: {status['error']}]\n".encode())
+    exit_code = status.get("exit_code")
+    return SandboxRun(
+        exit_code=exit_code if isinstance(exit_code, int) and exit_code >= 0 else None,
+        signal=_signal_name(exit_code) if isinstance(exit_code, int) and exit_code < 0 else None,
+        limit=status.get("limit"),
+        duration_s=duration_s,
+        stdout=out,
+        stderr=err,
+        peak_processes=int(status.get("peak_processes") or 0),
+        leftover_processes=int(status.get("leftover_processes") or 0),
+        cpu_time_s=status.get("cpu_time_s"),
+        max_rss_kib=status.get("max_rss_kib"),
+    )
+
+
+async def _drain(stream: ByteReceiveStream, tail: Tail) -> None:
+    async for chunk in stream:
+        tail.add(chunk)
+
+
+async def _stop(process: Process) -> None:
+    """Make sure the supervisor, and so the whole tree, is gone; close the pipes."""
+    if process.returncode is None:
+        # SIGTERM asks the supervisor to kill and reap every descendant, then exit.
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        with anyio.move_on_after(_STOP_S):
+            await process.wait()
+        if process.returncode is None:
+            await anyio.to_thread.run_sync(_kill_session, process.pid)
+    await process.aclose()
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of session ``sid`` (the fallback when the supervisor is gone)."""
+    for _ in range(_KILL_ROUNDS):
+        members: dict[int, int] = {}
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    stat = f.read()
+                fields = stat[stat.rindex(b")") + 2 :].split()
+            except (OSError, ValueError):
+                continue
+            if int(fields[3]) == sid and fields[0] != b"Z":
+                members[int(name)] = int(fields[2])
+        if not members:
+            return
+        # Whole groups first: one killpg() also catches children forked while we scan.
+        for pgid in set(members.values()):
+            with contextlib.suppress(OSError):
+                os.killpg(pgid, signal.SIGKILL)
+        for pid in members:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _read_status(path: Path) -> dict[str, Any] | None:
+    try:
+        status = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return status if isinstance(status, dict) else None
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
