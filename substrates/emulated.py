@@ -174,16 +174,18 @@ class EmulatedEngine:
         prompt, text, tokens, priority = self._prepare(request)
         clock = current_clock()
         t0 = clock.current_time()
-        half = self._network_s / 2
-        if half > 0:
-            await anyio.sleep(half)
         if not self._loaded:
             await self._wait_loaded()
         loaded = clock.current_time()
         record = await self._scheduler.submit(prompt, tokens, priority=priority)
-        if half > 0:
-            await anyio.sleep(half)
-        cold = max(0.0, loaded - t0 - half)
+        # The whole round trip is waited after the server's work rather than half before and
+        # half after: every request of this engine has the same network time, so submitting
+        # half a round trip early only translates the server's schedule in time (same order,
+        # same batches, same draws) and the client sees every token at the same moment. It
+        # saves one clock wait per request.
+        if self._network_s > 0:
+            await anyio.sleep(self._network_s)
+        cold = max(0.0, loaded - t0)
         return self._result(request, text, record, cold_s=cold, elapsed_s=clock.current_time() - t0)
 
     def stream(self, request: InferenceRequest) -> AbstractAsyncContextManager[_EngineStream]:
@@ -195,12 +197,12 @@ class EmulatedEngine:
         prompt, text, tokens, priority = self._prepare(request)
         clock = current_clock()
         t0 = clock.current_time()
-        half = self._network_s / 2
-        await anyio.sleep(half)
         await self._wait_loaded()
-        cold = max(0.0, clock.current_time() - t0 - half)
+        cold = max(0.0, clock.current_time() - t0)
+        # As in `infer`: the server's schedule is translated by half a round trip, so each token
+        # reaches the client a whole round trip after the engine emits it.
         async with self._scheduler.stream(prompt, tokens, priority=priority) as served:
-            stream = _EngineStream(self, request, text, tokens, served, half, cold, t0)
+            stream = _EngineStream(self, request, text, tokens, served, self._network_s, cold, t0)
             yield stream
 
     async def warm_up(self) -> None:
@@ -303,7 +305,7 @@ class _EngineStream:
         text: str,
         tokens: int,
         served: object,
-        network_half_s: float,
+        network_s: float,
         cold_s: float,
         t0: float,
     ) -> None:
@@ -312,7 +314,7 @@ class _EngineStream:
         self._pieces = split_tokens(text, tokens)
         self._text = text
         self._served = served
-        self._half = network_half_s
+        self._delay = network_s
         self._cold = cold_s
         self._t0 = t0
         self._result: InferenceResult | None = None
@@ -329,7 +331,7 @@ class _EngineStream:
         async for arrivals in served.arrivals(max_tokens=1):
             for offset, t in enumerate(arrivals.times_s):
                 index = arrivals.index + offset
-                due = t + self._half
+                due = t + self._delay
                 delay = due - clock.current_time()
                 if delay > 0:
                     await anyio.sleep(delay)
