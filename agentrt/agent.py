@@ -93,8 +93,9 @@ class Agent:
         tracer_provider: where spans go; default the global one (a no-op until an application
             configures the SDK, e.g. with `agentrt.telemetry.configure`).
         meter_provider: where metrics go; default the global one.
-        trace_detail: ``phases`` adds queue/network/prefill/decode spans under each model call;
-            ``steps`` stops at run, step, chat and tool spans (cheaper).
+        trace_detail: ``steps`` (default) emits run, step, chat and tool spans; ``phases`` also
+            queue/network/prefill/decode spans under each model call (up to four more spans
+            per call: the CLI's ``run`` turns them on, many-run commands leave them off).
     """
 
     def __init__(
@@ -107,7 +108,7 @@ class Agent:
         defaults: StepDefaults | None = None,
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
-        trace_detail: Detail = "phases",
+        trace_detail: Detail = "steps",
     ) -> None:
         self.substrate = substrate
         self.defaults = defaults or StepDefaults()

@@ -106,7 +106,7 @@ class RunTracer:
         tracer_provider: trace.TracerProvider | None,
         clock: Clock,
         *,
-        detail: Detail = "phases",
+        detail: Detail = "steps",
     ) -> None:
         from agentrt import __version__
 
@@ -162,17 +162,19 @@ class RunTracer:
         """Open a ``step {id}`` span under the root."""
         if not self.enabled:
             return None
+        attributes: dict[str, str | int | bool | list[str]] = {
+            sc.STEP_ID: step.id,
+            sc.STEP_KIND: step.kind,
+            sc.STEP_INDEX: index,
+            sc.STEP_WAITS_FOR: list(waits_for),
+        }
+        if step.optional:
+            attributes[sc.STEP_OPTIONAL] = True
         return self._tracer.start_span(
             sc.STEP_SPAN.format(step=step.id),
             context=self.root_context,
             start_time=self._ns(t),
-            attributes={
-                sc.STEP_ID: step.id,
-                sc.STEP_KIND: step.kind,
-                sc.STEP_INDEX: index,
-                sc.STEP_OPTIONAL: step.optional,
-                sc.STEP_WAITS_FOR: list(waits_for),
-            },
+            attributes=attributes,
         )
 
     def end_step(
@@ -254,14 +256,14 @@ class RunTracer:
                 sc.INPUT_TOKENS: result.usage.input_tokens,
                 sc.OUTPUT_TOKENS: result.usage.output_tokens,
                 sc.FINISH_REASONS: [result.finish_reason],
-                sc.TIMING["queue_s"]: timing.queue_s,
-                sc.TIMING["network_s"]: timing.network_s,
-                sc.TIMING["prefill_s"]: timing.prefill_s,
-                sc.TIMING["decode_s"]: timing.decode_s,
-                sc.TIMING["comm_s"]: timing.comm_s,
                 sc.TIMING["ttft_s"]: timing.ttft_s,
                 sc.TIMING["tpot_s"]: timing.tpot_s,
             }
+            # A category that took no time is left out: readers treat a missing one as 0.
+            for field in ("queue_s", "network_s", "prefill_s", "decode_s", "comm_s"):
+                value = getattr(timing, field)
+                if value:
+                    attributes[sc.TIMING[field]] = value
             if result.cost_usd:
                 attributes[sc.COST_USD] = result.cost_usd
             if result.energy_j:

@@ -86,7 +86,7 @@ def test_span_tree_follows_the_genai_conventions(
     vrun: Callable[..., Any], provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
     plan, sub, tool = parallel_plan_with_retry()
-    agent = Agent(sub, tools=[tool], name="coder", tracer_provider=provider)
+    agent = Agent(sub, tools=[tool], name="coder", tracer_provider=provider, trace_detail="phases")
     result = vrun(agent.run, plan)
     assert result.status == "succeeded"
     spans = exporter.get_finished_spans()
@@ -180,7 +180,7 @@ def test_phase_spans_split_the_timing(
             attributes={"server.address": "a"},
         )
 
-    agent = Agent(FunctionSubstrate(engine), tracer_provider=provider)
+    agent = Agent(FunctionSubstrate(engine), tracer_provider=provider, trace_detail="phases")
     vrun(agent.run, Plan(name="p", steps=[Step(id="a")]))
     spans = exporter.get_finished_spans()
     (chat,) = by_name(spans, "chat ")
@@ -197,15 +197,6 @@ def test_phase_spans_split_the_timing(
     assert dur(phases["decode"]) == pytest.approx(0.66, abs=1e-6)
     first = phases["decode"].events[0]
     assert (first.timestamp - chat.start_time) / 1e9 == pytest.approx(0.32, abs=1e-6)
-
-
-def test_steps_detail_omits_phases(
-    vrun: Callable[..., Any], provider: TracerProvider, exporter: InMemorySpanExporter
-) -> None:
-    agent = Agent(FixedLatencySubstrate(0.1), tracer_provider=provider, trace_detail="steps")
-    vrun(agent.run, Plan(name="p", steps=[Step(id="a")]))
-    names = sorted(s.name for s in exporter.get_finished_spans())
-    assert names == ["chat fixed", "invoke_agent agent", "step a"]
 
 
 def test_a_50_step_virtual_run_exports_simulated_durations(
@@ -380,3 +371,12 @@ def test_metrics_are_recorded_with_fine_buckets(vrun: Callable[..., Any]) -> Non
     tokens = metrics[sc.METRIC_TOKEN_USAGE].data.data_points
     by_type = {p.attributes[sc.TOKEN_TYPE]: p.sum for p in tokens}
     assert by_type["output"] == 22
+
+
+def test_the_default_detail_is_steps(
+    vrun: Callable[..., Any], provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    agent = Agent(FixedLatencySubstrate(0.1), tracer_provider=provider)
+    vrun(agent.run, Plan(name="p", steps=[Step(id="a")]))
+    names = sorted(s.name for s in exporter.get_finished_spans())
+    assert names == ["chat fixed", "invoke_agent agent", "step a"]
