@@ -9,7 +9,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, final
+from typing import Any, Final, final
 
 import anyio
 import yaml
@@ -44,6 +44,17 @@ __all__ = [
     "measure_debug_latency",
     "measure_search_latency",
 ]
+
+
+def _read_script(path: str, twin: str, shape: str) -> Any:
+    """A twin's script file (YAML or JSON): a mapping of lists; the twin checks the items."""
+    try:
+        mapping = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read the {twin} script {path!r}: {exc}") from exc
+    if not isinstance(mapping, dict) or not all(isinstance(v, list) for v in mapping.values()):
+        raise ConfigError(f"the {twin} script {path!r} must map {shape}")
+    return mapping
 
 
 # --- search ---------------------------------------------------------------------------------
@@ -281,16 +292,11 @@ def make_search_twin(
     Raises:
         ConfigError: the script file cannot be read or is malformed.
     """
-    mapping = None
-    if script is not None:
-        try:
-            mapping = yaml.safe_load(Path(script).read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read the search-twin script {script!r}: {exc}") from exc
-        if not isinstance(mapping, dict) or not all(isinstance(v, list) for v in mapping.values()):
-            raise ConfigError(
-                f"the search-twin script {script!r} must map query substrings to lists of hits"
-            )
+    mapping = (
+        None
+        if script is None
+        else _read_script(script, "search-twin", "query substrings to lists of hits")
+    )
     latency = SEARCH_RESCAN_LATENCY if rescan else SEARCH_LATENCY
     return SearchTwin(script=mapping, latency=latency, corpus_docs=corpus_docs, seed=seed)
 
@@ -628,16 +634,11 @@ def make_debug_twin(*, script: str | None = None, seed: int | None = None) -> De
     Raises:
         ConfigError: the script file cannot be read or is malformed.
     """
-    mapping = None
-    if script is not None:
-        try:
-            mapping = yaml.safe_load(Path(script).read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read the debug-twin script {script!r}: {exc}") from exc
-        if not isinstance(mapping, dict) or not all(isinstance(v, list) for v in mapping.values()):
-            raise ConfigError(
-                f"the debug-twin script {script!r} must map targets to lists of outcomes"
-            )
+    mapping = (
+        None
+        if script is None
+        else _read_script(script, "debug-twin", "targets to lists of outcomes")
+    )
     return DebugTwin(script=mapping, seed=seed)
 
 
