@@ -17,6 +17,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         ("overhead.py", ["--runs", "5"]),
         ("virtual_time.py", ["--steps", "300"]),
         ("engine.py", ["--sequential", "200", "--concurrent", "100", "--repeat", "1"]),
+        ("server.py", ["--requests", "20", "--tokens", "4", "--concurrency", "1,10"]),
     ],
 )
 def test_benchmark_runs_and_prints_a_table(script: str, args: list[str]) -> None:

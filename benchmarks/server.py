@@ -1,0 +1,157 @@
+"""``agentrt serve`` itself: requests per second and added latency against an instant engine.
+
+Run: ``python benchmarks/server.py [--requests N] [--tokens K] [--concurrency 1,10,100]``.
+
+The engine is `InstantEngine` below: a streaming substrate that emits its K tokens at once, so
+every millisecond measured is the server's (starlette + uvicorn, SSE framing, JSON) plus the
+loopback and the client's parsing (a bare httpx stream, not the openai client). Server and client
+run in one process (uvicorn in a thread, its own event loop; the client in the main thread), so
+they share the GIL: the figures are a floor for a server on its own cores. "Added latency" is the
+client's time from sending the request to reading ``[DONE]``: the engine adds nothing.
+Target: at one stream, a median added latency under 10 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import httpx
+from _common import logging_off, print_table
+
+from agentrt import InferenceRequest, InferenceResult, Timing, TokenChunk, Usage
+from substrates.server import create_app, serve_in_thread
+
+TARGET_ADDED_MS = 10.0
+
+
+class _Instant:
+    def __init__(self, request: InferenceRequest) -> None:
+        self._n = request.max_output_tokens
+
+    async def _chunks(self) -> AsyncIterator[TokenChunk]:
+        for i in range(self._n):
+            yield TokenChunk(text=" tok", index=i, t_s=0.0)
+
+    def __aiter__(self) -> AsyncIterator[TokenChunk]:
+        return self._chunks()
+
+    def result(self) -> InferenceResult:
+        return InferenceResult(
+            text=" tok" * self._n,
+            usage=Usage(input_tokens=8, output_tokens=self._n),
+            timing=Timing(),
+            substrate="instant",
+            model="instant",
+            finish_reason="length",
+        )
+
+
+class InstantEngine:
+    """A streaming substrate that answers every request at once: isolates the server's cost."""
+
+    name = "instant"
+    model = "instant"
+
+    async def infer(self, request: InferenceRequest) -> InferenceResult:
+        return _Instant(request).result()
+
+    @asynccontextmanager
+    async def _open(self, request: InferenceRequest) -> AsyncIterator[_Instant]:
+        yield _Instant(request)
+
+    def stream(self, request: InferenceRequest):  # type: ignore[no-untyped-def]
+        return self._open(request)
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def _load(url: str, concurrency: int, requests: int, tokens: int) -> dict[str, float]:
+    body = {
+        "model": "instant",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    latencies: list[float] = []
+    ttfts: list[float] = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as http:
+
+        async def one() -> None:
+            t0 = time.perf_counter()
+            first = None
+            async with http.stream("POST", "/v1/chat/completions", json=body) as r:
+                r.raise_for_status()
+                async for line in r.aiter_lines():
+                    if first is None and line.startswith("data:"):
+                        first = time.perf_counter()
+                    if line == "data: [DONE]":
+                        break
+            latencies.append(time.perf_counter() - t0)
+            ttfts.append((first or t0) - t0)
+
+        async def worker(n: int) -> None:
+            for _ in range(n):
+                await one()
+
+        per_worker = max(1, requests // concurrency)
+        t0 = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for _ in range(concurrency):
+                tg.start_soon(worker, per_worker)
+        wall = time.perf_counter() - t0
+    latencies.sort()
+    return {
+        "requests": len(latencies),
+        "rps": len(latencies) / wall,
+        "tok_s": len(latencies) * tokens / wall,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        "ttft_ms": 1000 * statistics.median(ttfts),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1000, help="Requests per level.")
+    parser.add_argument("--tokens", type=int, default=16, help="Tokens per streamed response.")
+    parser.add_argument("--concurrency", default="1,10,100", help="Comma-separated levels.")
+    args = parser.parse_args()
+    logging_off()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    rows = []
+    app = create_app(InstantEngine(), max_concurrency=max(levels) * 2)  # type: ignore[arg-type]
+    with serve_in_thread(app) as url:
+        anyio.run(_load, url, 1, 20, args.tokens)  # warm up: connections, imports
+        for c in levels:
+            r = anyio.run(_load, url, c, max(args.requests, c), args.tokens)
+            rows.append(
+                (
+                    c,
+                    int(r["requests"]),
+                    f"{r['rps']:,.0f}",
+                    f"{r['tok_s']:,.0f}",
+                    f"{r['ttft_ms']:.2f}",
+                    f"{r['p50_ms']:.2f}",
+                    f"{r['p99_ms']:.2f}",
+                )
+            )
+    print_table(
+        f"agentrt serve, instant engine, {args.tokens}-token SSE streams over loopback",
+        ["streams", "requests", "req/s", "tokens/s", "TTFT p50 ms", "added p50 ms", "p99 ms"],
+        rows,
+    )
+    one = float(rows[0][5]) if levels[0] == 1 else float("nan")
+    verdict = "met" if one < TARGET_ADDED_MS else "NOT met"
+    print(f"target: added p50 latency at 1 stream < {TARGET_ADDED_MS:.0f} ms: {verdict}")
+
+
+if __name__ == "__main__":
+    main()

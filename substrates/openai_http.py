@@ -1,0 +1,530 @@
+"""A substrate over any OpenAI-compatible ``/v1/chat/completions`` endpoint, streamed over SSE.
+
+vLLM, llama.cpp's ``llama-server``, Ollama, SGLang, Cerebras' and OpenAI's clouds, and
+``agentrt serve`` all speak this API. Every call streams (``stream: true`` with
+``stream_options.include_usage``), so the time to first token and the gaps between tokens are
+measured, not guessed. How the measured times map onto `agentrt.Timing`:
+
+- ``network_s``: from sending the request to the response headers (connect, TLS, upload, and
+  whatever the server does before it answers; streaming servers answer at once).
+- ``prefill_s``: from the headers to the first content token. Server-side queueing cannot be
+  told apart from prefill by a client, so it lands here; ``queue_s`` is always 0.
+- ``decode_s``: from the first token to the end of the stream. ``tpot_s`` is its mean per token;
+  ``attributes["agentrt.http.max_gap_s"]`` holds the longest gap between two chunks.
+- ``ttft_s`` = ``network_s + prefill_s``; ``e2e_s`` is the wall time of the successful attempt.
+
+Errors map onto agentrt's tree: connection failures and 5xx → `SubstrateUnavailable`, 429 →
+`RateLimited` (with the server's Retry-After), timeouts → `SubstrateTimeout`, other 4xx and
+malformed, truncated or cut streams → `BadResponse`. Retryable errors are retried (with
+`agentrt.retry.backoff_s`, at least Retry-After) only until the first byte of a response body:
+once tokens flow, a failure is reported, never replayed.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import os
+import random
+import time
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Final, final
+
+import anyio
+import httpx
+from opentelemetry import propagate
+
+from agentrt.clock import Clock, current_clock
+from agentrt.errors import (
+    BadResponse,
+    RateLimited,
+    RetryableError,
+    SubstrateTimeout,
+    SubstrateUnavailable,
+)
+from agentrt.plan import RetryPolicy
+from agentrt.retry import backoff_s
+from agentrt.substrate import (
+    FinishReason,
+    InferenceRequest,
+    InferenceResult,
+    Timing,
+    TokenChunk,
+    Usage,
+)
+
+__all__ = ["OpenAIHTTPSubstrate", "openai_http"]
+
+_FINISH: Final[dict[str, FinishReason]] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_call",
+    "function_call": "tool_call",
+    "content_filter": "content_filter",
+}
+_KNOWN_PROVIDERS: Final = {
+    "api.openai.com": "openai",
+    "api.cerebras.ai": "cerebras",
+    "api.groq.com": "groq",
+    "api.together.xyz": "together",
+    "api.fireworks.ai": "fireworks",
+}
+
+
+def _provider_from(url: httpx.URL) -> str:
+    host = url.host or ""
+    return next((p for h, p in _KNOWN_PROVIDERS.items() if host.endswith(h)), "openai")
+
+
+def _retry_after_s(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None if absent/bad."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _error_message(body: bytes) -> str:
+    """The ``error.message`` of an OpenAI-style error body, else the body's start."""
+    try:
+        data = json.loads(body)
+        message = data["error"]["message"] if isinstance(data.get("error"), dict) else data["error"]
+        return str(message)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return body[:200].decode("utf-8", "replace").strip() or "(empty body)"
+
+
+class OpenAIHTTPSubstrate:
+    """A `StreamingSubstrate` over an OpenAI-compatible chat completions endpoint.
+
+    Example:
+        >>> sub = OpenAIHTTPSubstrate("http://127.0.0.1:8000/v1", "llama-3.1-8b")
+        >>> sub.remote, sub.provider, sub.name
+        (True, 'openai', 'openai_http')
+
+    Args:
+        base_url: the API root as OpenAI clients take it, e.g. ``http://localhost:8000/v1``;
+            requests go to ``{base_url}/chat/completions``.
+        model: the model name sent when a request names none.
+        api_key_env: the environment variable holding the API key (read at construction; unset
+            means no ``Authorization`` header, as local servers need none).
+        name: the substrate name in results and traces.
+        provider: ``gen_ai.provider.name``; default guessed from the host (``openai`` otherwise).
+        connect_timeout_s: to open a TCP/TLS connection (and to get one from the pool).
+        first_token_timeout_s: from sending the request to the first content token, per attempt.
+        total_timeout_s: the whole call, retries and back-off included.
+        max_retries: retries after the first attempt, for connection errors, 429, 5xx and
+            connect timeouts.
+        backoff_s: the first back-off; it doubles per retry (never less than Retry-After).
+        max_connections: the connection pool's size.
+        seed: seeds the back-off jitter.
+        transport: an httpx transport instead of the network (tests).
+    """
+
+    remote = True
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key_env: str = "OPENAI_API_KEY",
+        name: str = "openai_http",
+        provider: str | None = None,
+        connect_timeout_s: float = 5.0,
+        first_token_timeout_s: float = 60.0,
+        total_timeout_s: float = 600.0,
+        max_retries: int = 3,
+        backoff_s: float = 0.5,
+        max_connections: int = 100,
+        seed: int | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        for label, value in (
+            ("connect_timeout_s", connect_timeout_s),
+            ("first_token_timeout_s", first_token_timeout_s),
+            ("total_timeout_s", total_timeout_s),
+        ):
+            if not value > 0:
+                raise ValueError(f"{label} must be positive, got {value}")
+        self.name = name
+        self.model = model
+        self.base_url = httpx.URL(base_url.rstrip("/") + "/")
+        self.provider = provider or _provider_from(self.base_url)
+        self.connect_timeout_s = connect_timeout_s
+        self.first_token_timeout_s = first_token_timeout_s
+        self.total_timeout_s = total_timeout_s
+        self._policy = RetryPolicy(
+            max_attempts=max_retries + 1, initial_backoff_s=backoff_s, jitter_s=backoff_s / 5
+        )
+        self._rng = random.Random(seed)
+        headers = {"Accept": "text/event-stream"}
+        key = os.environ.get(api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=headers,
+            # Read/write deadlines come from the first-token and total timeouts (anyio), which
+            # bound every await; httpx only bounds connecting and waiting for a pooled connection.
+            timeout=httpx.Timeout(None, connect=connect_timeout_s, pool=connect_timeout_s),
+            limits=httpx.Limits(max_connections=max_connections),
+            transport=transport,
+        )
+        port = self.base_url.port or (443 if self.base_url.scheme == "https" else 80)
+        self._server: dict[str, str | int | float | bool] = {
+            "server.address": self.base_url.host,
+            "server.port": port,
+        }
+
+    def __repr__(self) -> str:
+        return f"OpenAIHTTPSubstrate({str(self.base_url)!r}, {self.model!r})"
+
+    async def infer(self, request: InferenceRequest) -> InferenceResult:
+        """Run one call (streamed underneath, to measure the time to first token)."""
+        async with self.stream(request) as chunks:
+            async for _ in chunks:
+                pass
+        return chunks.result()
+
+    def stream(self, request: InferenceRequest) -> AbstractAsyncContextManager[_HTTPStream]:
+        """Open a token stream; leaving the block early closes the connection (cancels it)."""
+        return self._stream(request)
+
+    async def aclose(self) -> None:
+        """Close the connection pool; safe to call more than once."""
+        await self._client.aclose()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _body(self, request: InferenceRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": request.model or self.model,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "max_tokens": request.max_output_tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.seed is not None:
+            body["seed"] = request.seed
+        return body
+
+    @asynccontextmanager
+    async def _stream(self, request: InferenceRequest) -> AsyncIterator[_HTTPStream]:
+        clock = current_clock()
+        deadline = clock.current_time() + self.total_timeout_s
+        body = self._body(request)
+        headers: dict[str, str] = {}
+        propagate.inject(headers)  # W3C traceparent of the current (CLIENT chat) span
+        attempt = 0
+        while True:
+            attempt += 1
+            t0 = clock.current_time()
+            try:
+                response = await self._open(body, headers, deadline, t0)
+                break
+            except RetryableError as exc:
+                if attempt >= self._policy.max_attempts:
+                    raise
+                wait = max(backoff_s(self._policy, attempt, self._rng), exc.retry_after_s or 0.0)
+                if clock.current_time() + wait >= deadline:
+                    raise
+                await anyio.sleep(wait)
+        try:
+            yield _HTTPStream(self, request, response, t0, deadline, attempt)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+
+    async def _open(
+        self, body: dict[str, Any], headers: dict[str, str], deadline: float, t0: float
+    ) -> httpx.Response:
+        """Send the request and return a streaming 200 response, or raise the mapped error."""
+        limit = min(deadline, t0 + self.first_token_timeout_s) - t0
+        request = self._client.build_request("POST", "chat/completions", json=body, headers=headers)
+        try:
+            with anyio.fail_after(max(limit, 0.0)):
+                response = await self._client.send(request, stream=True)
+                if response.status_code != 200:
+                    try:
+                        await response.aread()
+                    finally:
+                        await response.aclose()
+        except TimeoutError as exc:
+            raise SubstrateTimeout(
+                f"{self.name}: no response from {self.base_url} within {limit:.3g} s"
+            ) from exc
+        except httpx.TimeoutException as exc:
+            raise SubstrateTimeout(
+                f"{self.name}: connecting to {self.base_url} timed out "
+                f"(connect_timeout_s={self.connect_timeout_s})"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise SubstrateUnavailable(
+                f"{self.name}: cannot reach {self.base_url}: {type(exc).__name__}: {exc}"
+            ) from exc
+        if response.status_code != 200:
+            raise self._status_error(response)
+        return response
+
+    def _status_error(self, response: httpx.Response) -> Exception:
+        status = response.status_code
+        message = f"{self.name}: HTTP {status} from {self.base_url}: "
+        message += _error_message(response.content)
+        retry_after = _retry_after_s(response.headers.get("retry-after"))
+        if status == 429:
+            return RateLimited(message, retry_after_s=retry_after)
+        if status == 408:
+            return SubstrateTimeout(message)
+        if status >= 500:
+            return SubstrateUnavailable(message, retry_after_s=retry_after)
+        if status in (401, 403):
+            message += " (is the API key's environment variable set?)"
+        return BadResponse(message)
+
+
+@final
+class _HTTPStream:
+    """A `TokenStream` over one SSE response: each content delta is one chunk."""
+
+    def __init__(
+        self,
+        owner: OpenAIHTTPSubstrate,
+        request: InferenceRequest,
+        response: httpx.Response,
+        t0: float,
+        deadline: float,
+        attempts: int,
+    ) -> None:
+        self._owner = owner
+        self._request = request
+        self._response = response
+        self._t0 = t0
+        self._t_headers = current_clock().current_time()
+        self._deadline = deadline
+        self._attempts = attempts
+        self._result: InferenceResult | None = None
+        self._got_token = False
+
+    def __aiter__(self) -> AsyncIterator[TokenChunk]:
+        return self._iterate()
+
+    def result(self) -> InferenceResult:
+        """The complete result; only valid after iteration finished."""
+        if self._result is None:
+            raise BadResponse("the stream was not read to the end; its result is not known yet")
+        return self._result
+
+    async def _lines(self) -> AsyncIterator[tuple[str, bool]]:
+        """SSE lines, each read under the first-token or total deadline; (line, got_token)."""
+        owner = self._owner
+        clock = current_clock()
+        first_deadline = self._t0 + owner.first_token_timeout_s
+        lines = self._response.aiter_lines()
+        try:
+            async for item in self._read(lines, clock, first_deadline):
+                yield item
+        finally:
+            with anyio.CancelScope(shield=True):
+                await lines.aclose()  # type: ignore[attr-defined]
+
+    async def _read(
+        self, lines: AsyncIterator[str], clock: Clock, first_deadline: float
+    ) -> AsyncIterator[tuple[str, bool]]:
+        owner = self._owner
+        while True:
+            now = clock.current_time()
+            deadline = self._deadline if self._got_token else min(self._deadline, first_deadline)
+            try:
+                with anyio.fail_after(max(deadline - now, 0.0)):
+                    line = await lines.__anext__()
+            except StopAsyncIteration:
+                return
+            except TimeoutError as exc:
+                what = "the next token" if self._got_token else "the first token"
+                limit = "total_timeout_s" if deadline == self._deadline else "first_token_timeout_s"
+                raise SubstrateTimeout(
+                    f"{owner.name}: stream from {owner.base_url} stalled waiting for {what} "
+                    f"({limit}={deadline - self._t0:.3g} s)"
+                ) from exc
+            except httpx.HTTPError as exc:
+                raise BadResponse(
+                    f"{owner.name}: stream from {owner.base_url} was cut mid-way: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            yield line, self._got_token
+
+    async def _iterate(self) -> AsyncIterator[TokenChunk]:
+        owner = self._owner
+        clock = current_clock()
+        content_type = self._response.headers.get("content-type", "")
+        pieces: list[str] = []
+        usage: dict[str, Any] | None = None
+        finish: str | None = None
+        model = self._request.model or owner.model
+        t_first: float | None = None
+        t_last = self._t_headers
+        max_gap = 0.0
+        done = False
+        if content_type.startswith("application/json"):  # the server ignored stream=true
+            data = await self._json_body()
+            choice = (data.get("choices") or [{}])[0]
+            text = str((choice.get("message") or {}).get("content") or "")
+            t_first = t_last = clock.current_time()
+            pieces.append(text)
+            usage, finish, done = data.get("usage"), choice.get("finish_reason"), True
+            model = str(data.get("model") or model)
+            yield TokenChunk(text=text, index=0, t_s=t_first)
+        else:
+            async for line, _ in self._lines():
+                if not line.startswith("data:"):
+                    continue  # blank separators, comments (": ping"), event:/id: fields
+                payload = line[5:].strip()
+                if payload == "[DONE]":
+                    done = True
+                    break
+                event = self._parse(payload)
+                model = str(event.get("model") or model)
+                if isinstance(event.get("usage"), dict):
+                    usage = event["usage"]
+                for choice in event.get("choices") or []:
+                    if not isinstance(choice, dict):
+                        raise BadResponse(f"{owner.name}: malformed chunk {payload[:200]!r}")
+                    finish = choice.get("finish_reason") or finish
+                    delta = (choice.get("delta") or {}).get("content")
+                    if not delta:
+                        continue
+                    now = clock.current_time()
+                    if t_first is None:
+                        t_first = now
+                        self._got_token = True
+                    else:
+                        max_gap = max(max_gap, now - t_last)
+                    t_last = now
+                    pieces.append(str(delta))
+                    yield TokenChunk(text=str(delta), index=len(pieces) - 1, t_s=now)
+            if not done and finish is None:
+                raise BadResponse(
+                    f"{owner.name}: stream from {owner.base_url} ended before its last chunk "
+                    f"(no finish_reason and no [DONE] after {len(pieces)} chunks): truncated"
+                )
+        self._result = self._finish(pieces, usage, finish, model, t_first, max_gap)
+
+    async def _json_body(self) -> dict[str, Any]:
+        owner = self._owner
+        remaining = self._deadline - current_clock().current_time()
+        try:
+            with anyio.fail_after(max(remaining, 0.0)):
+                raw = await self._response.aread()
+        except TimeoutError as exc:
+            raise SubstrateTimeout(f"{owner.name}: response body stalled") from exc
+        except httpx.HTTPError as exc:
+            raise BadResponse(f"{owner.name}: response body was cut: {exc}") from exc
+        return self._parse(raw.decode("utf-8", "replace"))
+
+    def _parse(self, payload: str) -> dict[str, Any]:
+        try:
+            event = json.loads(payload)
+        except ValueError as exc:
+            raise BadResponse(
+                f"{self._owner.name}: invalid JSON from {self._owner.base_url}: {payload[:200]!r}"
+            ) from exc
+        if not isinstance(event, dict):
+            raise BadResponse(f"{self._owner.name}: expected a JSON object, got {payload[:200]!r}")
+        if "error" in event:
+            raise BadResponse(f"{self._owner.name}: error in stream: {event['error']}")
+        return event
+
+    def _finish(
+        self,
+        pieces: list[str],
+        usage: dict[str, Any] | None,
+        finish: str | None,
+        model: str,
+        t_first: float | None,
+        max_gap: float,
+    ) -> InferenceResult:
+        t_end = current_clock().current_time()
+        first = t_end if t_first is None else t_first
+        network = max(0.0, self._t_headers - self._t0)
+        prefill = max(0.0, first - max(self._t_headers, self._t0))
+        decode = max(0.0, t_end - first)
+        estimated = usage is None
+        try:
+            input_tokens = int(usage["prompt_tokens"]) if usage else None
+            output_tokens = int(usage["completion_tokens"]) if usage else None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadResponse(f"{self._owner.name}: malformed usage {usage!r}") from exc
+        if input_tokens is None or output_tokens is None:
+            input_tokens = self._request.estimated_prompt_tokens()
+            output_tokens = len(pieces)
+        timing = Timing.build(
+            output_tokens=max(output_tokens, 1),
+            network_s=network,
+            prefill_s=prefill,
+            decode_s=decode,
+        )
+        attributes = dict(self._owner._server)
+        attributes.update(
+            {
+                "agentrt.http.attempts": self._attempts,
+                "agentrt.http.ttfb_s": network,
+                "agentrt.http.max_gap_s": max_gap,
+                "agentrt.http.chunks": len(pieces),
+                "agentrt.http.usage_estimated": estimated,
+            }
+        )
+        return InferenceResult(
+            text="".join(pieces),
+            usage=Usage(input_tokens=input_tokens, output_tokens=output_tokens),
+            timing=timing,
+            substrate=self._owner.name,
+            model=model,
+            finish_reason=_FINISH.get(finish or "stop", "stop"),
+            attributes=attributes,
+        )
+
+
+def openai_http(
+    *,
+    base_url: str,
+    model: str,
+    api_key_env: str = "OPENAI_API_KEY",
+    name: str = "openai_http",
+    provider: str | None = None,
+    connect_timeout_s: float = 5.0,
+    first_token_timeout_s: float = 60.0,
+    total_timeout_s: float = 600.0,
+    max_retries: int = 3,
+    backoff_s: float = 0.5,
+    max_connections: int = 100,
+    seed: int | None = None,
+) -> OpenAIHTTPSubstrate:
+    """Registry factory: ``--substrate openai_http -o base_url=URL -o model=NAME``.
+
+    Options: those of `OpenAIHTTPSubstrate` (except ``transport``).
+    """
+    return OpenAIHTTPSubstrate(
+        base_url,
+        model,
+        api_key_env=api_key_env,
+        name=name,
+        provider=provider,
+        connect_timeout_s=connect_timeout_s,
+        first_token_timeout_s=first_token_timeout_s,
+        total_timeout_s=total_timeout_s,
+        max_retries=max_retries,
+        backoff_s=backoff_s,
+        max_connections=max_connections,
+        seed=seed,
+    )
