@@ -120,6 +120,10 @@ def run_command(
     deadline_s: Annotated[
         float | None, typer.Option("--deadline", help="Whole-run deadline in seconds.")
     ] = None,
+    faults: Annotated[
+        str | None,
+        typer.Option(help="Inject faults, e.g. errors=0.1,outage=120s+30s (wrapper `faults`)."),
+    ] = None,
     log_format: Annotated[str, typer.Option(help="Log format on stderr: console or json.")] = (
         "console"
     ),
@@ -164,6 +168,8 @@ def run_command(
         options.update({k: v for k, v in named.items() if v is not None})
         registry = default_registry()
         sub = registry.substrate(substrate, seed=seed, **options)
+        if faults:
+            sub = registry.wrap("faults", sub, faults, seed=seed)
         tools = _tools_for(plan, virtual=virtual)
         telemetry = configure(parse_trace_target(trace), service_name="agentrt", set_global=False)
         agent = Agent(
@@ -233,6 +239,10 @@ def compare_command(
         list[str] | None,
         typer.Option("--option", "-o", help="Option KEY=VALUE for every substrate (repeatable)."),
     ] = None,
+    faults: Annotated[
+        str | None,
+        typer.Option(help="Inject faults into every substrate, e.g. errors=0.1,outage=120s+30s."),
+    ] = None,
     trace: Annotated[
         str,
         typer.Option(
@@ -252,6 +262,8 @@ def compare_command(
         options = _parse_options(option or [])
         registry = default_registry()
         subs = {n: registry.substrate(n, seed=seed, **options) for n in names}
+        if faults:
+            subs = {n: registry.wrap("faults", s, faults, seed=seed) for n, s in subs.items()}
         tools = _tools_for(plan, virtual=virtual)
     except AgentrtError as exc:
         raise _fail(str(exc).replace("\n", " ")) from None

@@ -29,8 +29,12 @@ from agentrt.tool import Tool
 
 __all__ = ["Registry", "default_registry", "resolve_substrate", "resolve_tool"]
 
-Group = Literal["agentrt.substrates", "agentrt.tools"]
-_KIND: dict[Group, str] = {"agentrt.substrates": "substrate", "agentrt.tools": "tool"}
+Group = Literal["agentrt.substrates", "agentrt.tools", "agentrt.wrappers"]
+_KIND: dict[Group, str] = {
+    "agentrt.substrates": "substrate",
+    "agentrt.tools": "tool",
+    "agentrt.wrappers": "wrapper",
+}
 
 
 @final
@@ -100,13 +104,30 @@ class Registry:
         """Build the substrate registered as ``name`` with keyword ``options``.
 
         String option values (from a command line) are converted to the factory's annotated
-        parameter types; unknown options are an error listing the accepted ones.
+        parameter types; unknown options are an error listing the accepted ones. ``NAME:ARG``
+        (e.g. ``route:fleet.yaml``) names the substrate ``NAME`` with the option ``spec=ARG``.
         """
+        base, colon, arg = name.partition(":")
+        if colon and name not in self._table("agentrt.substrates"):
+            name, options = base, {**options, "spec": arg}
         made = _call(self.factory("agentrt.substrates", name), "substrate", name, options)
         if not isinstance(made, Substrate):
             raise ConfigError(
                 f"the factory for substrate {name!r} returned {made!r}, not a Substrate"
             )
+        return made
+
+    def wrap(
+        self, name: str, substrate: Substrate, spec: str, *, seed: int | None = None
+    ) -> Substrate:
+        """Wrap ``substrate`` with the wrapper registered as ``name`` (group ``agentrt.wrappers``).
+
+        A wrapper factory is called as ``factory(substrate, spec, seed=seed)``, e.g.
+        ``faults = "substrates.faults:wrap"`` for ``--faults SPEC``.
+        """
+        made = self.factory("agentrt.wrappers", name)(substrate, spec, seed=seed)
+        if not isinstance(made, Substrate):
+            raise ConfigError(f"the wrapper {name!r} returned {made!r}, not a Substrate")
         return made
 
     def tool(self, name: str, **options: Any) -> Tool:

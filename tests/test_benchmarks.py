@@ -17,6 +17,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         ("overhead.py", ["--runs", "5"]),
         ("virtual_time.py", ["--steps", "300"]),
         ("engine.py", ["--sequential", "200", "--concurrent", "100", "--repeat", "1"]),
+        ("load.py", ["--agents", "50", "--steps", "5"]),
         ("server.py", ["--requests", "20", "--tokens", "4", "--concurrency", "1,10"]),
     ],
 )

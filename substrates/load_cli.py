@@ -1,0 +1,228 @@
+"""``agentrt load``: agents arriving as a Poisson process share substrates (entry point command).
+
+Registered as ``load = "substrates.load_cli:load_command"`` in ``agentrt.commands``; also runs as
+``python -m substrates.load_cli PLAN ...``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agentrt import VirtualClock, run
+from agentrt.errors import AgentrtError, ConfigError
+from agentrt.log import configure_logging
+from agentrt.plan import Plan, load_plan
+from agentrt.registry import default_registry
+from agentrt.substrate import Substrate
+from agentrt.tool import Tool
+from substrates.faults import wrap
+from substrates.load import LoadReport, run_load
+
+__all__ = ["build_substrate", "load_command", "main"]
+
+_out = Console(width=None if sys.stdout.isatty() else 160)
+_err = Console(stderr=True)
+
+#: Multiples of --arrival-rate that --sweep visits.
+SWEEP_POINTS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+
+
+def _fail(message: str) -> typer.Exit:
+    _err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+def build_substrate(
+    name: str, *, seed: int | None, faults: str | None, options: dict[str, str]
+) -> Substrate:
+    """Build ``name`` (``route:FILE.yaml`` for a router) through the registry, with faults."""
+    registry = default_registry()
+    if name.startswith("route:") and "route" not in registry.names("agentrt.substrates"):
+        # Before the entry point is installed, build routers directly.
+        from substrates.route_spec import route
+
+        sub: Substrate = route(spec=name.removeprefix("route:"), seed=seed)
+    else:
+        sub = registry.substrate(name, seed=seed, **options)
+    if faults:
+        sub = wrap(sub, faults, seed=seed)
+    return sub
+
+
+def _tools_for(plan: Plan, *, virtual: bool) -> list[Tool]:
+    registry = default_registry()
+    known = set(registry.names("agentrt.tools"))
+    tools = []
+    for name in sorted({s.tool for s in plan.steps if s.tool}):
+        twin = f"{name}-twin"
+        tools.append(registry.tool(twin if virtual and twin in known else name))
+    return tools
+
+
+def _one(
+    plan: Plan,
+    name: str,
+    *,
+    agents: int,
+    rate: float,
+    duration_s: float | None,
+    virtual: bool,
+    seed: int | None,
+    faults: str | None,
+    slo_s: float | None,
+    options: dict[str, str],
+) -> LoadReport:
+    sub = build_substrate(name, seed=seed, faults=faults, options=options)
+    tools = _tools_for(plan, virtual=virtual)
+
+    async def main() -> LoadReport:
+        try:
+            return await run_load(
+                plan,
+                sub,
+                agents=agents,
+                arrival_rate=rate,
+                duration_s=duration_s,
+                seed=seed,
+                slo_s=slo_s,
+                tools=tools,
+            )
+        finally:
+            await sub.aclose()
+
+    return run(main, clock=VirtualClock() if virtual else None)
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.3f}{unit}"
+    return f"{value:,}{unit}"
+
+
+def _print_report(name: str, data: dict[str, Any]) -> None:
+    table = Table(title=f"load on {name}", title_justify="left")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key in (
+        "arrivals", "completed", "failed", "lost", "throughput_runs_per_s",
+        "output_tokens_per_s", "e2e_p50_s", "e2e_p95_s", "e2e_p99_s", "ttft_p50_s",
+        "ttft_p99_s", "goodput_runs_per_s", "cost_usd", "energy_j", "sim_s", "wall_s",
+    ):  # fmt: skip
+        table.add_row(key, _fmt(data[key]))
+    for sub, entry in data["substrates"].items():
+        util = entry.get("utilisation")
+        table.add_row(
+            f"substrate {sub}",
+            f"{entry['calls']:,} calls" + (f", {util:.0%} busy" if util is not None else ""),
+        )
+    for reason, count in data["failure_reasons"].items():
+        table.add_row(reason, f"{count:,}")
+    if data["faults_injected"]:
+        table.add_row("faults injected", json.dumps(data["faults_injected"]))
+    _out.print(table)
+
+
+def load_command(
+    plan_path: Annotated[Path, typer.Argument(metavar="PLAN", help="Plan file (.yaml or .json).")],
+    substrate: Annotated[
+        str,
+        typer.Option(
+            "--substrate", "-s", help="Substrate name, route:FILE.yaml, or (with --sweep) a list."
+        ),
+    ],
+    agents: Annotated[int, typer.Option(min=1, help="Most agent runs (arrivals).")] = 100,
+    arrival_rate: Annotated[
+        float, typer.Option(min=0.0, help="Mean arrivals per second (Poisson).")
+    ] = 1.0,
+    duration_s: Annotated[
+        float | None, typer.Option("--duration", help="Stop arrivals after this many seconds.")
+    ] = None,
+    virtual: Annotated[bool, typer.Option("--virtual", help="Run in virtual time.")] = False,
+    seed: Annotated[int | None, typer.Option(help="Seed for arrivals, engines, faults.")] = None,
+    faults: Annotated[
+        str | None, typer.Option(help="Inject faults, e.g. errors=0.1,outage=120s+30s.")
+    ] = None,
+    slo_s: Annotated[
+        float | None, typer.Option("--slo-s", help="End-to-end SLO for goodput, seconds.")
+    ] = None,
+    option: Annotated[
+        list[str] | None, typer.Option("--option", "-o", help="Substrate option KEY=VALUE.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    sweep: Annotated[
+        bool, typer.Option("--sweep", help="Vary the arrival rate; latency-vs-load per substrate.")
+    ] = False,
+    plot: Annotated[
+        Path | None, typer.Option(help="With --sweep: draw the curves to FILE.png or .svg.")
+    ] = None,
+) -> None:
+    """Agents arriving as a Poisson process run PLAN, sharing the substrate's capacity."""
+    try:
+        configure_logging(level="off")
+        if arrival_rate <= 0:
+            raise ConfigError("--arrival-rate must be positive")
+        plan = load_plan(plan_path)
+        options: dict[str, str] = {}
+        for pair in option or []:
+            key, sep, value = pair.partition("=")
+            if not sep:
+                raise ConfigError(f"--option expects KEY=VALUE, got {pair!r}")
+            options[key.strip().replace("-", "_")] = value.strip()
+        common: dict[str, Any] = {
+            "agents": agents,
+            "duration_s": duration_s,
+            "virtual": virtual,
+            "seed": seed,
+            "faults": faults,
+            "slo_s": slo_s,
+            "options": options,
+        }
+        if not sweep:
+            report = _one(plan, substrate, rate=arrival_rate, **common).to_dict()
+            report["substrate"] = substrate
+        else:
+            from substrates.load_sweep import sweep_rates
+
+            curves = sweep_rates(
+                partial(_one, plan, **common),
+                [n.strip() for n in substrate.split(",") if n.strip()],
+                [arrival_rate * f for f in SWEEP_POINTS],
+            )
+    except AgentrtError as exc:
+        raise _fail(str(exc).replace("\n", " ")) from None
+    if not sweep:
+        if as_json:
+            _out.print_json(json.dumps(report))
+        else:
+            _print_report(substrate, report)
+        if report["lost"]:
+            raise typer.Exit(1)
+        return
+    from substrates.load_sweep import plot_curves, print_curves
+
+    if as_json:
+        _out.print_json(json.dumps(curves))
+    else:
+        print_curves(_out, curves)
+    if plot is not None:
+        plot_curves(curves, plot, title=f"{plan.name}: latency vs load")
+        _err.print(f"wrote {plot}", highlight=False)
+
+
+def main() -> None:
+    """Run ``load`` as a stand-alone command (``python -m substrates.load_cli``)."""
+    typer.run(load_command)
+
+
+if __name__ == "__main__":
+    main()
