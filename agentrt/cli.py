@@ -78,8 +78,13 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 def run_command(
     plan_path: Annotated[Path, typer.Argument(metavar="PLAN", help="Plan file (.yaml or .json).")],
     substrate: Annotated[
-        str, typer.Option("--substrate", "-s", help="Substrate name (see `agentrt substrates`).")
-    ],
+        str | None,
+        typer.Option(
+            "--substrate",
+            "-s",
+            help="Substrate name (see `agentrt substrates`); default the plan's `substrate`.",
+        ),
+    ] = None,
     virtual: Annotated[
         bool, typer.Option("--virtual", help="Run in virtual time: no waiting, same timings.")
     ] = False,
@@ -167,7 +172,15 @@ def run_command(
         }
         options.update({k: v for k, v in named.items() if v is not None})
         registry = default_registry()
+        if substrate is None:
+            if plan.substrate is None:
+                raise ConfigError(
+                    "no substrate: pass --substrate NAME or set `substrate:` in the plan file"
+                )
+            substrate = plan.substrate
+            options = {**plan.substrate_options, **options}
         sub = registry.substrate(substrate, seed=seed, **options)
+        faults = faults or plan.faults
         if faults:
             sub = registry.wrap("faults", sub, faults, seed=seed)
         tools = _tools_for(plan, virtual=virtual)

@@ -216,6 +216,19 @@ class Plan(BaseModel):
     steps: tuple[Step, ...] = Field(min_length=1)
     defaults: StepDefaults = Field(default_factory=StepDefaults)
     deadline_s: PositiveFloat | None = Field(default=None, description="Whole-run deadline.")
+    substrate: str | None = Field(
+        default=None,
+        description="Substrate for the command line when --substrate is not given: a registered "
+        "name such as 'wse3', or 'route:fleet.yaml'. Code passes an instance to Agent instead.",
+    )
+    substrate_options: dict[str, JsonValue] = Field(
+        default_factory=dict, description="Options for that substrate (as -o key=value)."
+    )
+    faults: str | None = Field(
+        default=None,
+        description="Faults to inject around the substrate on the command line, e.g. "
+        "'errors=0.1,outage=120s+30s' (as --faults).",
+    )
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
 
     _order: tuple[str, ...] = PrivateAttr(default=())

@@ -173,3 +173,28 @@ def test_log_level_off_prints_nothing() -> None:
     )
     assert proc.returncode == 0
     assert proc.stderr == ""
+
+
+def test_the_plan_file_can_name_its_substrate_and_faults(tmp_path: Path) -> None:
+    plan = tmp_path / "p.yaml"
+    plan.write_text(
+        "name: p\nsubstrate: fixed\nsubstrate_options: {latency_ms: 100}\n"
+        "faults: errors=0.5\n"
+        "defaults: {retry: {max_attempts: 10, initial_backoff_s: 0.1, jitter_s: 0}}\n"
+        "steps:\n" + "".join(f"  - id: s{i}\n" for i in range(8))
+    )
+    proc = agentrt_cli("run", str(plan), "--virtual", "--seed", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert {s["substrate"] for s in data["steps"]} == {"fixed"}
+    assert all(s["latency_s"] >= 0.1 for s in data["steps"])
+    assert sum(s["attempts"] for s in data["steps"]) > 8  # injected errors were retried
+    assert data["status"] == "succeeded"
+
+
+def test_a_plan_without_a_substrate_needs_the_option(tmp_path: Path) -> None:
+    plan = tmp_path / "p.yaml"
+    plan.write_text("name: p\nsteps:\n  - id: a\n")
+    proc = agentrt_cli("run", str(plan))
+    assert proc.returncode == 2
+    assert "no substrate: pass --substrate NAME or set `substrate:` in the plan file" in proc.stderr
