@@ -158,8 +158,8 @@ class Deployment(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> Deployment:
         hw, m = self.hardware, self.model
-        if hw.kind == "wafer" and self.tp != 1:
-            raise ConfigError(f"{hw.name} splits a model by layers across wafers: use pp, not tp")
+        if hw.spreads_layers and self.tp != 1:
+            raise ConfigError(f"{hw.name} splits a model by layers across chips: use pp, not tp")
         if m.attention_heads % self.tp:
             raise ConfigError(
                 f"tp={self.tp} does not divide the {m.attention_heads} heads of {m.name}"
@@ -168,7 +168,7 @@ class Deployment(BaseModel):
             raise ConfigError(
                 f"tp={self.tp} exceeds one {hw.name} node ({hw.chips_per_node} chips)"
             )
-        if self.pp > m.layers:
+        if self.pp > m.layers and hw.kind != "lpu":  # an LPU spreads a layer over chips
             raise ConfigError(f"pp={self.pp} exceeds the {m.layers} layers of {m.name}")
         return self
 
@@ -193,7 +193,7 @@ class Deployment(BaseModel):
 
     def describe(self) -> str:
         """Short text such as ``h100 x16 (--tp 8 --pp 2, bf16)``."""
-        if self.hardware.kind == "wafer":
+        if self.hardware.spreads_layers:
             return f"{self.hardware.name} x{self.chips} ({self.precision})"
         layout = f"--tp {self.tp} --pp {self.pp}"
         return f"{self.hardware.name} x{self.chips} ({layout}, {self.precision})"
@@ -260,9 +260,11 @@ def kv_shards(dep: Deployment) -> int:
     return 1 if dep.model.mla_kv_dim is not None else min(dep.tp, dep.model.kv_heads)
 
 
-def _available_bytes(dep: Deployment) -> float:
+def _available_bytes(dep: Deployment, *, offchip: bool = False) -> float:
+    """Usable memory of all chips: the fast tier, plus the off-chip tier (RDU DDR) if asked."""
     hw = dep.hardware
-    return dep.chips * hw.memory_gb * _GB * hw.efficiency.memory_usable_fraction
+    per_chip = hw.memory_gb + ((hw.offchip_memory_gb or 0.0) if offchip else 0.0)
+    return dep.chips * per_chip * _GB * hw.efficiency.memory_usable_fraction
 
 
 def memory_need(dep: Deployment, kv_tokens: int | None = None) -> MemoryNeed:
@@ -305,6 +307,9 @@ def _gb(value: float) -> str:
 def check_fits(dep: Deployment, kv_tokens: int | None = None) -> None:
     """Refuse a deployment whose weights plus one request's KV cache exceed its memory.
 
+    An RDU's weights may overflow HBM into its DDR tier (slow: `families.memory_read_s`);
+    sizing never chooses that, but an explicit layout may.
+
     Args:
         dep: the deployment.
         kv_tokens: KV tokens to reserve; default ``dep.reserved_context_tokens``.
@@ -314,8 +319,8 @@ def check_fits(dep: Deployment, kv_tokens: int | None = None) -> None:
             deployment that fits (or a smaller model).
     """
     need = memory_need(dep, kv_tokens)
-    if need.fits:
-        return
+    if need.fits or need.needed_bytes <= _available_bytes(dep, offchip=True):
+        return  # in HBM/SRAM, or (RDU) with the rest of the weights in the DDR tier
     hw, m = dep.hardware, dep.model
     advice = "a smaller model or a lower precision"
     try:
@@ -323,8 +328,8 @@ def check_fits(dep: Deployment, kv_tokens: int | None = None) -> None:
     except DoesNotFitError:
         pass
     else:
-        layout = f"--pp {bigger.pp}" if hw.kind == "wafer" else f"--tp {bigger.tp} --pp {bigger.pp}"
-        unit = "wafers" if hw.kind == "wafer" else "GPUs"
+        layout = f"--pp {bigger.pp}" if hw.spreads_layers else f"--tp {bigger.tp} --pp {bigger.pp}"
+        unit = {"wafer": "wafers", "gpu": "GPUs"}.get(hw.kind, "chips")
         advice = f"{bigger.chips} {unit} ({layout}) or a smaller model"
     raw = dep.chips * hw.memory_gb * _GB
     raise DoesNotFitError(
@@ -339,7 +344,7 @@ def _layouts(
     hardware: HardwareProfile, model: ModelProfile, chips: int | None
 ) -> list[tuple[int, int]]:
     """Candidate (tp, pp), smallest first: TP inside a node first, then whole-node stages."""
-    if hardware.kind == "wafer":
+    if hardware.spreads_layers:  # an LPU is sized by bytes at once (size_deployment)
         counts = range(1, model.layers + 1) if chips is None else [chips]
         return [(1, n) for n in counts]
     tps = [1]
@@ -387,9 +392,9 @@ def size_deployment(
     """
     if chips is not None and chips < 1:
         raise ConfigError(f"chips must be at least 1, got {chips}")
-    last: Deployment | None = None
-    for tp, pp in _layouts(hardware, model, chips):
-        last = Deployment(
+
+    def layout(tp: int, pp: int) -> Deployment:
+        return Deployment(
             hardware=hardware,
             model=model,
             tp=tp,
@@ -400,11 +405,21 @@ def size_deployment(
             network_rtt_s=network_rtt_s,
             spec_decode=spec_decode,
         )
+
+    layouts = _layouts(hardware, model, chips)
+    if hardware.kind == "lpu" and chips is None:  # hundreds of chips: divide bytes at once
+        need = memory_need(layout(1, 1))
+        least = max(1, math.ceil(need.needed_bytes / need.available_bytes))
+        layouts = [(1, least), (1, least + 1)]
+    last: Deployment | None = None
+    for tp, pp in layouts:
+        last = layout(tp, pp)
         if memory_need(last).fits:
             return last
     assert last is not None
     if chips is not None:
         check_fits(last)
+        return last  # fits only with weights in an off-chip tier (RDU DDR): slow, but given
     need = memory_need(last)
     raise DoesNotFitError(
         f"{model.name} in {last.precision} needs {_gb(need.needed_bytes)}, more than "

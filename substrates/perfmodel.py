@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agentrt.errors import ConfigError
+from substrates import families
 from substrates.deployment import (
     BYTES_PER_VALUE,
     DEFAULT_CONTEXT_TOKENS,
@@ -217,8 +218,8 @@ def pipeline_hops_s(dep: Deployment, tokens: float) -> float:
         return 0.0
     message = tokens * dep.model.hidden_size * ACTIVATION_BYTES
     hw = dep.hardware
-    if hw.kind == "wafer":
-        return (dep.pp - 1) * hop_s(hw, message, cross_node=True)
+    if hw.spreads_layers:
+        return families.layer_handoffs(dep) * hop_s(hw, message, cross_node=True)
     crossing = (dep.pp - 1) // max(1, hw.chips_per_node // dep.tp)
     inside = dep.pp - 1 - crossing
     return crossing * hop_s(hw, message, cross_node=True) + inside * hop_s(
@@ -297,20 +298,22 @@ def _pass(dep: Deployment, tokens: float, attended: float, kv_positions: float) 
     kv = kv_positions * dep.model.kv_values_per_token_per_layer * BYTES_PER_VALUE[dep.kv_dtype]
     flops = _flops(dep, tokens, attended)
     hops = pipeline_hops_s(dep, tokens)
-    if hw.kind == "wafer":
+    if hw.spreads_layers:
         latency = wafer_pipeline(dep).token_latency_s
         return StepTime(latency + (flops / flop_rate + (weights + kv) / bw) / dep.pp, hops)
-    t_mem = (weights / dep.tp + kv / kv_shards(dep)) / bw
+    t_mem = families.memory_read_s(dep, weights / dep.tp, kv / kv_shards(dep), bw)
     work = t_mem + flops / (flop_rate * dep.tp) + hw.efficiency.iteration_overhead_s
+    work += families.pipeline_fill_s(dep, tokens)
     message = tokens * dep.model.hidden_size * ACTIVATION_BYTES
     tp_comm = 2 * dep.model.layers * allreduce_s(hw, dep.tp, message)  # two per layer (Megatron)
     return StepTime(work, tp_comm + hops)
 
 
 def wafer_pipeline(dep: Deployment) -> WaferPipeline:
-    """The layer pipeline of a wafer-scale deployment.
+    """The layer pipeline of a wafer-scale (or LPU) deployment.
 
-    A layer's active weights fill ``cores = bytes / sram_per_core`` mesh cores; a token's
+    A layer's active weights fill ``cores = bytes / sram_per_core`` mesh cores (on an LPU: all
+    its weights fill ``bytes / sram_per_chip`` chips, `families.layer_region_units`); a token's
     dependent matrix-vector products cross that region, so a layer takes
     ``layer_latency + mesh_hop * sqrt(cores)``. A token's latency sums the layers (plus the
     inter-wafer hops); other requests' tokens occupy other layers meanwhile, so concurrency
@@ -323,14 +326,13 @@ def wafer_pipeline(dep: Deployment) -> WaferPipeline:
         The pipeline's shape and timings.
 
     Raises:
-        ConfigError: the hardware is not wafer-scale.
+        ConfigError: the hardware is not wafer-scale (nor an LPU).
     """
     hw, m = dep.hardware, dep.model
-    if hw.kind != "wafer" or hw.cores is None:
-        raise ConfigError(f"{hw.name} is not a wafer-scale engine")
+    if not hw.spreads_layers:
+        raise ConfigError(f"{hw.name} is not a wafer-scale engine or an LPU")
     eff = hw.efficiency
-    layer_bytes = m.active_params_b * 1e9 * BYTES_PER_VALUE[dep.precision] / m.layers
-    cores = layer_bytes / (hw.memory_gb * _GB / hw.cores)
+    cores = families.layer_region_units(dep)
     layer = eff.layer_latency_s + eff.mesh_hop_s * math.sqrt(cores)
     _, flop_rate = _rates(dep, ideal=False)
     return WaferPipeline(
@@ -436,7 +438,7 @@ def decode_floor_s(dep: Deployment, contexts: Sequence[int]) -> float:
     attended = _attended_total(dep, contexts)
     weights = _weights_read_bytes(dep, len(contexts))
     kv = attended * dep.model.kv_values_per_token_per_layer * BYTES_PER_VALUE[dep.kv_dtype]
-    if dep.hardware.kind == "wafer":
+    if dep.hardware.spreads_layers:
         t_mem = (weights + kv) / (bw * dep.pp)
     else:
         t_mem = (weights / dep.tp + kv / kv_shards(dep)) / bw

@@ -1,4 +1,4 @@
-"""The emulated-engine presets (``wse3``, ``h100``, ``h200``, ``b200``), registered as entry points.
+"""The emulated-engine presets (``wse3``, ``h100``, ``tpu-v5e``, ``groq-lpu``, ...): entry points.
 
 Every preset takes a model (default llama-3.1-70b) and the same overrides, from code, from the
 command line (``--model``, ``--chips``, ``--tp``, ``--pp``, ``--precision``, ``--max-batch``,
@@ -28,15 +28,38 @@ __all__ = [
     "b200",
     "build_deployment",
     "build_engine",
+    "fpga",
+    "gaudi3",
+    "groq_lpu",
     "h100",
     "h200",
+    "inferentia2",
+    "maia100",
     "parse_content",
+    "sn40l",
+    "tpu_v5e",
+    "tpu_v6e",
+    "trainium2",
     "wse3",
 ]
 
 DEFAULT_MODEL = "llama-3.1-70b"
 #: Preset name -> hardware profile.
-PRESETS = {"wse3": "wse3", "h100": "h100", "h200": "h200", "b200": "b200"}
+PRESETS = {
+    "wse3": "wse3",
+    "h100": "h100",
+    "h200": "h200",
+    "b200": "b200",
+    "tpu-v5e": "tpu-v5e",
+    "tpu-v6e": "tpu-v6e",
+    "gaudi3": "gaudi3",
+    "inferentia2": "inferentia2",
+    "trainium2": "trainium2",
+    "maia100": "maia100",
+    "groq-lpu": "groq-lpu",
+    "sn40l": "sn40l",
+    "fpga": "fpga",
+}
 
 
 def build_deployment(
@@ -194,3 +217,30 @@ wse3 = _preset(
 h100 = _preset("h100", "NVIDIA H100 SXM, 8-GPU nodes: tensor parallel in a node, pipeline across.")
 h200 = _preset("h200", "NVIDIA H200, 8-GPU nodes: tensor parallel in a node, pipeline across.")
 b200 = _preset("b200", "NVIDIA B200, 8-GPU nodes: tensor parallel in a node, pipeline across.")
+tpu_v5e = _preset(
+    "tpu-v5e", "Google TPU v5e, 256-chip ICI pod: tensor parallel over ICI, pipeline across pods."
+)
+tpu_v6e = _preset(
+    "tpu-v6e",
+    "Google TPU v6e (Trillium), 256-chip ICI pod: tensor parallel over ICI, pipeline across pods.",
+)
+gaudi3 = _preset("gaudi3", "Intel Gaudi 3, 8-card nodes over RoCE: tensor parallel, then pipeline.")
+inferentia2 = _preset(
+    "inferentia2", "AWS Inferentia2, 12 chips per inf2.48xlarge over NeuronLink: TP, then pipeline."
+)
+trainium2 = _preset(
+    "trainium2", "AWS Trainium2, 16 chips per trn2.48xlarge over NeuronLink: TP, then pipeline."
+)
+maia100 = _preset("maia100", "Microsoft Maia 100, 4 per server over Ethernet: TP, then pipeline.")
+groq_lpu = _preset(
+    "groq-lpu",
+    "Groq LPU: SRAM only, the model spread over hundreds of chips, layers in a deterministic "
+    "pipeline.",
+)
+sn40l = _preset(
+    "sn40l",
+    "SambaNova SN40L, 16 sockets per rack: weights in HBM streamed through SRAM, DDR behind; TP.",
+)
+fpga = _preset(
+    "fpga", "AMD Alveo V80 FPGA cards, 8 per server: HBM, compiled layer pipeline, tensor parallel."
+)

@@ -18,6 +18,7 @@ __all__ = [
     "BUILTIN_PROFILE_DIR",
     "PROFILE_PATH_ENV",
     "Efficiency",
+    "HardwareKind",
     "HardwareProfile",
     "ModelProfile",
     "Precision",
@@ -31,6 +32,12 @@ __all__ = [
     "model_names",
     "profile_search_path",
 ]
+
+#: Architecture families of the performance model (docs/performance-model.md): ``gpu`` and
+#: ``hbm`` (TPU, Gaudi, Trainium, Maia) share the tensor/pipeline-parallel model; ``wafer`` and
+#: ``lpu`` spread layers over SRAM (wafer cores, or many SRAM-only chips); ``rdu`` adds a DDR
+#: tier behind HBM (SambaNova); ``fpga`` adds a deterministic per-layer pipeline latency.
+HardwareKind = Literal["gpu", "hbm", "wafer", "lpu", "rdu", "fpga"]
 
 #: Number formats the performance model knows; fp16 and int8/int4 map onto these (same bytes).
 Precision = Literal["bf16", "fp8", "fp4"]
@@ -105,12 +112,22 @@ class Efficiency(_Frozen):
         default=0.0, ge=0, description="All-reduce bus bandwidth, ring convention (GPU only)."
     )
     layer_latency_s: float = Field(
-        default=0.0, ge=0, description="Fixed part of one layer's latency on a wafer (wafer only)."
+        default=0.0,
+        ge=0,
+        description="Fixed part of one layer's latency: wafer and LPU layer pipelines; a fused "
+        "layer kernel (RDU) or a compiled layer pipeline's fill (FPGA).",
     )
     mesh_hop_s: float = Field(
         default=0.0,
         ge=0,
-        description="Layer latency per core of mesh distance across the layer's region (wafer).",
+        description="Layer latency per core (wafer) or chip (LPU) of mesh distance across the "
+        "layer's region.",
+    )
+    expert_latency_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Fixed latency per routed expert a pass touches, per MoE layer (RDU: each "
+        "expert is a separate weight stream from HBM).",
     )
     fitted_to: dict[str, str] = Field(
         description="For each parameter: the CSV rows or measurements it was fitted to."
@@ -123,17 +140,20 @@ class Efficiency(_Frozen):
 
 
 class HardwareProfile(_Frozen):
-    """One accelerator: a GPU, or a wafer-scale engine (one CS-3 system = one wafer = one chip).
+    """One accelerator: a GPU or HBM chip, a wafer, an SRAM-only LPU, a three-tier RDU, an FPGA.
 
-    For a wafer, "memory" is the on-wafer SRAM that holds weights and KV cache, and the
-    scale-up link is the system I/O between wafers.
+    A wafer-scale engine is one chip per CS-3 system. For a wafer, "memory" is the on-wafer
+    SRAM that holds weights and KV cache, and the scale-up link is the system I/O between
+    wafers; for an LPU it is the chip's SRAM; for an RDU, HBM (DDR is ``offchip_memory_gb``).
     """
 
     profile: Literal["hardware"] = Field(description="Marks the file as a hardware profile.")
     name: str = Field(min_length=1, description="Lookup name, e.g. 'h100'.")
     aliases: tuple[str, ...] = Field(default=(), description="Other names accepted by lookups.")
     display_name: str = Field(description="Human-readable name.")
-    kind: Literal["gpu", "wafer"] = Field(description="GPU (HBM, TP/PP) or wafer (SRAM, layers).")
+    kind: HardwareKind = Field(
+        description="Family: gpu/hbm (TP/PP), wafer/lpu (SRAM, layers), rdu (three-tier), fpga."
+    )
     chips_per_node: int = Field(ge=1, description="Chips sharing the fast scale-up domain.")
     cores: int | None = Field(
         default=None, ge=1, description="Compute cores per chip (wafer mesh)."
@@ -142,6 +162,12 @@ class HardwareProfile(_Frozen):
     memory_bandwidth_tb_per_s: _Positive = Field(description="Bandwidth of that memory (TB/s).")
     sram_mb: float | None = Field(
         default=None, gt=0, description="On-chip SRAM or L2 cache per chip (MB)."
+    )
+    offchip_memory_gb: float | None = Field(
+        default=None, gt=0, description="Third memory tier behind HBM per chip, e.g. DDR (GB)."
+    )
+    offchip_bandwidth_tb_per_s: float | None = Field(
+        default=None, gt=0, description="Bandwidth of that tier (TB/s)."
     )
     peak_bf16_tflops: _Positive = Field(description="Dense BF16 matrix peak per chip (TFLOP/s).")
     peak_fp8_tflops: float | None = Field(
@@ -179,9 +205,27 @@ class HardwareProfile(_Frozen):
                 raise ValueError("a wafer profile needs 'cores' (the mesh size)")
             if self.efficiency.mesh_hop_s <= 0:
                 raise ValueError("a wafer profile needs efficiency.mesh_hop_s > 0")
-        elif self.efficiency.allreduce_bus_bandwidth_gb_per_s <= 0:
-            raise ValueError("a GPU profile needs efficiency.allreduce_bus_bandwidth_gb_per_s > 0")
+        elif self.kind == "lpu":
+            if self.efficiency.mesh_hop_s <= 0 or self.efficiency.layer_latency_s <= 0:
+                raise ValueError(
+                    "an lpu profile needs efficiency.layer_latency_s and mesh_hop_s > 0"
+                )
+        elif self.kind == "rdu" and (
+            self.offchip_memory_gb is None or self.offchip_bandwidth_tb_per_s is None
+        ):
+            raise ValueError(
+                "an rdu profile needs offchip_memory_gb and offchip_bandwidth_tb_per_s"
+            )
+        if not self.spreads_layers and self.efficiency.allreduce_bus_bandwidth_gb_per_s <= 0:
+            raise ValueError(
+                f"a {self.kind} profile needs efficiency.allreduce_bus_bandwidth_gb_per_s > 0"
+            )
         return self
+
+    @property
+    def spreads_layers(self) -> bool:
+        """Whether whole layers are spread over SRAM (wafer, LPU) rather than split by TP/PP."""
+        return self.kind in ("wafer", "lpu")
 
     def peak_tflops(self, precision: Precision) -> float:
         """Dense peak for matrix math in ``precision``.

@@ -31,6 +31,7 @@ from substrates.perfmodel import (
     wafer_pipeline,
     weight_bytes,
 )
+from substrates.presets import PRESETS
 from substrates.profiles import load_catalog, load_hardware, load_model
 
 CATALOG = load_catalog()
@@ -51,7 +52,7 @@ deployments = st.builds(
 )
 gpu_deployments = st.builds(
     _sized,
-    st.sampled_from([h for h in HARDWARE if CATALOG.hardware[h].kind == "gpu"]),
+    st.sampled_from([h for h in HARDWARE if not CATALOG.hardware[h].spreads_layers]),
     st.sampled_from(MODELS),
     st.sampled_from(PRECISIONS),
 )
@@ -172,10 +173,17 @@ def test_monotone_in_model_size(hw, name, scale, ctx, prompt):
     assert prefill(bigger, [prompt]).total_s >= prefill(dep, [prompt]).total_s
 
 
-@pytest.mark.parametrize("hw", ["h100", "h200", "b200", "wse3"])
+@pytest.mark.parametrize("hw", sorted(PRESETS))
 def test_bigger_real_models_are_slower_per_user(hw):
+    # on the same chips: sized alone, a 405B may get 8x the chips of a 70B (16-chip nodes)
+    chips = _sized(hw, "llama-3.1-405b", "bf16").chips
+    hardware = CATALOG.get_hardware(hw)
     speeds = [
-        predict_request(_sized(hw, m, "bf16"), 1000, 200).output_tokens_per_s
+        predict_request(
+            size_deployment(hardware, CATALOG.get_model(m), precision="bf16", chips=chips),
+            1000,
+            200,
+        ).output_tokens_per_s
         for m in ("llama-3.1-8b", "llama-3.1-70b", "llama-3.1-405b")
     ]
     assert speeds == sorted(speeds, reverse=True)
@@ -217,7 +225,7 @@ def test_latency_rises_with_load_the_way_a_real_server_does():
 def test_allreduce_is_free_alone_and_grows_with_the_group(hw, message):
     hardware = load_hardware(hw)
     assert allreduce_s(hardware, 1, message) == 0
-    if hardware.kind == "gpu":
+    if not hardware.spreads_layers:
         costs = [allreduce_s(hardware, n, message) for n in (2, 4, 8)]
         assert 0 < costs[0] < costs[1] < costs[2]
 

@@ -18,7 +18,21 @@ from substrates.profiles import (
     model_names,
 )
 
-HARDWARE = {"wse3", "h100", "h200", "b200"}
+HARDWARE = {
+    "wse3",
+    "h100",
+    "h200",
+    "b200",
+    "tpu-v5e",
+    "tpu-v6e",
+    "gaudi3",
+    "inferentia2",
+    "trainium2",
+    "maia100",
+    "groq-lpu",
+    "sn40l",
+    "fpga",
+}
 MODELS = {
     "llama-3.1-8b",
     "llama-3.1-70b",
@@ -67,7 +81,7 @@ def test_unknown_name_lists_the_known_ones():
     assert set(err.known) == MODELS
     assert "llama-3.1-70b" in str(err)
     with pytest.raises(UnknownNameError):
-        load_hardware("tpu-v5e")
+        load_hardware("tpu-v9x")
 
 
 def test_units_and_headline_numbers_are_the_published_ones():
