@@ -28,11 +28,12 @@ _SCOPE = "agentrt"
 class Instruments:
     """The GenAI histograms, created once per agent from a meter provider."""
 
-    __slots__ = ("_attrs", "duration", "tokens", "tpot", "ttft")
+    __slots__ = ("_attrs", "_explicit", "duration", "tokens", "tpot", "ttft")
 
     def __init__(self, meter_provider: metrics.MeterProvider | None) -> None:
         from agentrt import __version__
 
+        self._explicit = meter_provider is not None
         meter = (meter_provider or metrics.get_meter_provider()).get_meter(_SCOPE, __version__)
         self.duration = meter.create_histogram(
             sc.METRIC_OPERATION_DURATION,
@@ -60,6 +61,21 @@ class Instruments:
         )
         # Attribute sets per (provider, model, substrate), built once: recording is per call.
         self._attrs: dict[tuple[str, str, str], tuple[dict[str, str], ...]] = {}
+
+    @property
+    def active(self) -> bool:
+        """Whether recording can reach an SDK: a provider was given, or a global one is set.
+
+        Checked once per run: with no SDK anywhere, a run skips metrics entirely instead of
+        building attributes for no-op instruments on every model call.
+        """
+        if self._explicit:
+            return True
+        provider = metrics.get_meter_provider()
+        if isinstance(provider, metrics.NoOpMeterProvider):
+            return False
+        # The API's default global is a proxy that forwards once an SDK provider is set.
+        return getattr(provider, "_real_meter_provider", True) is not None
 
     def record(self, result: InferenceResult, duration_s: float, provider: str) -> None:
         """Record one successful model call."""
@@ -192,7 +208,8 @@ class RunTracer:
             return
         span.set_attribute(sc.STEP_STATUS, status)
         span.set_attribute(sc.STEP_ATTEMPTS, attempts)
-        span.set_attribute(sc.STEP_RETRY_S, retry_s)
+        if retry_s:
+            span.set_attribute(sc.STEP_RETRY_S, retry_s)
         if error is not None:
             _record_error(span, error, self._ns(t))
         elif status == "cancelled":
