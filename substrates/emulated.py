@@ -150,6 +150,7 @@ class EmulatedEngine:
         self._loaded = warm
         self._loading: anyio.Event | None = None
         self._network_s = network_s(deployment)
+        self._described = deployment.describe()
 
     @classmethod
     def from_profile(
@@ -286,7 +287,7 @@ class EmulatedEngine:
             energy_j=energy_j(dep, busy),
             chips=dep.chips,
             attributes={
-                "agentrt.deployment": dep.describe(),
+                "agentrt.deployment": self._described,
                 "agentrt.precision": dep.precision,
                 "agentrt.engine.busy_s": busy,
                 "agentrt.engine.cold_start_s": cold_s,
