@@ -26,7 +26,7 @@ from agentrt.registry import default_registry
 from agentrt.render import print_comparison, print_report, print_run, print_waterfall
 from agentrt.report import from_run, load_trace_file
 from agentrt.result import RunResult
-from agentrt.telemetry.configure import Telemetry, configure, parse_trace_target
+from agentrt.telemetry.configure import configure, parse_trace_target
 from agentrt.tool import Tool
 
 __all__ = ["app", "main"]
@@ -213,14 +213,14 @@ def run_command(
     if as_json:
         data = result.to_dict()
         data["report"] = report.to_dict()
-        data["trace"] = _trace_location(telemetry, result.trace_id)
+        data["trace"] = telemetry.where(result.trace_id)
         _out.print_json(json.dumps(data))
     else:
         print_run(_out, result)
         _out.print()
         print_report(_out, report)
         print_waterfall(_out, report)
-        where = _trace_location(telemetry, result.trace_id)
+        where = telemetry.where(result.trace_id)
         if where:
             _out.print(f"trace: {where}", highlight=False)
     if result.status != "succeeded":
@@ -365,10 +365,6 @@ def demo_command(
     except AgentrtError as exc:
         raise _fail(str(exc)) from None
     raise typer.Exit(code)
-
-
-def _trace_location(telemetry: Telemetry, trace_id: str | None) -> str | None:
-    return telemetry.where(trace_id)
 
 
 @app.command("report")
