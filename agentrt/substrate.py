@@ -107,22 +107,13 @@ class Timing(BaseModel):
     decode_s: NonNegativeFloat = Field(default=0.0, description="Token generation compute.")
     comm_s: NonNegativeFloat = Field(default=0.0, description="Inter-chip communication.")
     ttft_s: NonNegativeFloat = Field(
-        default=0.0,
+        # Fields are validated in order, so the ones above are in ``data`` already.
+        default_factory=lambda data: data["queue_s"] + data["network_s"] + data["prefill_s"],
         description="Time to first token; derived as queue + network + prefill when not given.",
     )
     tpot_s: NonNegativeFloat = Field(
         default=0.0, description="Mean time per output token after the first."
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _derive_ttft(cls, data: object) -> object:
-        if isinstance(data, dict) and data.get("ttft_s") is None:
-            data = dict(data)
-            data["ttft_s"] = sum(
-                float(data.get(k, 0.0)) for k in ("queue_s", "network_s", "prefill_s")
-            )
-        return data
 
     @model_validator(mode="after")
     def _check_ttft(self) -> Timing:
