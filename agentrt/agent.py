@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -227,7 +228,8 @@ class AgentRun:
         self._started = False
         self._rng = random.Random(agent.seed)
         self._log: Any = _log_proxy
-        self._tracer = RunTracer(agent.tracer_provider, self._clock, detail=agent.trace_detail)
+        # Replaced by the run's own tracer in execute(); until then nothing is traced.
+        self._tracer = _idle_tracer()
         self._metrics = False
         if isinstance(target, Plan):
             for index, step in enumerate(target.steps):
@@ -665,6 +667,12 @@ class AgentRun:
         if record.state not in ("pending", "running"):
             record.frozen = frozen
         return frozen
+
+
+@functools.cache
+def _idle_tracer() -> RunTracer:
+    """A tracer that never records: what a prepared run holds before it executes."""
+    return RunTracer(trace.NoOpTracerProvider(), current_clock())
 
 
 def _retry_s(record: _StepRecord) -> float:
