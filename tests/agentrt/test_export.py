@@ -409,28 +409,21 @@ def test_report_draws_pictures_and_refuses_bad_files(tmp_path: Path) -> None:
         assert picture.stat().st_size > 1000
     assert (tmp_path / "w.svg").read_text().lstrip().startswith("<?xml")
     assert (tmp_path / "w.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    bad = tmp_path / "bad.json"
-    bad.write_text("{not json")
-    proc = subprocess.run(
-        [sys.executable, "-m", "agentrt", "report", str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 2
-    assert "not a JSON trace file" in proc.stderr
-    empty = tmp_path / "empty.json"
-    empty.write_text('{"data": []}')
-    proc = subprocess.run(
-        [sys.executable, "-m", "agentrt", "report", str(empty)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 2
-    assert "no agentrt run in this trace" in proc.stderr
+    for name, text, message in (
+        ("bad.json", "{not json", "not a JSON trace file"),
+        ("empty.json", '{"data": []}', "no agentrt run in this trace"),
+    ):
+        bad = tmp_path / name
+        bad.write_text(text)
+        proc = subprocess.run(
+            [sys.executable, "-m", "agentrt", "report", str(bad)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 2
+        assert message in proc.stderr
 
 
 def test_otlp_json_is_read_too(tmp_path: Path, vrun: Callable[..., Any]) -> None:
