@@ -446,9 +446,7 @@ class AgentRun:
         record.state = "running"
         record.start = clock.current_time()
         tracer = self._tracer
-        span = record.span = tracer.start_step(
-            step, index=record.index, waits_for=record.waits_for, t=record.start
-        )
+        span = record.span = tracer.start_step(step, t=record.start)
         # Children get the step's context explicitly; the run's root span stays the current one
         # (log lines carry its trace id), which saves attaching a context per step.
         record.span_context = tracer.context_of(span)
@@ -486,6 +484,9 @@ class AgentRun:
                 _log.info("step_cancelled", latency_s=record.end - record.start)
             tracer.end_step(
                 span,
+                step,
+                index=record.index,
+                waits_for=record.waits_for,
                 status=record.state,
                 attempts=record.attempts,
                 retry_s=_retry_s(record),
@@ -545,9 +546,7 @@ class AgentRun:
         clock = self._clock
         t0 = clock.current_time()
         substrate = self.agent.substrate
-        chat = tracer.start_chat(
-            record.span_context, request, substrate, attempt=record.attempts, t=t0
-        )
+        chat = tracer.start_chat(record.span_context, request, substrate, t=t0)
         result: InferenceResult | None = None
         error: BaseException | None = None
         try:
@@ -559,7 +558,16 @@ class AgentRun:
             raise
         finally:
             t1 = clock.current_time()
-            tracer.end_chat(chat, result=result, error=error, t_start=t0, t_end=t1)
+            tracer.end_chat(
+                chat,
+                request,
+                substrate,
+                attempt=record.attempts,
+                result=result,
+                error=error,
+                t_start=t0,
+                t_end=t1,
+            )
         if self._metrics:
             self.agent._instruments.record(result, t1 - t0, self.agent._provider)
         record.inference = result

@@ -15,7 +15,9 @@ __all__ = [
     "CHAT_SPAN",
     "CHIPS",
     "CLOCK",
+    "COMM_S",
     "COST_USD",
+    "DECODE_S",
     "DURATION_BUCKETS_S",
     "ENERGY_J",
     "ERROR_TYPE",
@@ -28,11 +30,14 @@ __all__ = [
     "METRIC_TIME_PER_OUTPUT_TOKEN",
     "METRIC_TIME_TO_FIRST_TOKEN",
     "METRIC_TOKEN_USAGE",
+    "NETWORK_S",
     "OPERATION_NAME",
     "OUTPUT_TOKENS",
     "PHASES",
     "PLAN_NAME",
+    "PREFILL_S",
     "PROVIDER_NAME",
+    "QUEUE_S",
     "REQUEST_MAX_TOKENS",
     "REQUEST_MODEL",
     "RESPONSE_MODEL",
@@ -56,7 +61,9 @@ __all__ = [
     "TOOL_NAME",
     "TOOL_OK",
     "TPOT_BUCKETS_S",
+    "TPOT_S",
     "TTFT_BUCKETS_S",
+    "TTFT_S",
 ]
 
 # -- span names (format with the agent / model / tool name)
@@ -103,15 +110,22 @@ CHIPS: Final = "agentrt.substrate.chips"
 COST_USD: Final = "agentrt.cost_usd"
 ENERGY_J: Final = "agentrt.energy_j"
 TOOL_OK: Final = "agentrt.tool.ok"
+QUEUE_S: Final = "agentrt.timing.queue_s"
+NETWORK_S: Final = "agentrt.timing.network_s"
+PREFILL_S: Final = "agentrt.timing.prefill_s"
+DECODE_S: Final = "agentrt.timing.decode_s"
+COMM_S: Final = "agentrt.timing.comm_s"
+TTFT_S: Final = "agentrt.timing.ttft_s"
+TPOT_S: Final = "agentrt.timing.tpot_s"
 #: The timing breakdown of one inference: field name of `Timing` -> attribute name.
 TIMING: Final = {
-    "queue_s": "agentrt.timing.queue_s",
-    "network_s": "agentrt.timing.network_s",
-    "prefill_s": "agentrt.timing.prefill_s",
-    "decode_s": "agentrt.timing.decode_s",
-    "comm_s": "agentrt.timing.comm_s",
-    "ttft_s": "agentrt.timing.ttft_s",
-    "tpot_s": "agentrt.timing.tpot_s",
+    "queue_s": QUEUE_S,
+    "network_s": NETWORK_S,
+    "prefill_s": PREFILL_S,
+    "decode_s": DECODE_S,
+    "comm_s": COMM_S,
+    "ttft_s": TTFT_S,
+    "tpot_s": TPOT_S,
 }
 
 # -- metrics

@@ -115,7 +115,16 @@ class RunTracer:
     root span), so the agent loop calls them unconditionally.
     """
 
-    __slots__ = ("_clock", "_detail", "_tracer", "enabled", "root", "root_context")
+    __slots__ = (
+        "_chat_openings",
+        "_clock",
+        "_detail",
+        "_ns",
+        "_tracer",
+        "enabled",
+        "root",
+        "root_context",
+    )
 
     def __init__(
         self,
@@ -129,13 +138,13 @@ class RunTracer:
         provider = tracer_provider or trace.get_tracer_provider()
         self._tracer = provider.get_tracer(_SCOPE, __version__)
         self._clock = clock
+        self._ns = clock.to_epoch_ns
         self._detail = detail
+        # (substrate, model) -> a chat span's name, kind and opening attributes, built once.
+        self._chat_openings: dict[tuple[int, str], tuple[str, SpanKind, dict[str, str]]] = {}
         self.enabled = False
         self.root: Span | None = None
         self.root_context: Context | None = None
-
-    def _ns(self, t: float) -> int:
-        return self._clock.to_epoch_ns(t)
 
     @property
     def trace_id(self) -> str | None:
@@ -172,49 +181,53 @@ class RunTracer:
             root.set_status(Status(StatusCode.ERROR, error or status))
         root.end(end_time=self._ns(t))
 
-    def start_step(
-        self, step: Step, *, index: int, waits_for: Sequence[str], t: float
-    ) -> Span | None:
-        """Open a ``step {id}`` span under the root."""
+    def start_step(self, step: Step, *, t: float) -> Span | None:
+        """Open a ``step {id}`` span under the root; `end_step` gives it its attributes."""
         if not self.enabled:
             return None
-        attributes: dict[str, str | int | bool | list[str]] = {
-            sc.STEP_ID: step.id,
-            sc.STEP_KIND: step.kind,
-            sc.STEP_INDEX: index,
-            sc.STEP_WAITS_FOR: list(waits_for),
-        }
-        if step.optional:
-            attributes[sc.STEP_OPTIONAL] = True
         return self._tracer.start_span(
-            sc.STEP_SPAN.format(step=step.id),
-            context=self.root_context,
-            start_time=self._ns(t),
-            attributes=attributes,
+            sc.STEP_SPAN.format(step=step.id), context=self.root_context, start_time=self._ns(t)
         )
 
     def end_step(
         self,
         span: Span | None,
+        step: Step,
         *,
+        index: int,
+        waits_for: Sequence[str],
         status: str,
         attempts: int,
         retry_s: float,
         error: BaseException | None,
         t: float,
     ) -> None:
-        """Close a step span."""
+        """Close a step span, setting all its attributes at once.
+
+        They are set here rather than at the start: nothing samples on them, spans are
+        exported only when they end, and one batch of attributes costs the SDK less than two.
+        """
         if span is None:
             return
-        span.set_attribute(sc.STEP_STATUS, status)
-        span.set_attribute(sc.STEP_ATTEMPTS, attempts)
+        attributes: dict[str, str | int | float | bool | Sequence[str]] = {
+            sc.STEP_ID: step.id,
+            sc.STEP_KIND: step.kind,
+            sc.STEP_INDEX: index,
+            sc.STEP_STATUS: status,
+            sc.STEP_ATTEMPTS: attempts,
+        }
+        if waits_for:
+            attributes[sc.STEP_WAITS_FOR] = waits_for
+        if step.optional:
+            attributes[sc.STEP_OPTIONAL] = True
         if retry_s:
-            span.set_attribute(sc.STEP_RETRY_S, retry_s)
+            attributes[sc.STEP_RETRY_S] = retry_s
+        if error is None and status == "cancelled":
+            attributes[sc.ERROR_TYPE] = "cancelled"
+            span.set_status(Status(StatusCode.ERROR, "cancelled"))
+        span.set_attributes(attributes)
         if error is not None:
             _record_error(span, error, self._ns(t))
-        elif status == "cancelled":
-            span.set_status(Status(StatusCode.ERROR, "cancelled"))
-            span.set_attribute(sc.ERROR_TYPE, "cancelled")
         span.end(end_time=self._ns(t))
 
     def context_of(self, span: Span | None) -> Context | None:
@@ -222,41 +235,41 @@ class RunTracer:
         return None if span is None else trace.set_span_in_context(span)
 
     def start_chat(
-        self,
-        parent: Context | None,
-        request: InferenceRequest,
-        substrate: Substrate,
-        *,
-        attempt: int,
-        t: float,
+        self, parent: Context | None, request: InferenceRequest, substrate: Substrate, *, t: float
     ) -> Span | None:
         """Open a ``chat {model}`` span under the step whose context is ``parent``.
 
-        The kind is CLIENT for substrates that declare ``remote = True`` (HTTP endpoints) and
-        INTERNAL otherwise: an emulated engine runs in process.
+        It starts with the attributes a sampler may use (operation, provider, model); `end_chat`
+        adds the rest. The kind is CLIENT for substrates that declare ``remote = True`` (HTTP
+        endpoints) and INTERNAL otherwise: an emulated engine runs in process.
         """
         if parent is None:
             return None
-        model = request.model or getattr(substrate, "model", None) or substrate.name
+        model = _requested_model(request, substrate)
+        key = (id(substrate), model)
+        opening = self._chat_openings.get(key)
+        if opening is None:
+            opening = self._chat_openings[key] = (
+                sc.CHAT_SPAN.format(model=model),
+                SpanKind.CLIENT if getattr(substrate, "remote", False) else SpanKind.INTERNAL,
+                {
+                    sc.OPERATION_NAME: "chat",
+                    sc.PROVIDER_NAME: provider_of(substrate),
+                    sc.REQUEST_MODEL: model,
+                },
+            )
+        name, kind, attributes = opening
         return self._tracer.start_span(
-            sc.CHAT_SPAN.format(model=model),
-            context=parent,
-            kind=SpanKind.CLIENT if getattr(substrate, "remote", False) else SpanKind.INTERNAL,
-            start_time=self._ns(t),
-            attributes={
-                sc.OPERATION_NAME: "chat",
-                sc.PROVIDER_NAME: provider_of(substrate),
-                sc.REQUEST_MODEL: str(model),
-                sc.REQUEST_MAX_TOKENS: request.max_output_tokens,
-                sc.SUBSTRATE: substrate.name,
-                sc.ATTEMPT: attempt,
-            },
+            name, context=parent, kind=kind, start_time=self._ns(t), attributes=attributes
         )
 
     def end_chat(
         self,
         span: Span | None,
+        request: InferenceRequest,
+        substrate: Substrate,
         *,
+        attempt: int,
         result: InferenceResult | None,
         error: BaseException | None,
         t_start: float,
@@ -265,22 +278,33 @@ class RunTracer:
         """Close a chat span: usage, timing attributes and, at ``phases`` detail, phase spans."""
         if span is None:
             return
+        # Attribute cleaning dominates the SDK's cost: set everything in one batch, skip empties.
+        attributes: dict[str, str | int | float | bool | Sequence[str]] = {
+            sc.SUBSTRATE: substrate.name,
+            sc.ATTEMPT: attempt,
+        }
+        if request.max_output_tokens is not None:
+            attributes[sc.REQUEST_MAX_TOKENS] = request.max_output_tokens
         if result is not None:
             timing = result.timing
-            # Attribute cleaning dominates the SDK's cost: set each fact once, skip empty ones.
-            attributes: dict[str, str | int | float | bool | list[str]] = {
-                sc.RESPONSE_MODEL: result.model,
-                sc.INPUT_TOKENS: result.usage.input_tokens,
-                sc.OUTPUT_TOKENS: result.usage.output_tokens,
-                sc.FINISH_REASONS: [result.finish_reason],
-                sc.TIMING["ttft_s"]: timing.ttft_s,
-                sc.TIMING["tpot_s"]: timing.tpot_s,
-            }
+            usage = result.usage
+            attributes[sc.RESPONSE_MODEL] = result.model
+            attributes[sc.INPUT_TOKENS] = usage.input_tokens
+            attributes[sc.OUTPUT_TOKENS] = usage.output_tokens
+            attributes[sc.FINISH_REASONS] = (result.finish_reason,)
+            attributes[sc.TTFT_S] = timing.ttft_s
+            attributes[sc.TPOT_S] = timing.tpot_s
             # A category that took no time is left out: readers treat a missing one as 0.
-            for field in ("queue_s", "network_s", "prefill_s", "decode_s", "comm_s"):
-                value = getattr(timing, field)
-                if value:
-                    attributes[sc.TIMING[field]] = value
+            if timing.queue_s:
+                attributes[sc.QUEUE_S] = timing.queue_s
+            if timing.network_s:
+                attributes[sc.NETWORK_S] = timing.network_s
+            if timing.prefill_s:
+                attributes[sc.PREFILL_S] = timing.prefill_s
+            if timing.decode_s:
+                attributes[sc.DECODE_S] = timing.decode_s
+            if timing.comm_s:
+                attributes[sc.COMM_S] = timing.comm_s
             if result.cost_usd:
                 attributes[sc.COST_USD] = result.cost_usd
             if result.energy_j:
@@ -289,10 +313,11 @@ class RunTracer:
                 attributes[sc.CHIPS] = result.chips
             if result.attributes:
                 attributes.update(result.attributes)
-            span.update_name(sc.CHAT_SPAN.format(model=result.model))
-            span.set_attributes(attributes)
-            if self._detail == "phases":
-                self._phases(span, result, t_start)
+            if result.model != _requested_model(request, substrate):
+                span.update_name(sc.CHAT_SPAN.format(model=result.model))
+        span.set_attributes(attributes)
+        if result is not None and self._detail == "phases":
+            self._phases(span, result, t_start)
         if error is not None:
             _record_error(span, error, self._ns(t_end))
         span.end(end_time=self._ns(t_end))
@@ -357,6 +382,11 @@ class RunTracer:
         if error is not None:
             _record_error(span, error, self._ns(t))
         span.end(end_time=self._ns(t))
+
+
+def _requested_model(request: InferenceRequest, substrate: Substrate) -> str:
+    """The model a chat span is named after when it starts."""
+    return str(request.model or getattr(substrate, "model", None) or substrate.name)
 
 
 def _record_error(span: Span, error: BaseException, t_ns: int) -> None:
