@@ -239,13 +239,21 @@ class RunTracer:
     ) -> Span | None:
         """Open a ``chat {model}`` span under the step whose context is ``parent``.
 
-        It starts with the attributes a sampler may use (operation, provider, model); `end_chat`
-        adds the rest. The kind is CLIENT for substrates that declare ``remote = True`` (HTTP
-        endpoints) and INTERNAL otherwise: an emulated engine runs in process.
+        The kind is CLIENT for substrates that declare ``remote = True`` (HTTP endpoints) and
+        INTERNAL otherwise: an emulated engine runs in process. All attributes are set by
+        `end_chat`, in one batch: a chat span always has a step span as its parent, so a
+        parent-based sampler (the SDK's default) never reads attributes given at its start.
         """
         if parent is None:
             return None
-        model = _requested_model(request, substrate)
+        name, kind, _ = self._opening(request, substrate)
+        return self._tracer.start_span(name, context=parent, kind=kind, start_time=self._ns(t))
+
+    def _opening(
+        self, request: InferenceRequest, substrate: Substrate
+    ) -> tuple[str, SpanKind, dict[str, str]]:
+        # A chat span's name, kind and the attributes that depend only on substrate and model.
+        model = str(request.model or getattr(substrate, "model", None) or substrate.name)
         key = (id(substrate), model)
         opening = self._chat_openings.get(key)
         if opening is None:
@@ -256,12 +264,10 @@ class RunTracer:
                     sc.OPERATION_NAME: "chat",
                     sc.PROVIDER_NAME: provider_of(substrate),
                     sc.REQUEST_MODEL: model,
+                    sc.SUBSTRATE: substrate.name,
                 },
             )
-        name, kind, attributes = opening
-        return self._tracer.start_span(
-            name, context=parent, kind=kind, start_time=self._ns(t), attributes=attributes
-        )
+        return opening
 
     def end_chat(
         self,
@@ -279,8 +285,9 @@ class RunTracer:
         if span is None:
             return
         # Attribute cleaning dominates the SDK's cost: set everything in one batch, skip empties.
+        _, _, opening = self._opening(request, substrate)
         attributes: dict[str, str | int | float | bool | Sequence[str]] = {
-            sc.SUBSTRATE: substrate.name,
+            **opening,
             sc.ATTEMPT: attempt,
         }
         if request.max_output_tokens is not None:
@@ -313,7 +320,7 @@ class RunTracer:
                 attributes[sc.CHIPS] = result.chips
             if result.attributes:
                 attributes.update(result.attributes)
-            if result.model != _requested_model(request, substrate):
+            if result.model != opening[sc.REQUEST_MODEL]:
                 span.update_name(sc.CHAT_SPAN.format(model=result.model))
         span.set_attributes(attributes)
         if result is not None and self._detail == "phases":
@@ -382,11 +389,6 @@ class RunTracer:
         if error is not None:
             _record_error(span, error, self._ns(t))
         span.end(end_time=self._ns(t))
-
-
-def _requested_model(request: InferenceRequest, substrate: Substrate) -> str:
-    """The model a chat span is named after when it starts."""
-    return str(request.model or getattr(substrate, "model", None) or substrate.name)
 
 
 def _record_error(span: Span, error: BaseException, t_ns: int) -> None:
