@@ -20,6 +20,7 @@ from opentelemetry.trace import Span, TracerProvider
 from pydantic import JsonValue, ValidationError
 from tenacity import RetryCallState
 
+from agentrt._timeouts import AttemptTimeouts
 from agentrt.clock import Clock, VirtualClock, current_clock
 from agentrt.errors import ConfigError, PlanError, StepFailed, StepTimeout, ToolError
 from agentrt.plan import Plan, RetryPolicy, Step, StepDefaults, StepKind, render_template
@@ -231,6 +232,9 @@ class AgentRun:
         # Replaced by the run's own tracer in execute(); until then nothing is traced.
         self._tracer = _idle_tracer()
         self._metrics = False
+        self._log_context = True
+        # Created in execute(), on the loop that runs the attempts.
+        self._timeouts: AttemptTimeouts
         if isinstance(target, Plan):
             for index, step in enumerate(target.steps):
                 self._records[step.id] = _StepRecord(step, index=index, waits_for=step.depends_on)
@@ -258,6 +262,8 @@ class AgentRun:
             agent=self.agent.name, run_id=self.run_id, target=target_name, t=self._start
         )
         self._metrics = self.agent._instruments.active
+        self._log_context = _logs_read_contextvars()
+        self._timeouts = AttemptTimeouts()
         # One concrete logger per run, built from the logging configuration in force now:
         # cheaper per event than the module-level proxy, and never stale after a reconfigure.
         self._log = _log_proxy.bind()
@@ -277,6 +283,7 @@ class AgentRun:
                 if scope.cancelled_caught:
                     self._fail(f"run deadline of {self.deadline_s} s exceeded", step_id=None)
             finally:
+                self._timeouts.close()
                 self._end = self._clock.current_time()
                 self._close_records()
                 if self._status is None:
@@ -450,8 +457,13 @@ class AgentRun:
         # Children get the step's context explicitly; the run's root span stays the current one
         # (log lines carry its trace id), which saves attaching a context per step.
         record.span_context = tracer.context_of(span)
-        # bind/reset rather than bound_contextvars(): same effect, a third of the cost per step.
-        tokens = structlog.contextvars.bind_contextvars(step_id=step.id, kind=step.kind)
+        # bind/reset rather than bound_contextvars(): same effect, a third of the cost per step;
+        # and nothing at all when no log processor reads context variables (logging off).
+        tokens = (
+            structlog.contextvars.bind_contextvars(step_id=step.id, kind=step.kind)
+            if self._log_context
+            else None
+        )
         _log = self._log
         _log.info("step_started")
         try:
@@ -482,20 +494,22 @@ class AgentRun:
                 record.state = "cancelled"
                 record.end = clock.current_time()
                 _log.info("step_cancelled", latency_s=record.end - record.start)
-            tracer.end_step(
-                span,
-                step,
-                index=record.index,
-                waits_for=record.waits_for,
-                status=record.state,
-                attempts=record.attempts,
-                retry_s=_retry_s(record),
-                error=record.error,
-                t=record.end if record.end is not None else clock.current_time(),
-            )
+            if span is not None:
+                tracer.end_step(
+                    span,
+                    step,
+                    index=record.index,
+                    waits_for=record.waits_for,
+                    status=record.state,
+                    attempts=record.attempts,
+                    retry_s=_retry_s(record),
+                    error=record.error,
+                    t=record.end if record.end is not None else clock.current_time(),
+                )
             if self._plan is None:
                 self._finished.append(self._freeze(record))
-            structlog.contextvars.reset_contextvars(**tokens)
+            if tokens is not None:
+                structlog.contextvars.reset_contextvars(**tokens)
 
     async def _attempts(self, record: _StepRecord, timeout_s: float, policy: RetryPolicy) -> None:
         # The first attempt runs outside tenacity: most steps succeed at once, and building a
@@ -518,8 +532,14 @@ class AgentRun:
     async def _timed_attempt(self, record: _StepRecord, timeout_s: float) -> None:
         record.attempts += 1
         record.last_attempt_start = self._clock.current_time()
-        with anyio.move_on_after(timeout_s) as scope:
-            await self._attempt(record)
+        scope = anyio.CancelScope()
+        timeouts = self._timeouts
+        timeouts.add(scope, timeout_s)
+        try:
+            with scope:
+                await self._attempt(record)
+        finally:
+            timeouts.remove(scope)
         if scope.cancelled_caught:
             raise StepTimeout(
                 f"attempt {record.attempts} of step {record.step.id!r} exceeded its "
@@ -533,7 +553,7 @@ class AgentRun:
         if outputs:
             prompt = render_template(prompt, outputs)
         request = InferenceRequest(
-            messages=(Message(role="user", content=prompt),),
+            messages=(_user_message(prompt),),
             max_output_tokens=step.output_tokens_hint,
             prompt_tokens=step.prompt_tokens,
             run_id=self.run_id,
@@ -550,24 +570,28 @@ class AgentRun:
         result: InferenceResult | None = None
         error: BaseException | None = None
         try:
-            # Remote substrates propagate the current span (W3C traceparent) to their server.
-            with _current(chat if self.agent._remote else None):
+            if chat is not None and self.agent._remote:
+                # Remote substrates propagate the current span (W3C traceparent) to their server.
+                with _current(chat):
+                    result = await substrate.infer(request)
+            else:
                 result = await substrate.infer(request)
         except BaseException as exc:  # recorded on the span, then re-raised untouched
             error = exc
             raise
         finally:
             t1 = clock.current_time()
-            tracer.end_chat(
-                chat,
-                request,
-                substrate,
-                attempt=record.attempts,
-                result=result,
-                error=error,
-                t_start=t0,
-                t_end=t1,
-            )
+            if chat is not None:
+                tracer.end_chat(
+                    chat,
+                    request,
+                    substrate,
+                    attempt=record.attempts,
+                    result=result,
+                    error=error,
+                    t_start=t0,
+                    t_end=t1,
+                )
         if self._metrics:
             self.agent._instruments.record(result, t1 - t0, self.agent._provider)
         record.inference = result
@@ -681,6 +705,22 @@ class AgentRun:
 def _idle_tracer() -> RunTracer:
     """A tracer that never records: what a prepared run holds before it executes."""
     return RunTracer(trace.NoOpTracerProvider(), current_clock())
+
+
+@functools.lru_cache(maxsize=1024)
+def _user_message(prompt: str) -> Message:
+    """A user message; plans repeat their prompts run after run, and messages are immutable."""
+    return Message(role="user", content=prompt)
+
+
+def _logs_read_contextvars() -> bool:
+    """Whether structlog's processors, as configured now, merge context variables into events.
+
+    They do by default and in every `agentrt.log.configure_logging` level but ``off``; when they
+    do not, binding a step's ids to context variables would buy nothing.
+    """
+    processors = structlog.get_config().get("processors", ())
+    return structlog.contextvars.merge_contextvars in processors
 
 
 def _retry_s(record: _StepRecord) -> float:
