@@ -141,7 +141,7 @@ class RunTracer:
         self._ns = clock.to_epoch_ns
         self._detail = detail
         # (substrate, model) -> a chat span's name, kind and opening attributes, built once.
-        self._chat_openings: dict[tuple[int, str], tuple[str, SpanKind, dict[str, str]]] = {}
+        self._chat_openings: dict[tuple[int, str | None], tuple[str, SpanKind, dict[str, str]]] = {}
         self.enabled = False
         self.root: Span | None = None
         self.root_context: Context | None = None
@@ -253,10 +253,10 @@ class RunTracer:
         self, request: InferenceRequest, substrate: Substrate
     ) -> tuple[str, SpanKind, dict[str, str]]:
         # A chat span's name, kind and the attributes that depend only on substrate and model.
-        model = str(request.model or getattr(substrate, "model", None) or substrate.name)
-        key = (id(substrate), model)
+        key = (id(substrate), request.model)
         opening = self._chat_openings.get(key)
         if opening is None:
+            model = str(request.model or getattr(substrate, "model", None) or substrate.name)
             opening = self._chat_openings[key] = (
                 sc.CHAT_SPAN.format(model=model),
                 SpanKind.CLIENT if getattr(substrate, "remote", False) else SpanKind.INTERNAL,
