@@ -4,6 +4,7 @@ import socket
 import time
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from agentrt import ConfigError, RealClock, VirtualClock, current_clock, run
@@ -82,6 +83,37 @@ def test_ready_io_is_delivered_without_jumping() -> None:
 
     data, now = run(main, clock=VirtualClock(start_s=10))
     assert data == b"ping"
+    assert now == 10.0
+
+
+def test_ready_io_is_delivered_while_callbacks_keep_the_loop_busy() -> None:
+    # The selector skips most polls while callbacks are ready; a task that never lets the loop
+    # go idle must not keep ready I/O from its reader.
+    async def main() -> tuple[bytes, int, float]:
+        a, b = socket.socketpair()
+        with a, b:
+            a.setblocking(False)
+            b.setblocking(False)
+            spins = 0
+            received = anyio.Event()
+
+            async def spin() -> None:
+                nonlocal spins
+                while not received.is_set() and spins < 10_000:
+                    spins += 1
+                    await anyio.lowlevel.checkpoint()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(spin)
+                await anyio.lowlevel.checkpoint()  # the spinner is running
+                b.send(b"ping")
+                await anyio.wait_readable(a)
+                received.set()
+            return a.recv(4), spins, current_clock().current_time()
+
+    data, spins, now = run(main, clock=VirtualClock(start_s=10))
+    assert data == b"ping"
+    assert spins < 100  # polled within a few iterations, not after the spinner gave up
     assert now == 10.0
 
 
