@@ -151,6 +151,8 @@ class EmulatedEngine:
         self._loading: anyio.Event | None = None
         self._network_s = network_s(deployment)
         self._described = deployment.describe()
+        # Usage is immutable and requests repeat a few shapes: validate each shape once.
+        self._usage: dict[tuple[int, int], Usage] = {}
 
     @classmethod
     def from_profile(
@@ -276,9 +278,14 @@ class EmulatedEngine:
         )
         busy = record.busy_share_s
         price = cost_usd(dep, busy_s=busy, input_tokens=record.prompt_tokens, output_tokens=n)
+        usage = self._usage.get((record.prompt_tokens, n))
+        if usage is None:
+            usage = Usage(input_tokens=record.prompt_tokens, output_tokens=n)
+            if len(self._usage) < 4096:
+                self._usage[record.prompt_tokens, n] = usage
         return InferenceResult(
             text=text,
-            usage=Usage(input_tokens=record.prompt_tokens, output_tokens=n),
+            usage=usage,
             timing=timing,
             substrate=self.name,
             model=self.model,
