@@ -86,6 +86,36 @@ def test_ready_io_is_delivered_without_jumping() -> None:
     assert now == 10.0
 
 
+def test_ready_io_is_delivered_before_the_clock_jumps_to_a_timer() -> None:
+    async def main() -> tuple[bytes, float, bool]:
+        a, b = socket.socketpair()
+        with a, b:
+            a.setblocking(False)
+            b.setblocking(False)
+            b.send(b"ping")
+            with anyio.move_on_after(5) as scope:
+                await anyio.wait_readable(a)
+            return a.recv(4), current_clock().current_time(), scope.cancelled_caught
+
+    data, now, timed_out = run(main, clock=VirtualClock(start_s=10))
+    assert data == b"ping"
+    assert (now, timed_out) == (10.0, False)
+
+
+def test_a_callback_from_another_thread_runs_before_the_clock_jumps() -> None:
+    # Another thread queues its callback, then writes the loop's wake-up byte; a loop that has
+    # just decided to wait for its next timer must not jump past a callback already queued.
+    clock = VirtualClock()
+    loop = clock.new_event_loop()
+    try:
+        loop.call_soon(lambda: None)  # queued as call_soon_threadsafe does, before the byte
+        selector = loop._selector  # type: ignore[attr-defined]
+        assert selector.select(5.0) == []  # the loop asks to wait 5 s for a timer
+        assert (clock.current_time(), clock.jumps) == (0.0, 0)
+    finally:
+        loop.close()
+
+
 def test_ready_io_is_delivered_while_callbacks_keep_the_loop_busy() -> None:
     # The selector skips most polls while callbacks are ready; a task that never lets the loop
     # go idle must not keep ready I/O from its reader.
