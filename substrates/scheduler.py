@@ -476,6 +476,7 @@ class Scheduler:
         self._jit_var = math.expm1(self._sigma**2)
         self._stall_p = float(stall_prob)
         self._stall_s = float(stall_s)
+        self._stall_log_q = math.log1p(-self._stall_p) if self._stall_p < 1.0 else -math.inf
         self._heap: list[tuple[int, int, _Request]] = []  # (-priority, arrival order, request)
         self._seq = 0
         self._queued = 0
@@ -951,7 +952,7 @@ class Scheduler:
             n = round(rng.gauss(k * p, math.sqrt(k * p * (1.0 - p))))
             return min(k, max(0, n))
         # Exact: skip geometrically distributed gaps between stalled passes.
-        log_q = math.log1p(-p)
+        log_q = self._stall_log_q
         count, i = 0, 0
         while True:
             i += int(math.log(1.0 - rng.random()) / log_q) + 1
