@@ -18,12 +18,15 @@ import asyncio
 import selectors
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol, TypeVar, final, runtime_checkable
+from collections.abc import Awaitable, Callable, Mapping, Sized
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, final, runtime_checkable
 
 import anyio
 
 from agentrt.errors import AgentrtError, ConfigError
+
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
 
 __all__ = ["Clock", "RealClock", "VirtualClock", "VirtualTimeStalled", "current_clock", "run"]
 
@@ -179,16 +182,57 @@ class VirtualClock:
         return f"VirtualClock(now={self._now!r})"
 
 
+#: The virtual loop polls for I/O on at least every this-many-th iteration.
+_POLL_INTERVAL = 8
+
+
 class _JumpingSelector(selectors.DefaultSelector):
     """A selector that, instead of blocking until the next timer, jumps the clock to it."""
 
     def __init__(self, clock: VirtualClock) -> None:
         super().__init__()
         self._clock = clock
+        self._since_poll = 0  # iterations since the last poll
+        self._fds = 0  # registered file objects
+        self._own_fds = 0  # what the loop itself registers (its wake-up pipe), see `attach`
+        self._ready: Sized = ()  # the loop's ready callbacks, see `attach`
+
+    def attach(self, ready: Sized) -> None:
+        """Called by the loop once it is set up: ``ready`` is its queue of ready callbacks."""
+        self._own_fds = self._fds
+        self._ready = ready
+
+    def register(
+        self, fileobj: FileDescriptorLike, events: int, data: Any = None
+    ) -> selectors.SelectorKey:
+        key = super().register(fileobj, events, data)
+        self._fds += 1
+        return key
+
+    def unregister(self, fileobj: FileDescriptorLike) -> selectors.SelectorKey:
+        key = super().unregister(fileobj)
+        self._fds -= 1
+        return key
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         # The loop passes timeout 0 when callbacks are ready, the gap to its next timer when only
         # timers remain, and None when nothing at all is scheduled.
+        if timeout is not None:
+            if timeout > 0 and self._ready:
+                # A callback came from another thread since the loop looked (its wake-up byte
+                # may not be written yet): run it before time moves.
+                return []
+            # Most iterations skip the poll (a system call): while callbacks are ready, since
+            # time cannot move; before a jump, when nothing but the loop's own wake-up pipe is
+            # registered. Registered I/O is polled before every jump, so it arrives at the same
+            # virtual time; the wake-up pipe (signals) at least every _POLL_INTERVAL iterations.
+            self._since_poll += 1
+            if self._since_poll < _POLL_INTERVAL and (timeout <= 0 or self._fds <= self._own_fds):
+                if timeout > 0:
+                    self._clock._now += timeout
+                    self._clock._jumps += 1
+                return []
+        self._since_poll = 0
         ready: list[tuple[selectors.SelectorKey, int]] = super().select(0)
         if ready or timeout is None or timeout <= 0:
             if not ready and timeout is None:
@@ -213,7 +257,9 @@ class _VirtualEventLoop(asyncio.SelectorEventLoop):
     """An asyncio loop that reads time from a `VirtualClock`."""
 
     def __init__(self, clock: VirtualClock) -> None:
-        super().__init__(selector=_JumpingSelector(clock))
+        selector = _JumpingSelector(clock)
+        super().__init__(selector=selector)
+        selector.attach(self._ready)  # type: ignore[attr-defined]
         self._agentrt_clock = clock
         # Timers due within this much of "now" run now; virtual time is exact, so keep it tiny.
         self._clock_resolution = 1e-9

@@ -83,14 +83,20 @@ class SyntheticContent:
     and the step id only.
     """
 
-    __slots__ = ("_seed",)
+    __slots__ = ("_seed", "_starts")
 
     def __init__(self, *, seed: int | None = None) -> None:
         self._seed = seed or 0
+        self._starts: dict[str | None, int] = {}  # step id -> first word
 
     def text_for(self, request: InferenceRequest, max_tokens: int) -> tuple[str, int]:
         """``max_tokens`` words."""
-        start = zlib.crc32(f"{self._seed}:{request.step_id}".encode()) % len(_VOCABULARY)
+        step = request.step_id
+        start = self._starts.get(step)
+        if start is None:
+            start = zlib.crc32(f"{self._seed}:{step}".encode()) % len(_VOCABULARY)
+            if len(self._starts) < 4096:
+                self._starts[step] = start
         return _words(start, max_tokens), max_tokens
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import math
 import random
@@ -475,6 +476,7 @@ class Scheduler:
         self._jit_var = math.expm1(self._sigma**2)
         self._stall_p = float(stall_prob)
         self._stall_s = float(stall_s)
+        self._stall_log_q = math.log1p(-self._stall_p) if self._stall_p < 1.0 else -math.inf
         self._heap: list[tuple[int, int, _Request]] = []  # (-priority, arrival order, request)
         self._seq = 0
         self._queued = 0
@@ -484,7 +486,10 @@ class Scheduler:
         self._replan = False  # an arrival at the instant the segment was planned joins it
         self._free_at = -math.inf  # when the last segment ended
         self._leader: _Request | None = None  # whose waiting coroutine drives the engine
-        self._wait_scope: anyio.CancelScope | None = None  # the driver's wait, to interrupt it
+        # The driver's wait and its timer, to interrupt it.
+        self._alarm: asyncio.Future[None] | None = None
+        self._alarm_timer: asyncio.TimerHandle | None = None
+        self._wait_scope: anyio.CancelScope | None = None  # the same, off asyncio
         self._watchers = 0  # open streams
         self._n = _Counters()
 
@@ -675,8 +680,13 @@ class Scheduler:
             self._replanned(seg)
 
     def _interrupt(self) -> None:
-        if self._wait_scope is not None:
-            self._wait_scope.cancel()  # the driver wakes and plans or waits again
+        # The driver wakes and plans or waits again.
+        alarm, timer = self._alarm, self._alarm_timer
+        if alarm is not None and timer is not None:
+            timer.cancel()
+            _ring(alarm)
+        elif self._wait_scope is not None:
+            self._wait_scope.cancel()
 
     def _replanned(self, seg: _Segment) -> None:
         self._interrupt()
@@ -705,15 +715,34 @@ class Scheduler:
                 continue
             now = clock.current_time()
             if now < seg.end - _EPS:
-                scope = self._wait_scope = anyio.CancelScope()
-                try:
-                    with scope:
-                        await anyio.sleep(seg.end - now)
-                finally:
-                    self._wait_scope = None
+                await self._wait(seg.end - now)
                 self._n.waits += 1
                 continue
             self._finish(seg)
+
+    async def _wait(self, delay: float) -> None:
+        """Sleep ``delay`` seconds on the run's clock, or until `_interrupt` wakes the driver."""
+        loop = _asyncio_loop()
+        if loop is None:  # another anyio backend: a cancel scope does the same, slower
+            scope = self._wait_scope = anyio.CancelScope()
+            try:
+                with scope:
+                    await anyio.sleep(delay)
+            finally:
+                self._wait_scope = None
+            return
+        # What anyio.sleep does on asyncio (a future and a timer), ended early by resolving the
+        # future rather than by cancelling a scope, which costs more: the driver waits once
+        # per event.
+        alarm = self._alarm = loop.create_future()
+        timer = self._alarm_timer = loop.call_later(delay, _ring, alarm)
+        try:
+            await alarm
+        except BaseException:
+            timer.cancel()  # cancelled: no timer may outlive the wait (it would move time on)
+            raise
+        finally:
+            self._alarm = self._alarm_timer = None
 
     def _plan(self, now: float) -> None:
         """Admit what fits and plan the next segment, from the last boundary (or now, if idle)."""
@@ -923,13 +952,26 @@ class Scheduler:
             n = round(rng.gauss(k * p, math.sqrt(k * p * (1.0 - p))))
             return min(k, max(0, n))
         # Exact: skip geometrically distributed gaps between stalled passes.
-        log_q = math.log1p(-p)
+        log_q = self._stall_log_q
         count, i = 0, 0
         while True:
             i += int(math.log(1.0 - rng.random()) / log_q) + 1
             if i > k:
                 return count
             count += 1
+
+
+def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop, or None on another anyio backend."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _ring(alarm: asyncio.Future[None]) -> None:
+    if not alarm.done():
+        alarm.set_result(None)
 
 
 def _bad_cost(what: str, arg: Sequence[int], cost: IterCost) -> ConfigError:

@@ -4,6 +4,7 @@ import socket
 import time
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from agentrt import ConfigError, RealClock, VirtualClock, current_clock, run
@@ -82,6 +83,67 @@ def test_ready_io_is_delivered_without_jumping() -> None:
 
     data, now = run(main, clock=VirtualClock(start_s=10))
     assert data == b"ping"
+    assert now == 10.0
+
+
+def test_ready_io_is_delivered_before_the_clock_jumps_to_a_timer() -> None:
+    async def main() -> tuple[bytes, float, bool]:
+        a, b = socket.socketpair()
+        with a, b:
+            a.setblocking(False)
+            b.setblocking(False)
+            b.send(b"ping")
+            with anyio.move_on_after(5) as scope:
+                await anyio.wait_readable(a)
+            return a.recv(4), current_clock().current_time(), scope.cancelled_caught
+
+    data, now, timed_out = run(main, clock=VirtualClock(start_s=10))
+    assert data == b"ping"
+    assert (now, timed_out) == (10.0, False)
+
+
+def test_a_callback_from_another_thread_runs_before_the_clock_jumps() -> None:
+    # Another thread queues its callback, then writes the loop's wake-up byte; a loop that has
+    # just decided to wait for its next timer must not jump past a callback already queued.
+    clock = VirtualClock()
+    loop = clock.new_event_loop()
+    try:
+        loop.call_soon(lambda: None)  # queued as call_soon_threadsafe does, before the byte
+        selector = loop._selector  # type: ignore[attr-defined]
+        assert selector.select(5.0) == []  # the loop asks to wait 5 s for a timer
+        assert (clock.current_time(), clock.jumps) == (0.0, 0)
+    finally:
+        loop.close()
+
+
+def test_ready_io_is_delivered_while_callbacks_keep_the_loop_busy() -> None:
+    # The selector skips most polls while callbacks are ready; a task that never lets the loop
+    # go idle must not keep ready I/O from its reader.
+    async def main() -> tuple[bytes, int, float]:
+        a, b = socket.socketpair()
+        with a, b:
+            a.setblocking(False)
+            b.setblocking(False)
+            spins = 0
+            received = anyio.Event()
+
+            async def spin() -> None:
+                nonlocal spins
+                while not received.is_set() and spins < 10_000:
+                    spins += 1
+                    await anyio.lowlevel.checkpoint()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(spin)
+                await anyio.lowlevel.checkpoint()  # the spinner is running
+                b.send(b"ping")
+                await anyio.wait_readable(a)
+                received.set()
+            return a.recv(4), spins, current_clock().current_time()
+
+    data, spins, now = run(main, clock=VirtualClock(start_s=10))
+    assert data == b"ping"
+    assert spins < 100  # polled within a few iterations, not after the spinner gave up
     assert now == 10.0
 
 

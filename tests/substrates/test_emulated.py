@@ -28,7 +28,13 @@ from agentrt import (
 from agentrt.registry import Registry
 from agentrt.testing import check_substrate
 from substrates.calibration import FAMILY_TOLERANCE
-from substrates.content import ReplayContent, ScriptedContent, count_tokens, split_tokens
+from substrates.content import (
+    ReplayContent,
+    ScriptedContent,
+    SyntheticContent,
+    count_tokens,
+    split_tokens,
+)
 from substrates.emulated import EmulatedEngine
 from substrates.perfmodel import decode_floor_s, predict_request, prefill_floor_s
 from substrates.presets import PRESETS, build_deployment, build_engine
@@ -258,6 +264,17 @@ def test_content_sources(tmp_path: Path) -> None:
     assert scripted.text_for(request("z"), 10)[0] == "fallback"
     long = ScriptedContent({"a": "x" * 400})
     assert long.text_for(request("a"), 10)[1] == 10
+
+
+def test_synthetic_text_depends_on_seed_and_step_only() -> None:
+    source = SyntheticContent(seed=3)
+    text, tokens = source.text_for(request("a"), 12)
+    assert tokens == 12
+    assert len(text.split(" ")) == 12
+    assert source.text_for(request("a", prompt=5), 12) == (text, 12)  # again, remembered
+    assert SyntheticContent(seed=3).text_for(request("a"), 12) == (text, 12)  # fresh
+    assert source.text_for(request("b"), 12)[0] != text
+    assert SyntheticContent(seed=4).text_for(request("a"), 12)[0] != text
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agentrt import ConfigError, DoesNotFitError, VirtualClock, current_clock, run
+from substrates import scheduler as scheduler_module
 from substrates.scheduler import IterCost, Scheduler, ServiceRecord
 
 VRun = Callable[..., Any]
@@ -171,6 +172,22 @@ def test_a_steady_batch_advances_in_a_handful_of_jumps(vrun: VRun) -> None:
     jumps, recs = vrun(main)
     assert jumps <= 3
     assert len({r.finished_s for r in recs}) == 1
+
+
+def test_an_interrupted_wait_leaves_no_timer_behind(vrun: VRun) -> None:
+    # The second request's arrival cuts the first one's wait short; a timer left from that
+    # wait would fire later on its own and move virtual time once more.
+    async def main() -> tuple[int, int, list[ServiceRecord]]:
+        sched = Scheduler(Linear(), seed=0)
+        recs = await gather(sched, [(0.0, 500, 1000, 0), (1.0, 500, 10, 0)])
+        return vclock().jumps, sched.statistics().waits, recs
+
+    jumps, waits, (first, second) = vrun(main)
+    assert second.finished_s < first.finished_s
+    # Jumps: to the arrival at t=1 (the first wait ends there), to the end of the pass in
+    # flight, to the end of the second request, to the end of the first. One wait each.
+    assert (jumps, waits) == (4, 4)
+    assert second.started_s == pytest.approx(1.0, abs=0.05)
 
 
 # -- sharing the engine -----------------------------------------------------------------------
@@ -665,6 +682,17 @@ def test_same_seed_same_timings_other_seed_other_tails() -> None:
     assert e2e_a[-2:] != e2e_c[-2:]
     for r in a:
         assert parts(r) == pytest.approx(r.e2e_s, rel=1e-9)
+
+
+def test_off_asyncio_the_driver_waits_in_a_cancel_scope_with_the_same_timings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # On asyncio the driver's wait is a future that an arrival resolves early; on another anyio
+    # backend it is a cancel scope that an arrival cancels. Arrivals interrupt both alike.
+    jobs = poisson_jobs(7, 200, rate=0.5)
+    on_asyncio = loaded_run(1, jobs)
+    monkeypatch.setattr(scheduler_module, "_asyncio_loop", lambda: None)
+    assert loaded_run(1, jobs) == on_asyncio
 
 
 def test_under_load_p99_sits_well_above_p50() -> None:
