@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import random
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -233,6 +234,7 @@ class AgentRun:
         self._tracer = _idle_tracer()
         self._metrics = False
         self._log_context = True
+        self._log_steps = True
         # Created in execute(), on the loop that runs the attempts.
         self._timeouts: AttemptTimeouts
         if isinstance(target, Plan):
@@ -268,6 +270,7 @@ class AgentRun:
         # cheaper per event than the module-level proxy, and never stale after a reconfigure.
         self._log = _log_proxy.bind()
         _log = self._log
+        self._log_steps = _info_enabled(_log)
         with (
             structlog.contextvars.bound_contextvars(run_id=self.run_id),
             _current(tracer.root if tracer.enabled else None),
@@ -465,7 +468,9 @@ class AgentRun:
             else None
         )
         _log = self._log
-        _log.info("step_started")
+        log_steps = self._log_steps
+        if log_steps:
+            _log.info("step_started")
         try:
             await self._attempts(record, timeout_s, policy)
         except Exception as exc:
@@ -483,12 +488,13 @@ class AgentRun:
         else:
             record.state = "succeeded"
             record.end = clock.current_time()
-            _log.info(
-                "step_finished",
-                substrate=record.inference.substrate if record.inference else None,
-                latency_s=record.end - record.start,
-                attempts=record.attempts,
-            )
+            if log_steps:
+                _log.info(
+                    "step_finished",
+                    substrate=record.inference.substrate if record.inference else None,
+                    latency_s=record.end - record.start,
+                    attempts=record.attempts,
+                )
         finally:
             if record.state == "running":
                 record.state = "cancelled"
@@ -714,6 +720,15 @@ def _idle_tracer() -> RunTracer:
 def _user_message(prompt: str) -> Message:
     """A user message; plans repeat their prompts run after run, and messages are immutable."""
     return Message(role="user", content=prompt)
+
+
+def _info_enabled(log: Any) -> bool:
+    """Whether ``log`` emits info events (structlog's filtering loggers can tell; else assume so).
+
+    Checked once per run: the per-step events are then skipped outright, arguments and all.
+    """
+    is_enabled_for = getattr(log, "is_enabled_for", None)
+    return bool(is_enabled_for(logging.INFO)) if callable(is_enabled_for) else True
 
 
 def _logs_read_contextvars() -> bool:

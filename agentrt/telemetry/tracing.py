@@ -232,7 +232,8 @@ class RunTracer:
 
     def context_of(self, span: Span | None) -> Context | None:
         """The context whose current span is ``span`` (build once, reuse for its children)."""
-        return None if span is None else trace.set_span_in_context(span)
+        # Built on the root's context, not the current one: same span, one context lookup less.
+        return None if span is None else trace.set_span_in_context(span, self.root_context)
 
     def start_chat(
         self, parent: Context | None, request: InferenceRequest, substrate: Substrate, *, t: float
