@@ -29,13 +29,21 @@ class AttemptTimeouts:
     Create it on the loop that runs the attempts; call `close` when the run ends.
     """
 
-    __slots__ = ("_armed_for", "_due", "_handle", "_loop")
+    __slots__ = ("_armed_for", "_due", "_handle", "_loop", "_scope_class")
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
+        # anyio.CancelScope() looks up the running backend on every call to pick its class; the
+        # class cannot change on this loop, so look it up once (the backend builds its scopes by
+        # calling that class, as `scope` does).
+        self._scope_class: type[anyio.CancelScope] = type(anyio.CancelScope())
         self._due: dict[anyio.CancelScope, float] = {}
         self._handle: asyncio.TimerHandle | None = None
         self._armed_for = math.inf
+
+    def scope(self) -> anyio.CancelScope:
+        """A new cancel scope of the running backend (what ``anyio.CancelScope()`` returns)."""
+        return self._scope_class()
 
     def add(self, scope: anyio.CancelScope, timeout_s: float) -> None:
         """Cancel ``scope`` ``timeout_s`` seconds from now (loop time) unless it is removed."""

@@ -538,8 +538,8 @@ class AgentRun:
     async def _timed_attempt(self, record: _StepRecord, timeout_s: float) -> None:
         record.attempts += 1
         record.last_attempt_start = self._clock.current_time()
-        scope = anyio.CancelScope()
         timeouts = self._timeouts
+        scope = timeouts.scope()
         timeouts.add(scope, timeout_s)
         try:
             with scope:

@@ -117,7 +117,8 @@ def test_a_cancelled_run_leaves_no_timer_behind(vrun: Callable[..., Any]) -> Non
 def test_one_timer_serves_many_attempts(vrun: Callable[..., Any]) -> None:
     async def main() -> tuple[int, list[bool]]:
         timeouts = AttemptTimeouts()
-        scopes = [anyio.CancelScope() for _ in range(100)]
+        scopes = [timeouts.scope() for _ in range(100)]
+        assert all(isinstance(scope, anyio.CancelScope) for scope in scopes)
         for scope in scopes:
             timeouts.add(scope, 10.0)
         armed = live_timers()
