@@ -32,6 +32,7 @@ from agentrt.log import configure_logging
 from agentrt.telemetry import Detail
 
 STEPS = 50
+WARM_UP_RUNS = 20
 
 
 class _NullSpan(NonRecordingSpan):
@@ -81,7 +82,10 @@ async def measure(
     plan = chain(STEPS)
     per_step_us: list[float] = []
     exported = 0
-    for _ in range(5):  # warm caches and the allocator
+    # Warm caches and the allocator: enough runs for several batch exports, so the heap the
+    # span queue needs is in place before timing starts (on a virtual machine, touching fresh
+    # memory is slow).
+    for _ in range(WARM_UP_RUNS):
         await agent.run(plan)
     for _ in range(runs):
         t0 = time.perf_counter()
@@ -95,7 +99,7 @@ async def measure(
         provider.shutdown()  # flushes the queue
         exported += len(exporter.get_finished_spans())
         # The instant substrate reports no phases: a root, and a step and a chat span per step.
-        expected = (runs + 5) * (1 + 2 * STEPS)
+        expected = (runs + WARM_UP_RUNS) * (1 + 2 * STEPS)
         assert exported == expected, f"exported {exported} spans, expected {expected}"
     return per_step_us
 
@@ -139,6 +143,12 @@ def main() -> None:
         f"tracing's {traced_us - off_us:.1f} µs per step: {null_us - off_us:.1f} in agentrt, "
         f"{traced_us - null_us:.1f} in the OpenTelemetry SDK"
     )
+    spread = statistics.median(off) / min(off) - 1
+    if spread > 0.15:
+        print(
+            f"warning: the machine was busy (tracing-off median {spread:.0%} above its minimum); "
+            "rerun for figures to compare"
+        )
     verdict = "meets" if statistics.median(off) <= 50 else "MISSES"
     print(f"target: median <= 50 µs/step with logging and tracing off -> {verdict}")
     verdict = "meets" if statistics.median(traced) <= 150 else "MISSES"
