@@ -380,3 +380,22 @@ def test_the_default_detail_is_steps(
     vrun(agent.run, Plan(name="p", steps=[Step(id="a")]))
     names = sorted(s.name for s in exporter.get_finished_spans())
     assert names == ["chat fixed", "invoke_agent agent", "step a"]
+
+
+def test_a_sampled_out_run_records_nothing_and_a_sampled_one_everything(
+    exporter: InMemorySpanExporter, vrun: Callable[..., Any]
+) -> None:
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    tp = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.5)))
+    tp.add_span_processor(SimpleSpanProcessor(exporter))
+    agent = Agent(FixedLatencySubstrate(latency_s=0.1), tracer_provider=tp)
+    plan = Plan(name="p", steps=[Step(id="a"), Step(id="b", depends_on=["a"])])
+    results = [vrun(agent.run, plan) for _ in range(40)]
+    traced = {r.trace_id for r in results if r.trace_id is not None}
+    spans = exporter.get_finished_spans()
+    # Each run is traced whole (root, two steps, two chats) or not at all.
+    assert 0 < len(traced) < 40
+    assert {format(s.context.trace_id, "032x") for s in spans} == traced
+    assert len(spans) == 5 * len(traced)
+    assert all(r.status == "succeeded" for r in results)
