@@ -558,8 +558,14 @@ class AgentRun:
         prompt = step.prompt or step.default_prompt()
         if outputs:
             prompt = render_template(prompt, outputs)
+        # A plan's own prompts repeat run after run; rendered ones (tool output inside) do not.
+        message = (
+            _user_message(prompt)
+            if not outputs and len(prompt) <= _CACHED_PROMPT_CHARS
+            else Message(role="user", content=prompt)
+        )
         request = InferenceRequest(
-            messages=(_user_message(prompt),),
+            messages=(message,),
             max_output_tokens=step.output_tokens_hint,
             prompt_tokens=step.prompt_tokens,
             run_id=self.run_id,
@@ -716,9 +722,13 @@ def _idle_tracer() -> RunTracer:
     return RunTracer(trace.NoOpTracerProvider(), current_clock())
 
 
+#: Prompts up to this long are cached as messages (1,024 of them: at most ~4 million characters).
+_CACHED_PROMPT_CHARS = 4096
+
+
 @functools.lru_cache(maxsize=1024)
 def _user_message(prompt: str) -> Message:
-    """A user message; plans repeat their prompts run after run, and messages are immutable."""
+    """A user message, built once per prompt: messages are immutable."""
     return Message(role="user", content=prompt)
 
 
