@@ -22,6 +22,7 @@ from agentrt.compare import Comparison, compare
 from agentrt.errors import AgentrtError, ConfigError
 from agentrt.log import configure_logging
 from agentrt.plan import Plan, load_plan
+from agentrt.redact import redact
 from agentrt.registry import default_registry
 from agentrt.render import print_comparison, print_report, print_run, print_waterfall
 from agentrt.report import from_run, load_trace_file
@@ -70,7 +71,7 @@ def _parse_options(pairs: list[str]) -> dict[str, str]:
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    _err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    _err.print(f"[bold red]error:[/] {redact(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
