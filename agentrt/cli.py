@@ -215,7 +215,8 @@ def run_command(
         data = result.to_dict()
         data["report"] = report.to_dict()
         data["trace"] = telemetry.where(result.trace_id)
-        _out.print_json(json.dumps(data))
+        # A last pass over everything printed: step text and tool output are a server's data.
+        _out.print_json(redact(json.dumps(data)))
     else:
         print_run(_out, result)
         _out.print()

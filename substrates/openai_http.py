@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import logging
 import os
 import random
 import time
@@ -98,6 +99,22 @@ def _retry_after_s(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+class _RedactingFilter(logging.Filter):
+    """Redacts httpx's own log records: ``HTTP Request: POST <url with its query>``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = ()
+        return True
+
+
+def _guard_httpx_logs() -> None:
+    """An application that shows INFO logs would otherwise see every request URL, secrets too."""
+    logger = logging.getLogger("httpx")
+    if not any(isinstance(f, _RedactingFilter) for f in logger.filters):
+        logger.addFilter(_RedactingFilter())
 
 
 def _parse_base_url(base_url: str) -> httpx.URL:
@@ -186,6 +203,7 @@ class OpenAIHTTPSubstrate:
         # a secret of this process even when the api_key option overrides it.
         register_secret(api_key)
         register_secret(os.environ.get(api_key_env))
+        _guard_httpx_logs()
         key = api_key or os.environ.get(api_key_env)
         url = _parse_base_url(base_url)
         for label, value in (

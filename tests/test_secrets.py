@@ -45,12 +45,19 @@ class EchoServer:
 
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if self.path.startswith("/ok/"):  # a 200 whose text quotes the credentials
+                    text = f"you are {self.headers.get('Authorization')}"
+                    choice = {"message": {"content": text}, "finish_reason": "stop"}
+                    return self.reply(200, {"model": "m", "choices": [choice]})
                 message = (
                     f"Incorrect API key provided: {self.headers.get('Authorization')}; "
                     f"request {self.path}"
                 )
-                body = json.dumps({"error": {"message": message}}).encode()
-                self.send_response(401)
+                self.reply(401, {"error": {"message": message}})
+
+            def reply(self, status: int, data: object) -> None:
+                body = json.dumps(data).encode()
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -143,6 +150,19 @@ def test_the_environment_key_is_hidden_when_echoed_as_a_bearer_token(
     assert done.returncode == 1
     assert "Bearer ***" in done.stderr
     _assert_hidden(done.stdout, done.stderr, trace.read_text())
+
+
+def test_json_output_hides_a_key_the_server_put_in_the_model_text(
+    echo: EchoServer, tmp_path: Path
+) -> None:
+    done = _agentrt(
+        tmp_path,
+        *["-s", "openai_http", "-o", f"base_url=http://127.0.0.1:{echo.port}/ok/v1"],
+        *["-o", "model=m", "--json"],
+    )
+    assert done.returncode == 0, done.stderr
+    assert "you are Bearer ***" in done.stdout
+    _assert_hidden(done.stdout, done.stderr)
 
 
 def test_a_bad_base_url_is_one_line_without_the_key(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import http.server
 import json
+import logging
 import socket
 import threading
 import time
@@ -394,3 +395,16 @@ def test_a_bad_base_url_does_not_show_its_password() -> None:
         OpenAIHTTPSubstrate("ftp://bob:pw-not-shown-9@h/v1", "m")
     assert "pw-not-shown-9" not in str(info.value)
     assert "***" in str(info.value)
+
+
+async def test_httpx_request_logs_show_no_query_secret(
+    faults: FaultServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An application that shows INFO logs sees httpx's "HTTP Request: POST <url>" lines.
+    sub = _sub(faults.url("ok") + "?api-key=qk-in-httpx-log-1")
+    with caplog.at_level(logging.INFO, logger="httpx"):
+        result, _ = await _timed(sub)
+    assert not isinstance(result, Exception)
+    lines = [r.getMessage() for r in caplog.records if r.name == "httpx"]
+    assert any("/ok/v1/chat/completions?api-key=***" in line for line in lines)
+    assert not any("qk-in-httpx-log-1" in line for line in lines)
