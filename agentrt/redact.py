@@ -37,7 +37,7 @@ MARK: Final = "***"
 
 #: Registered values shorter than this are ignored: redacting every "ab" would garble all output,
 #: and a key that short protects nothing.
-_MIN_SECRET_LEN: Final = 4
+_MIN_SECRET_LEN: Final = 3
 
 # A query parameter's name "looks secret" if it ends in key/token/secret/... or is auth/session.
 _SECRET_NAME: Final = (
@@ -78,7 +78,7 @@ def register_secret(value: str | None, *, user: str | None = None) -> None:
 
     The value is also registered URL-quoted, and, with ``user``, as the base64 ``user:value``
     credential of HTTP Basic authentication (what a server sees for ``http://user:value@host``).
-    Values shorter than 4 characters and ``None`` are ignored. Registration lasts for the process.
+    Values shorter than 3 characters and ``None`` are ignored. Registration lasts for the process.
 
     Example:
         >>> register_secret("sk-doc-0123456789")
