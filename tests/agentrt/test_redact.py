@@ -28,6 +28,11 @@ from agentrt.redact import MARK, redact, redact_event, redact_value, register_se
         ("cannot build with {'api_key': 'k-1234', 'model': 'm'}",
          "cannot build with {'api_key': '***', 'model': 'm'}"),
         ("the bearer sk-abcdefgh12 was refused", "the bearer *** was refused"),
+        ("X-API-KEY: k1, PROXY-Authorization=Basic QWxhZGRpbjpvcGVu", "X-API-KEY: ***, "
+         "PROXY-Authorization=Basic ***"),
+        ('İstanbul {"Token": "t0k3n", "client_SECRET": "c5"}', 'İstanbul {"Token": "***", '
+         '"client_SECRET": "***"}'),  # İ lowercases to two characters: positions still line up
+        ("access_token=abc password=pw", "access_token=*** password=***"),
     ],
 )  # fmt: skip
 def test_credentials_are_hidden(text: str, expected: str) -> None:
