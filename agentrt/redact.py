@@ -12,8 +12,8 @@ replaces each of these with ``***``:
 - ``Authorization``-style values (``Bearer ...``, ``Basic ...``, ``x-api-key: ...``,
   ``api_key='...'``, ``"token": "..."``, ``password=...``);
 - every value registered with `register_secret` (the ``openai_http`` substrate registers its API
-  key, and the password of its ``base_url``, when it is built), in plain, URL-quoted and
-  Basic-auth (base64) forms.
+  key and the password and secret query values of its ``base_url`` when it is built), in plain,
+  URL-quoted and Basic-auth (base64) forms.
 
 Where it is applied: `agentrt.log` (a structlog processor, `redact_event`, in
 `agentrt.log.configure_logging`'s pipeline and in front of any pipeline an application configured),
@@ -44,8 +44,8 @@ _SECRET_NAME: Final = (
     r"(?:[\w.~-]*?(?:key|token|secret|password|passwd|pwd|credentials?|signature|sig)"
     r"|auth|authorization|session)"
 )
-# Each pattern runs only when a cheap substring test says it could match (see `redact`): with
-# IGNORECASE and word boundaries, running them all on every string would cost ~5 µs per string.
+# Each pattern runs only when a cheap substring test says it could match (see `redact`), so a
+# short string without one costs well under a microsecond.
 _USERINFO: Final = re.compile(r"://[^/\s@?#'\"<>]+@")
 # (?!\*\*\*): a value redacted before is left alone, so that redacting twice changes nothing;
 # a ':' ends a value only before a space ("from URL: message").
@@ -74,6 +74,7 @@ _HEADERS: Final = tuple(
     (word, re.compile(rf"\b{word}\s+(?P<value>[a-z0-9._~+/=-]{{8,}})"))
     for word in ("bearer", "basic")
 )
+_UNCHANGED: Final = frozenset({bool, int, float, type(None)})
 _ASCII_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 _lock = threading.Lock()
@@ -150,9 +151,6 @@ def redact(text: str) -> str:
     return text
 
 
-_UNCHANGED: Final = frozenset({bool, int, float, type(None)})
-
-
 def _redact_headers(text: str) -> str:
     """Replace the value after each header-style keyword (any case) with `MARK`."""
     lowered = text.lower()
@@ -203,8 +201,10 @@ def redact_value(value: Any) -> Any:
         return value
     if isinstance(value, Mapping):
         return {k: redact_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(redact_value(v) for v in value)
+    if isinstance(value, list):
+        return [redact_value(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(redact_value(v) for v in value)
     if isinstance(value, BaseException):
         return redact(f"{type(value).__name__}: {value}")
     shown = repr(value)
@@ -217,8 +217,9 @@ def redact_event(
 ) -> MutableMapping[str, Any]:
     """A structlog processor: `redact` every value of the event, including a raised exception.
 
-    `agentrt.log.configure_logging` puts it just before the renderer; agentrt's own loggers put
-    it in front of any pipeline an application configured. An ``exc_info`` is formatted into the
+    `agentrt.log.configure_logging` runs it on every event, after the context variables are
+    merged in; agentrt's own loggers put it before the renderer of any pipeline an application
+    configured without it. An ``exc_info`` is formatted into the
     ``exception`` key here (redacted), since a traceback cannot be redacted once rendered.
 
     Example:
