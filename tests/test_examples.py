@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from agentrt import run
+from agentrt.report import load_trace_file
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -116,5 +117,11 @@ def test_the_demo_in_virtual_time(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "ran the same agent" in proc.stdout
     assert proc.stdout.count("tests: 4 passed") == 2
-    assert f"trace (wse3): {trace}" in proc.stdout
-    assert trace.exists()
+    # One trace file per substrate, each holding only its own run.
+    for name in ("wse3", "h100"):
+        own = tmp_path / f"demo-{name}.json"
+        assert f"trace ({name}): {own}" in proc.stdout
+        [report] = load_trace_file(own)
+        assert report.agent == f"coding-agent@{name}"
+        assert report.substrates == (name,)
+    assert not trace.exists()
