@@ -188,7 +188,7 @@ def _print_trace(
     for name, result in results.items():
         where = telemetry[name].where(result.trace_id)
         if where:
-            console.print(f"trace ({name}): {where}", highlight=False)
+            console.print(f"trace ({name}): {where}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":
