@@ -107,20 +107,59 @@ class Column:
 
     header: str
     justify: Literal["left", "right"] = "right"
+    wrap: bool = False
+    """Free text that may wrap at spaces (never inside a word); numbers and ids never wrap."""
 
 
 def _natural_width(table: Table) -> int:
+    """The width the table needs: every cell on one line, wrapping columns at their longest word."""
     wide = Console(width=100_000, file=io.StringIO(), color_system=None)
     return wide.measure(table).maximum
 
 
-def _table(title: str | None, columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> Table:
-    table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column.header, justify=column.justify, no_wrap=True, overflow="fold")
+_WORD_FOLD = 20
+_TURN_AT_MOST = 12
+
+
+def _longest_word(cells: Sequence[str]) -> int:
+    words = (w for cell in cells for w in Text.from_markup(cell).plain.split())
+    return max((len(w) for w in words), default=1)
+
+
+def _table(
+    title: str | None,
+    columns: Sequence[Column],
+    rows: Sequence[Sequence[str]],
+    *,
+    compact: bool = False,
+) -> Table:
+    table = (
+        Table(title=title, title_justify="left", box=None, pad_edge=False, header_style="bold")
+        if compact
+        else Table(title=title, title_justify="left")
+    )
+    for i, column in enumerate(columns):
+        longest = None
+        if column.wrap:  # longer words fold
+            longest = min(_WORD_FOLD, _longest_word([column.header, *(r[i] for r in rows)]))
+        table.add_column(
+            column.header,
+            justify=column.justify,
+            no_wrap=not column.wrap,
+            overflow="fold",
+            max_width=longest,
+        )
     for row in rows:
         table.add_row(*row)
     return table
+
+
+def _print_fitted(console: Console, table: Table) -> None:
+    """Print a table whose `_natural_width` fits, letting its wrapping columns grow to fit."""
+    for column in table.columns:
+        if not column.no_wrap:
+            column.max_width = None
+    console.print(table)
 
 
 def print_table(
@@ -132,8 +171,9 @@ def print_table(
 ) -> None:
     """Print rows as a table that fits the console without cutting any cell short.
 
-    Tried in order: the table as is; turned on its side (one column per row, headed by the row's
-    first cell), split into as few pieces as fit. Cells may hold rich markup.
+    Tried in order: the table as is; without borders; turned on its side (one column per row,
+    headed by the row's first cell), split into as few pieces as fit; for more than 12 rows,
+    one ``header value · ...`` line per row instead. Cells may hold rich markup.
 
     Args:
         console: where to print.
@@ -141,9 +181,21 @@ def print_table(
         rows: one string per column in each.
         title: printed above (wrapped at spaces if long, never cut).
     """
-    table = _table(title, columns, rows)
-    if _natural_width(table) <= console.width:
-        console.print(table)
+    for compact in (False, True):
+        table = _table(title, columns, rows, compact=compact)
+        if _natural_width(table) <= console.width:
+            _print_fitted(console, table)
+            return
+    if len(rows) > _TURN_AT_MOST:
+        # Too many rows to turn: one record per row, wrapped at spaces only.
+        if title:
+            console.print(title, highlight=False)
+        for row in rows:
+            record = " · ".join(
+                f"{c.header.replace(chr(10), ' ')} {cell}" if c.header else cell
+                for c, cell in zip(columns, row, strict=True)
+            )
+            console.print(record, highlight=False)
         return
     # Turned on its side, in as few pieces as fit: each piece holds consecutive rows.
     pieces: list[list[Sequence[str]]] = [[]]
