@@ -125,3 +125,49 @@ def test_the_demo_in_virtual_time(tmp_path: Path) -> None:
         assert report.agent == f"coding-agent@{name}"
         assert report.substrates == (name,)
     assert not trace.exists()
+
+
+#: Example plans that fail today because of a bug another change fixes (issue 12, item 1).
+BROKEN_PLANS = {
+    "fix-bug.yaml": "args {target: tests/} for the debug tool, which takes pytest/code/script",
+}
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        pytest.param(
+            p.name,
+            marks=[pytest.mark.xfail(reason=BROKEN_PLANS[p.name], strict=False)]
+            if p.name in BROKEN_PLANS
+            else [],
+        )
+        for p in sorted((EXAMPLES / "plans").glob("*.yaml"))
+    ],
+)
+def test_every_example_plan_runs_in_virtual_time(plan: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "agentrt", "run", f"examples/plans/{plan}", "-s", "wse3",
+         "--virtual", "--json"],
+        capture_output=True, text=True, timeout=120, check=False, cwd=EXAMPLES.parent,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert '"status": "succeeded"' in proc.stdout
+
+
+def test_every_file_under_examples_is_exercised() -> None:
+    source = Path(__file__).read_text()
+    for path in sorted(EXAMPLES.rglob("*")):
+        if path.is_dir() or "__pycache__" in path.parts or path.name.startswith("."):
+            continue
+        relative = path.relative_to(EXAMPLES)
+        if relative.parts[0] == "plans":
+            continue  # test_every_example_plan_runs_in_virtual_time globs them
+        if relative.parts[0] == "projects":
+            # The coding agent copies the whole project and runs its tests, before and after.
+            assert relative.parts[1] == "tinycsv", relative
+            assert load("coding_agent").PROJECT == EXAMPLES / "projects" / "tinycsv"
+            continue
+        assert f'"{path.stem}"' in source or f"examples/{relative}" in source, (
+            f"examples/{relative} is run by no test in {Path(__file__).name}"
+        )
