@@ -578,3 +578,12 @@ def test_every_inference_request_field_is_in_the_plugin_docs() -> None:
     text = (ROOT / "docs" / "plugins.md").read_text()
     for name in agentrt.InferenceRequest.model_fields:
         assert f"`{name}`" in text, name
+
+
+def test_the_calibration_table_in_the_docs_is_current() -> None:
+    from substrates.calibration import calibrate, format_table
+
+    shown = next(
+        b.text for b in of("") if b.doc == "performance-model.md" and "scored points:" in b.text
+    )
+    assert shown.rstrip("\n") == format_table(calibrate())
