@@ -281,34 +281,37 @@ def print_report(console: Console, report: Attribution) -> None:
     """Where the time went: per-step categories, the critical path and the totals.
 
     Each row's categories add up to its printed latency, and the end-to-end line's terms add up
-    to its printed total, to the printed digit (see `split_exactly`).
+    to its printed total, to the printed digit (see `split_exactly`). Categories that are 0.0 in
+    every row get no column; a line under the table names them.
     """
     who = f"agent {report.agent}"
     if report.substrates:
         who += f" on {', '.join(report.substrates)}"
+    residue = CATEGORIES.index("overhead_s")
+    shown = [s for s in report.steps if s.status != "skipped"]
+    split = [
+        split_exactly([getattr(s, n) for n in CATEGORIES], s.latency_s, unit=1e-4, residue=residue)
+        for s in shown
+    ]
+    # A category that is zero on every row is left out (the line below the table says so).
+    kept = [i for i in range(len(CATEGORIES)) if any(units[i] for units in split)]
     columns = [
         Column("step", "left"),
         Column("start"),
         Column("latency"),
-        *(Column(LABELS[name]) for name in CATEGORIES),
+        *(Column(LABELS[CATEGORIES[i]]) for i in kept),
         Column("share"),
     ]
-    rows = []
-    residue = CATEGORIES.index("overhead_s")
-    for s in report.steps:
-        if s.status == "skipped":
-            continue
-        values = [getattr(s, name) for name in CATEGORIES]
-        units = split_exactly(values, s.latency_s, unit=1e-4, residue=residue)
-        rows.append(
-            [
-                ("● " if s.critical else "  ") + s.id,
-                _ms(s.start_s),
-                _tenths(round(s.latency_s / 1e-4)),
-                *(_tenths(u) for u in units),
-                f"{s.share:.0%}",
-            ]
-        )
+    rows = [
+        [
+            ("● " if s.critical else "  ") + s.id,
+            _ms(s.start_s),
+            _tenths(round(s.latency_s / 1e-4)),
+            *(_tenths(units[i]) for i in kept),
+            f"{s.share:.0%}",
+        ]
+        for s, units in zip(shown, split, strict=True)
+    ]
     print_table(
         console,
         columns,
@@ -316,6 +319,9 @@ def print_report(console: Console, report: Attribution) -> None:
         title=f"where the {report.e2e_s:.3f} s went · run {report.run_id} · {who} · times in ms "
         "· ● critical path",
     )
+    dropped = [LABELS[n] for i, n in enumerate(CATEGORIES) if i not in kept]
+    if dropped and shown:
+        console.print(f"(0.0 in every row: {', '.join(dropped)})", highlight=False)
     console.print(f"critical path: {' → '.join(report.critical_path) or '-'}", highlight=False)
     console.print(f"end-to-end {sum_line(report)}", highlight=False)
     if report.sum_of_step_latencies_s > report.e2e_s * 1.001:
