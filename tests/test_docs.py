@@ -7,7 +7,8 @@
   ends a prefix), the expression equals the literal.
 * ```bash / ```console blocks and ``$ `` lines of plain blocks: each ``agentrt ...`` command runs in
   a subprocess with this venv's ``agentrt``. A usage line with placeholders (``PLAN``, ``[--json]``)
-  is checked against ``--help`` instead: the subcommand exists and takes every flag shown.
+  is checked against ``--help`` (the subcommand exists and takes every flag shown), then run with
+  its placeholders filled in from `USAGE_VALUES` where there is a natural value.
   ``agentrt serve`` is started and stopped once ``/health`` answers. Output shown after a ``$``
   command is compared with what it prints. Anything else must be in `ALLOWED`, with the reason.
 * ```yaml and ```toml blocks are parsed and checked where they are used.
@@ -487,6 +488,19 @@ def prepare(command: Command, tmp: Path, server: str) -> list[str]:
     return out
 
 
+#: Values for the placeholders of the usage lines that are also run (the rest: --help only).
+USAGE_VALUES: dict[str, dict[str, str]] = {
+    "run": {"PLAN": str(ROOT / "examples" / "plans" / "research.yaml"), "NAME": "fixed"},
+    "report": {},
+    "load": {
+        "PLAN": str(ROOT / "examples" / "plans" / "research.yaml"),
+        "S": "fixed",
+        "N": "3",
+        "R": "50",
+    },
+}
+
+
 def usage_line(argv: list[str]) -> bool:
     return any(_PLACEHOLDER.match(w) for w in argv[1:]) or argv[1:] == []
 
@@ -516,6 +530,21 @@ def test_agentrt_command_in_the_docs_runs(
         assert proc.returncode == 0, proc.stderr
         for flag in re.findall(r"(?<![\w-])(--[a-z][a-z-]*|-[a-zA-Z])\b", " ".join(command.argv)):
             assert flag in shown.stdout, f"{command.block.id}: `agentrt {sub[0]}` has no {flag}"
+        # Then the usage line itself, its placeholders filled in, where there is a natural value.
+        values = USAGE_VALUES.get(words[1])
+        if values is None:
+            return
+        if "TRACE" in words:
+            trace = tmp_path / "run.json"
+            plan = str(ROOT / "examples" / "plans" / "research.yaml")
+            written = [AGENTRT, "run", plan, "-s", "fixed", "--virtual", "--trace"]
+            subprocess.run([*written, f"jaeger-json:{trace}"], env=env, timeout=60, check=True)
+            values = {**values, "TRACE": str(trace)}
+        argv = [AGENTRT, *(values.get(w, w) for w in words[1:])]
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, env=env, timeout=120, cwd=ROOT, check=False
+        )
+        assert proc.returncode == 0, f"{' '.join(argv)}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
         return
     argv = prepare(command, tmp_path, server)
     if argv[1] == "serve":
