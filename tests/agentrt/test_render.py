@@ -341,3 +341,27 @@ def test_the_demo_fits_the_terminal(width: int) -> None:
     for total, terms, shares in (parse_sum_line(part) for part in text.split("critical path:")[1:]):
         assert sum(terms.values()) == total
         assert sum(shares.values()) == 100
+
+
+def test_a_trace_of_a_failed_call_attributes_failed_time_and_names_the_substrate() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from agentrt.report import from_jaeger
+    from agentrt.telemetry.jaeger import spans_to_jaeger
+
+    async def fail(request: InferenceRequest) -> InferenceResult:
+        await anyio_sleep(2.0)
+        raise ValueError("boom")
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    agent = Agent(FunctionSubstrate(fail, name="edge"), tracer_provider=provider)
+    plan = Plan(name="p", steps=[Step(id="only")])
+    agentrt.run(agent.run, plan, clock=VirtualClock())
+    [report] = from_jaeger(spans_to_jaeger(exporter.get_finished_spans()))
+    assert report.categories["failed_s"] == pytest.approx(2.0)
+    assert report.categories["overhead_s"] == pytest.approx(0.0, abs=1e-6)
+    assert report.substrates == ("edge",)
