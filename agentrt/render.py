@@ -32,6 +32,7 @@ __all__ = [
     "print_table",
     "print_waterfall",
     "split_exactly",
+    "sum_line",
     "terminal_console",
 ]
 

@@ -60,7 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--substrates", default="wse3,h100")
     parser.add_argument("--model", default="llama-3.1-70b")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--trace", default=None, help="otlp | jaeger-json:PATH | console | none")
+    parser.add_argument(
+        "--trace",
+        default=None,
+        help="otlp | jaeger-json:PATH (one file per substrate: PATH-NAME.json) | console | none",
+    )
     args = parser.parse_args(argv)
     configure_logging(level="warning")
     console = terminal_console(piped_width=140)
