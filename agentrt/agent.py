@@ -756,8 +756,12 @@ def _logs_read_contextvars() -> bool:
 
 
 def _retry_s(record: _StepRecord) -> float:
-    """Time the step spent before its last attempt: failed attempts and back-off."""
-    if record.start is None or record.last_attempt_start is None:
+    """Time the step spent before its last attempt: failed attempts and back-off.
+
+    Zero for a step tried once: the moment between its start and its only attempt is the
+    runtime's own overhead, not a retry.
+    """
+    if record.start is None or record.last_attempt_start is None or record.attempts <= 1:
         return 0.0
     return record.last_attempt_start - record.start
 

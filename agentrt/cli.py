@@ -24,7 +24,13 @@ from agentrt.log import configure_logging
 from agentrt.plan import Plan, load_plan
 from agentrt.redact import redact
 from agentrt.registry import default_registry
-from agentrt.render import print_comparison, print_report, print_run, print_waterfall
+from agentrt.render import (
+    print_comparison,
+    print_report,
+    print_run,
+    print_waterfall,
+    terminal_console,
+)
 from agentrt.report import from_run, load_trace_file
 from agentrt.result import RunResult
 from agentrt.telemetry.configure import configure, parse_trace_target
@@ -40,7 +46,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 # Piped output keeps full-width tables instead of rich's 80-column default.
-_out = Console(width=None if sys.stdout.isatty() else 200)
+_out = terminal_console()
 _err = Console(stderr=True)
 
 
