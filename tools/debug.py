@@ -6,6 +6,7 @@ import os
 import shutil
 import sys
 import tempfile
+from importlib.metadata import entry_points
 from pathlib import Path, PurePosixPath
 from typing import Literal, Self, final
 
@@ -53,6 +54,7 @@ _PYTEST_CONFIGS = (
     ("pytest.toml", None), (".pytest.toml", None), ("pytest.ini", None), (".pytest.ini", None),
     ("pyproject.toml", "[tool.pytest"), ("tox.ini", "[pytest]"), ("setup.cfg", "[tool:pytest]"),
 )  # fmt: skip
+_ASYNCIO_SCOPE = "asyncio_default_fixture_loop_scope"
 
 
 class SandboxLimits(BaseModel):
@@ -251,13 +253,30 @@ class DebugTool:
             argv = [*python, args.script, *args.argv]
             return argv, argv
         assert args.pytest is not None
+        config = _pytest_config(workdir, private)
         argv = [
             *python, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfE", "--tb=short",
             "--color=no", f"--junitxml={private / 'junit.xml'}", "-o", "junit_family=xunit1",
-            f"--rootdir={workdir}", f"--confcutdir={workdir}",
-            "-c", str(_pytest_config(workdir, private)), args.pytest, *args.argv,
+            f"--rootdir={workdir}", f"--confcutdir={workdir}", "-c", str(config),
+            *self._plugin_options(config, args.env), args.pytest, *args.argv,
         ]  # fmt: skip
         return argv, argv
+
+    def _plugin_options(self, config: Path, env: dict[str, str]) -> list[str]:
+        """Settings that keep auto-loaded plugins from printing warnings into the output.
+
+        pytest-asyncio warns on every run whose config leaves its fixture loop scope unset; set
+        it to ``function`` (its future default), unless the project's config sets it, the
+        plugin is not auto-loaded (then ``-o`` of an unknown option would warn instead), or the
+        interpreter is not this one (its plugins are unknown).
+        """
+        if env.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD") or self.python != sys.executable:
+            return []
+        if _ASYNCIO_SCOPE in config.read_text(errors="replace"):
+            return []
+        if not any(ep.name == "asyncio" for ep in entry_points(group="pytest11")):
+            return []
+        return ["-o", f"{_ASYNCIO_SCOPE}=function"]
 
 
 def make_debug(

@@ -326,3 +326,15 @@ def test_twin_reports_exceptions_and_timeouts(vrun: Callable[..., Any]) -> None:
     hung = vrun(twin.call, DebugArgs(script="serve.py", timeout_s=5))
     assert (hung.data["limit"], hung.duration_s) == ("timeout", 5.0)
     assert not hung.ok
+
+
+async def test_pytest_output_has_no_plugin_deprecation_warning(tmp_path: Path) -> None:
+    # Issue 12: pytest-asyncio's "asyncio_default_fixture_loop_scope is unset" warning landed
+    # in the tool output of every pytest run without a project config.
+    make_package(tmp_path)
+    result = await DebugTool().call(DebugArgs(pytest="tests/", copy_from=str(tmp_path)))
+    report = DebugReport.model_validate(result.data)
+    assert report.tests is not None
+    assert report.tests.failed == 2
+    assert "Warning" not in report.stdout_tail + report.stderr_tail
+    assert "warning" not in result.output
