@@ -8,6 +8,18 @@ Why a supervisor instead of ``exec``-ing the command directly: it makes itself a
 subreaper* (``prctl(PR_SET_CHILD_SUBREAPER)``), so every orphaned descendant is re-parented to it
 and can be killed and reaped here, whatever init does; and it counts descendants, which is the
 only process limit that works as root (the kernel does not apply ``RLIMIT_NPROC`` to root).
+
+Isolation (``config["isolate"]``, Linux): the supervisor moves into new PID and mount namespaces
+(plus a user namespace when not root) and forks; the child is the namespace's init and runs the
+supervision. Nothing the command starts can leave the PID namespace, and when its init dies,
+for whatever reason, the kernel kills everything in it. The init mounts a fresh ``/proc`` (the
+command sees its own namespace only: no other process's environment or memory), a size-capped
+tmpfs for the run's scratch space (home, temporary directories, ``/tmp``, ``/var/tmp``,
+``/dev/shm``, and the upper layer of an overlay over a temporary working directory). The command
+then gets its own mount namespace in which every mount is read-only except those, drops every
+capability (bounding, permitted, effective and inheritable sets, no-new-privileges) and execs.
+If the kernel refuses the namespaces the supervisor runs the command without them and says so
+in the status (``isolation``).
 """
 
 from __future__ import annotations
@@ -23,6 +35,21 @@ import time
 from typing import Any
 
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_SET_PDEATHSIG = 1
+_PR_CAPBSET_DROP = 24
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+_CLONE_NEWNS = 0x00020000
+_CLONE_NEWUSER = 0x10000000
+_CLONE_NEWPID = 0x20000000
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
+_MS_BIND, _MS_REC, _MS_PRIVATE = 4096, 16384, 1 << 18
+_SYS_MOUNT_SETATTR = 442  # the same number on every architecture (a post-5.1 system call)
+_MOUNT_ATTR_RDONLY = 1
+_AT_FDCWD = -100
+_AT_RECURSIVE = 0x8000
+_CAPABILITY_V3 = 0x20080522
 # How often the process count is checked when /proc/loadavg says the system's task count moved.
 _TICK_S = 0.01
 # Scan /proc at least this often even when the system's task count did not move.
@@ -83,10 +110,166 @@ def _user_tasks(uid: int) -> int:
     return count
 
 
-def _child(argv: list[str], rlimits: dict[str, list[int]], max_processes: int) -> None:
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str = "") -> None:
+    _check(
+        _libc.mount(
+            source.encode() if source else None,
+            target.encode(),
+            fstype.encode() if fstype else None,
+            ctypes.c_ulong(flags),
+            data.encode() if data else None,
+        ),
+        f"mount {target}",
+    )
+
+
+def _set_readonly(path: str, readonly: bool, *, recursive: bool = False) -> None:
+    """Make the mount at ``path`` (and with ``recursive`` every mount under it) read-only or not."""
+    flag = _MOUNT_ATTR_RDONLY
+    attr = _MountAttr(flag if readonly else 0, 0 if readonly else flag, 0, 0)
+    _check(
+        _libc.syscall(
+            ctypes.c_long(_SYS_MOUNT_SETATTR),
+            ctypes.c_int(_AT_FDCWD),
+            path.encode(),
+            ctypes.c_uint(_AT_RECURSIVE if recursive else 0),
+            ctypes.byref(attr),
+            ctypes.c_size_t(ctypes.sizeof(attr)),
+        ),
+        f"mount_setattr {path}",
+    )
+
+
+def _enter_namespaces() -> str | None:
+    """New PID and mount namespaces (and a user namespace when not root) for our children.
+
+    Returns None when done, else why not (the kernel or a container policy refused).
+    """
+    uid, gid = os.geteuid(), os.getegid()
+    flags = _CLONE_NEWPID | _CLONE_NEWNS | (0 if uid == 0 else _CLONE_NEWUSER)
+    if _libc.unshare(ctypes.c_int(flags)) != 0:
+        return f"unshare: {os.strerror(ctypes.get_errno())}"
+    if uid != 0:
+        # Our uid becomes root in the namespace: enough to mount, nothing outside it.
+        for name, text in (
+            ("setgroups", "deny"),
+            ("uid_map", f"0 {uid} 1"),
+            ("gid_map", f"0 {gid} 1"),
+        ):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+    return None
+
+
+def _mount_sandbox(config: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """As the namespace's init: fresh /proc, the scratch tmpfs and its binds.
+
+    Returns the mounts the command may write to, and the directories outside the tmpfs whose
+    growth counts against the disk limit.
+    """
+    _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
+    _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
+    private = config["private"]
+    scratch = f"{private}/scratch"
+    _mount("agentrt-sandbox", scratch, "tmpfs", _MS_NOSUID | _MS_NODEV,
+           f"size={config['disk_bytes']},mode=0755")  # fmt: skip
+    for sub in ("home", "tmp", "upper", "overlay"):
+        os.mkdir(f"{scratch}/{sub}", 0o755)
+    writable = [scratch]
+    for sub in ("home", "tmp"):
+        _mount(f"{scratch}/{sub}", f"{private}/{sub}", None, _MS_BIND)
+        writable.append(f"{private}/{sub}")
+    out, work = f"{private}/out", config["workdir"]
+    polled = [out]
+    _mount(out, out, None, _MS_BIND)
+    if config["overlay"]:
+        try:
+            # The run writes into the tmpfs; the prepared files stay below, read-only.
+            layers = f"lowerdir={work},upperdir={scratch}/upper,workdir={scratch}/overlay"
+            _mount("overlay", work, "overlay", 0, layers)
+        except OSError:
+            _mount(work, work, None, _MS_BIND)
+            polled.append(work)
+    else:
+        # In place: what the run writes must stay, so this directory is polled instead.
+        _mount(work, work, None, _MS_BIND)
+        polled.append(work)
+    writable += [out, work]
+    return writable, polled
+
+
+def _confine(writable: list[str], workdir: str) -> None:
+    """In the command's process: a mount namespace where only ``writable`` can be written."""
+    _check(_libc.unshare(ctypes.c_int(_CLONE_NEWNS)), "unshare")
+    _set_readonly("/", True, recursive=True)
+    for path in writable:
+        _set_readonly(path, False)
+    # The working directory was opened before the mounts: look it up again.
+    os.chdir(workdir)
+
+
+def _drop_capabilities() -> None:
+    """No capability now or after exec (root included), and none to be gained by setuid files."""
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last = int(f.read())
+    for cap in range(last + 1):
+        _libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0)  # EINVAL for caps this kernel lacks
+    _libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    _check(_libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+    header = (ctypes.c_uint32 * 2)(_CAPABILITY_V3, 0)
+    data = (ctypes.c_uint32 * 6)()
+    _check(_libc.capset(header, data), "capset")
+
+
+def _directory_bytes(path: str) -> int:
+    """Bytes allocated to the files under ``path`` (not following symlinks)."""
+    total = 0
+    todo = [path]
+    while todo:
+        try:
+            entries = list(os.scandir(todo.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            total += st.st_blocks * 512
+            if entry.is_dir(follow_symlinks=False):
+                todo.append(entry.path)
+    return total
+
+
+def _child(
+    argv: list[str],
+    rlimits: dict[str, list[int]],
+    max_processes: int,
+    confine: tuple[list[str], str] | None = None,
+) -> None:
     """In the forked child: own process group, default signals, limits, then exec."""
     try:
         os.setpgid(0, 0)
+        if confine is not None:
+            _confine(*confine)
         # Ignored signals survive exec: Python ignores SIGPIPE and SIGXFSZ, and a shell ignores
         # SIGINT in background jobs (which would defeat the polite stop at the timeout).
         for sig in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}:
@@ -94,7 +277,11 @@ def _child(argv: list[str], rlimits: dict[str, list[int]], max_processes: int) -
                 signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
         limits = dict(rlimits)
-        if os.getuid() != 0:
+        if confine is not None and os.getuid() == 0 and "RLIMIT_NPROC" in limits:
+            # Root is exempt from RLIMIT_NPROC; in a user namespace we are not root outside it
+            # and cannot count our user's tasks there: the supervisor's count is the limit.
+            del limits["RLIMIT_NPROC"]
+        elif os.getuid() != 0:
             # RLIMIT_NPROC counts every task of the real user, not just ours: allow what the
             # user already runs plus our budget. (Root is exempt from RLIMIT_NPROC altogether.)
             headroom = _user_tasks(os.getuid()) + max_processes
@@ -106,6 +293,8 @@ def _child(argv: list[str], rlimits: dict[str, list[int]], max_processes: int) -
                 hard = min(hard, current_hard)
                 soft = min(soft, hard)
             resource.setrlimit(kind, (soft, hard))
+        if confine is not None:
+            _drop_capabilities()
         os.execvp(argv[0], argv)
     except BaseException as exc:
         os.write(2, f"sandbox: cannot start {argv[0]!r}: {exc}\n".encode(errors="replace"))
@@ -125,6 +314,12 @@ class _Supervisor:
         self.peak = 0
         self.leftovers = 0
         self.waits = {signal.SIGCHLD, signal.SIGTERM}
+        # Set by main() when the namespaces are in place: (writable mounts, workdir), and the
+        # directories outside the scratch tmpfs whose growth counts against the disk limit.
+        self.confine: tuple[list[str], str] | None = None
+        self.polled: list[str] = []
+        self.scratch: str | None = None
+        self.disk_bytes = 0
 
     def reap(self) -> bool:
         """Reap every exited child; False once no child is left."""
@@ -144,6 +339,7 @@ class _Supervisor:
             self.cancelled = True
 
     def run(self) -> dict[str, Any]:
+        self.me = os.getpid()  # 1 in a PID namespace, entered after __init__
         timeout_s = float(self.config["timeout_s"])
         grace_s = float(self.config["grace_s"])
         max_processes = int(self.config["max_processes"])
@@ -158,9 +354,11 @@ class _Supervisor:
         signal.pthread_sigmask(signal.SIG_BLOCK, self.waits)
         started = time.monotonic()
         deadline = started + timeout_s
+        self.disk_bytes = int(self.config.get("disk_bytes") or 0)
+        baseline = {path: _directory_bytes(path) for path in self.polled}
         self.main = os.fork()
         if self.main == 0:
-            _child(self.argv, self.config["rlimits"], max_processes)
+            _child(self.argv, self.config["rlimits"], max_processes, self.confine)
         with contextlib.suppress(OSError):
             # Also from this side, so a signal to the group cannot race the child's own setpgid.
             os.setpgid(self.main, self.main)
@@ -182,6 +380,9 @@ class _Supervisor:
                 if ours_then > max_processes:
                     self.limit = "processes"
                     break
+                if self.disk_bytes and self.disk_used(baseline) > self.disk_bytes:
+                    self.limit = "disk"
+                    break
             self.wait_signal(min(_TICK_S, deadline - now))
         if self.limit == "timeout" and self.status is None:
             # A polite stop first: Python prints where it was, pytest its summary and report.
@@ -198,6 +399,8 @@ class _Supervisor:
         duration_s = time.monotonic() - started
         exit_code = None if self.status is None else os.waitstatus_to_exitcode(self.status)
         usage = self.rusage
+        if self.limit is None and self.disk_bytes and self.disk_used(baseline) > self.disk_bytes:
+            self.limit = "disk"  # written between two checks
         return {
             "exit_code": exit_code,
             "limit": self.limit,
@@ -208,6 +411,16 @@ class _Supervisor:
             "cpu_time_s": None if usage is None else usage.ru_utime + usage.ru_stime,
             "max_rss_kib": None if usage is None else usage.ru_maxrss,
         }
+
+    def disk_used(self, baseline: dict[str, int]) -> int:
+        """Bytes the run wrote: the scratch tmpfs's use plus the polled directories' growth."""
+        used = 0
+        if self.scratch is not None:
+            st = os.statvfs(self.scratch)
+            used += (st.f_blocks - st.f_bfree) * st.f_frsize
+        for path, before in baseline.items():
+            used += max(0, _directory_bytes(path) - before)
+        return used
 
     def _signal_group(self, sig: int) -> None:
         with contextlib.suppress(OSError):
@@ -234,10 +447,61 @@ class _Supervisor:
             self.wait_signal(0.005)
 
 
+def _relay(init: int) -> None:
+    """Outside the namespaces: pass SIGTERM on to the namespace's init and wait for it."""
+    while True:
+        pid, _ = os.waitpid(init, os.WNOHANG)
+        if pid:
+            return
+        info = signal.sigtimedwait({signal.SIGCHLD, signal.SIGTERM}, 1.0)
+        if info is not None and info.si_signo == signal.SIGTERM:
+            with contextlib.suppress(OSError):
+                os.kill(init, signal.SIGTERM)
+
+
+def _write_status(config: dict[str, Any], outcome: dict[str, Any]) -> None:
+    tmp = config["status_path"] + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(outcome, f)
+    os.replace(tmp, config["status_path"])
+
+
 def main() -> None:
     """Entry point: ``_supervisor.py CONFIG_JSON -- COMMAND...``."""
     config = json.loads(sys.argv[1])
     supervisor = _Supervisor(config, sys.argv[3:])
+    isolation = "none: not requested"
+    if config.get("isolate"):
+        # Blocked before the fork: an init ignores signals it has no handler for, unless blocked.
+        signal.pthread_sigmask(signal.SIG_BLOCK, supervisor.waits)
+        try:
+            refused = _enter_namespaces()
+        except OSError as exc:
+            _write_status(config, {"error": f"cannot set up the user namespace: {exc}"})
+            return
+        if refused is None:
+            init = os.fork()
+            if init:
+                _relay(init)
+                return
+            # The namespace's init (pid 1): it dies with the outer supervisor, and with it
+            # everything in the namespace.
+            _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            try:
+                writable, supervisor.polled = _mount_sandbox(config)
+            except OSError as exc:
+                _write_status(config, {"error": f"cannot set up the sandbox's mounts: {exc}"})
+                return
+            supervisor.confine = (writable, config["workdir"])
+            supervisor.scratch = f"{config['private']}/scratch"
+            isolation = "namespaces"
+        else:
+            isolation = f"none: {refused}"
+    if supervisor.confine is None and config.get("private"):
+        supervisor.polled = [config["private"]]
+        workdir = config["workdir"]
+        if not os.path.realpath(workdir).startswith(os.path.realpath(config["private"]) + "/"):
+            supervisor.polled.append(workdir)
     try:
         outcome = supervisor.run()
     except BaseException as exc:
@@ -245,10 +509,8 @@ def main() -> None:
         if supervisor.main > 0:
             supervisor.kill_all()
         outcome = {"error": f"{type(exc).__name__}: {exc}"}
-    tmp = config["status_path"] + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(outcome, f)
-    os.replace(tmp, config["status_path"])
+    outcome["isolation"] = isolation
+    _write_status(config, outcome)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import os
 import shutil
 import sys
 import tempfile
+from functools import partial
 from importlib.metadata import entry_points
 from pathlib import Path, PurePosixPath
 from typing import Literal, Self, final
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agentrt.clock import current_clock
 from agentrt.errors import ToolError
+from agentrt.interrupts import on_forced_exit
 from agentrt.tool import ToolResult
 from tools._debug_report import (
     DebugReport,
@@ -27,7 +29,7 @@ from tools._debug_report import (
     parse_exception,
     parse_junit,
 )
-from tools._sandbox import SandboxRun, run_sandboxed
+from tools._sandbox import Isolation, SandboxRun, run_sandboxed
 
 __all__ = [
     "DebugArgs",
@@ -75,6 +77,9 @@ class SandboxLimits(BaseModel):
     file_size_mib: int = Field(default=64, gt=0, description="Largest file written (RLIMIT_FSIZE).")
     max_processes: int = Field(default=64, gt=0, description="Live processes in the sandbox.")
     max_open_files: int = Field(default=1024, gt=0, description="Descriptors per process.")
+    disk_mib: int = Field(
+        default=256, gt=0, description="Bytes the whole run may write, all files together."
+    )
 
 
 class DebugArgs(BaseModel):
@@ -108,6 +113,7 @@ class DebugArgs(BaseModel):
     memory_mib: int | None = Field(default=None, gt=0)
     file_size_mib: int | None = Field(default=None, gt=0)
     max_processes: int | None = Field(default=None, gt=0)
+    disk_mib: int | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -166,6 +172,8 @@ class DebugTool:
         limits: default limits; each call may override them in its arguments.
         python: the interpreter for code, scripts and pytest (default: this one).
         tail_kib: how much of the end of stdout and of stderr to keep.
+        isolate: run in new PID and mount namespaces where the kernel allows it (see
+            ``docs/tools.md``); False keeps only the supervisor, rlimits and disk polling.
     """
 
     name = "debug"
@@ -182,10 +190,12 @@ class DebugTool:
         limits: SandboxLimits | None = None,
         python: str | None = None,
         tail_kib: int = 64,
+        isolate: bool = True,
     ) -> None:
         self.limits = limits or SandboxLimits()
         self.python = python or sys.executable
         self.tail_kib = tail_kib
+        self.isolate = isolate
 
     async def call(self, args: DebugArgs) -> ToolResult:
         """Run the code, script or tests; a failing run is a result with ``ok=False``.
@@ -203,23 +213,31 @@ class DebugTool:
         limits = args.effective_limits(self.limits)
         private = Path(await anyio.to_thread.run_sync(_mkdtemp))
         try:
-            workdir, argv, shown = await anyio.to_thread.run_sync(self._setup, args, private)
-            try:
-                run = await run_sandboxed(
-                    argv,
-                    cwd=workdir,
-                    env=_environment(private, self.python, args.env),
-                    status_path=private / "status.json",
-                    timeout_s=limits.timeout_s,
-                    grace_s=_GRACE_S,
-                    max_processes=limits.max_processes,
-                    rlimits=_rlimits(limits),
-                    tail_bytes=self.tail_kib * 1024,
-                )
-            except OSError as exc:
-                raise ToolError(f"cannot start the sandbox for {args.target!r}: {exc}") from exc
-            tests = await anyio.to_thread.run_sync(parse_junit, private / "junit.xml")
-            report = _report(args, shown, run, tests, limits, workdir)
+            with on_forced_exit(partial(_rmtree, private)):
+                workdir, argv, shown = await anyio.to_thread.run_sync(self._setup, args, private)
+                try:
+                    run = await run_sandboxed(
+                        argv,
+                        cwd=workdir,
+                        env=_environment(private, self.python, args.env),
+                        status_path=private / "status.json",
+                        timeout_s=limits.timeout_s,
+                        grace_s=_GRACE_S,
+                        max_processes=limits.max_processes,
+                        rlimits=_rlimits(limits),
+                        tail_bytes=self.tail_kib * 1024,
+                        isolation=Isolation(
+                            private=private,
+                            workdir=workdir,
+                            overlay=args.workdir is None,
+                            disk_bytes=limits.disk_mib * _MIB,
+                            namespaces=self.isolate,
+                        ),
+                    )
+                except OSError as exc:
+                    raise ToolError(f"cannot start the sandbox for {args.target!r}: {exc}") from exc
+                tests = await anyio.to_thread.run_sync(parse_junit, private / "out" / "junit.xml")
+                report = _report(args, shown, run, tests, limits, workdir)
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(_rmtree, private)
@@ -256,7 +274,8 @@ class DebugTool:
         config = _pytest_config(workdir, private)
         argv = [
             *python, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfE", "--tb=short",
-            "--color=no", f"--junitxml={private / 'junit.xml'}", "-o", "junit_family=xunit1",
+            "--color=no", f"--junitxml={private / 'out' / 'junit.xml'}",
+            "-o", "junit_family=xunit1",
             f"--rootdir={workdir}", f"--confcutdir={workdir}", "-c", str(config),
             *self._plugin_options(config, args.env), args.pytest, *args.argv,
         ]  # fmt: skip
@@ -287,6 +306,8 @@ def make_debug(
     memory_mib: int = 1024,
     file_size_mib: int = 64,
     max_processes: int = 64,
+    disk_mib: int = 256,
+    isolate: bool = True,
 ) -> DebugTool:
     """Registry factory for ``debug`` (``seed`` is accepted for uniformity; nothing is random)."""
     del seed
@@ -297,7 +318,9 @@ def make_debug(
             memory_mib=memory_mib,
             file_size_mib=file_size_mib,
             max_processes=max_processes,
-        )
+            disk_mib=disk_mib,
+        ),
+        isolate=isolate,
     )
 
 
@@ -311,7 +334,8 @@ def _rmtree(path: Path) -> None:
 
 def _prepare(args: DebugArgs, private: Path) -> Path:
     """Make the private directories and the working directory; write ``files``."""
-    for sub in ("home", "tmp"):
+    # scratch: the tmpfs mount point; out: where pytest writes its report.
+    for sub in ("home", "tmp", "scratch", "out"):
         (private / sub).mkdir()
     if args.workdir is not None:
         workdir = Path(args.workdir).resolve()
@@ -431,4 +455,5 @@ def _report(
         max_rss_mib=None if run.max_rss_kib is None else run.max_rss_kib / 1024,
         peak_processes=run.peak_processes,
         leftover_processes=run.leftover_processes,
+        isolation=run.isolation,
     )
