@@ -29,7 +29,9 @@ import ctypes
 import json
 import os
 import resource
+import shutil
 import signal
+import stat
 import sys
 import time
 from typing import Any
@@ -50,6 +52,7 @@ _MOUNT_ATTR_RDONLY = 1
 _AT_FDCWD = -100
 _AT_RECURSIVE = 0x8000
 _CAPABILITY_V3 = 0x20080522
+_MAX_REPORT_BYTES = 32 << 20
 # How often the process count is checked when /proc/loadavg says the system's task count moved.
 _TICK_S = 0.01
 # Scan /proc at least this often even when the system's task count did not move.
@@ -179,51 +182,107 @@ def _enter_namespaces() -> str | None:
     return None
 
 
-def _mount_sandbox(config: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """As the namespace's init: fresh /proc, the scratch tmpfs and its binds.
+class _Mounts:
+    """The namespace's mounts: made by the init, applied by the command, copied back after.
 
-    Returns the mounts the command may write to, and the directories outside the tmpfs whose
-    growth counts against the disk limit.
+    The init (whose view of the file system is the host's but for ``/proc`` and the tmpfs)
+    mounts the tmpfs at ``PRIVATE/scratch`` and an overlay at ``scratch/merged``: the working
+    directory below, read-only, the run's writes above, in the tmpfs. The command's own mount
+    namespace binds ``scratch/{home,tmp,out}`` and the overlay over ``PRIVATE/{home,tmp,out}``
+    and the working directory, then makes every other mount read-only. So everything the run
+    writes is in the tmpfs, whose size is the disk limit. Afterwards the init copies pytest's
+    report out and, for a working directory used in place, the run's changes into it.
     """
-    _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
-    _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
-    private = config["private"]
-    scratch = f"{private}/scratch"
-    _mount("agentrt-sandbox", scratch, "tmpfs", _MS_NOSUID | _MS_NODEV,
-           f"size={config['disk_bytes']},mode=0755")  # fmt: skip
-    for sub in ("home", "tmp", "upper", "overlay"):
-        os.mkdir(f"{scratch}/{sub}", 0o755)
-    writable = [scratch]
-    for sub in ("home", "tmp"):
-        _mount(f"{scratch}/{sub}", f"{private}/{sub}", None, _MS_BIND)
-        writable.append(f"{private}/{sub}")
-    out, work = f"{private}/out", config["workdir"]
-    polled = [out]
-    _mount(out, out, None, _MS_BIND)
-    if config["overlay"]:
-        try:
-            # The run writes into the tmpfs; the prepared files stay below, read-only.
-            layers = f"lowerdir={work},upperdir={scratch}/upper,workdir={scratch}/overlay"
-            _mount("overlay", work, "overlay", 0, layers)
-        except OSError:
-            _mount(work, work, None, _MS_BIND)
-            polled.append(work)
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.private = config["private"]
+        self.scratch = f"{self.private}/scratch"
+        self.workdir = config["workdir"]
+        self.in_place = not config["overlay"]
+        self.overlaid = False
+
+    def make(self, disk_bytes: int) -> None:
+        """As the init of the new namespaces: fresh /proc, the tmpfs, the overlay."""
+        _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
+        _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
+        scratch = self.scratch
+        _mount("agentrt-sandbox", scratch, "tmpfs", _MS_NOSUID | _MS_NODEV,
+               f"size={disk_bytes},mode=0755")  # fmt: skip
+        for sub in ("home", "tmp", "out", "upper", "overlay", "merged"):
+            os.mkdir(f"{scratch}/{sub}", 0o755)
+        layers = f"lowerdir={self.workdir},upperdir={scratch}/upper,workdir={scratch}/overlay"
+        with contextlib.suppress(OSError):  # then the working directory is polled instead
+            _mount("overlay", f"{scratch}/merged", "overlay", 0, layers)
+            self.overlaid = True
+
+    def apply(self) -> None:
+        """In the command's process: its own mount namespace where only the tmpfs is writable."""
+        _check(_libc.unshare(ctypes.c_int(_CLONE_NEWNS)), "unshare")
+        binds = [
+            (f"{self.scratch}/{sub}", f"{self.private}/{sub}") for sub in ("home", "tmp", "out")
+        ]
+        workdir = f"{self.scratch}/merged" if self.overlaid else self.workdir
+        binds.append((workdir, self.workdir))
+        for source, target in binds:
+            _mount(source, target, None, _MS_BIND)
+        _set_readonly("/", True, recursive=True)
+        for path in (self.scratch, *(target for _, target in binds)):
+            _set_readonly(path, False)
+        # The working directory was opened before the mounts: look it up again.
+        os.chdir(self.workdir)
+
+    def polled(self) -> list[str]:
+        """Directories outside the tmpfs the run can write to (their growth is polled)."""
+        return [] if self.overlaid else [self.workdir]
+
+    def copy_out(self) -> None:
+        """After the run: pytest's report, and the run's changes to a working directory in place."""
+        report = f"{self.scratch}/out/junit.xml"
+        if os.path.isfile(report) and os.path.getsize(report) <= _MAX_REPORT_BYTES:
+            shutil.copyfile(report, f"{self.private}/out/junit.xml")
+        if self.in_place and self.overlaid:
+            _copy_up(f"{self.scratch}/upper", self.workdir)
+
+
+def _copy_up(upper: str, lower: str) -> None:
+    """Apply an overlay's upper layer to the directory below: new and changed files, deletions.
+
+    A deletion is a whiteout (a character device 0/0); a directory replaced as a whole is
+    marked opaque (an extended attribute) and replaces its counterpart.
+    """
+    for name in sorted(os.listdir(upper)):
+        source, target = os.path.join(upper, name), os.path.join(lower, name)
+        st = os.lstat(source)
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+            _remove(target)
+        elif stat.S_ISDIR(st.st_mode):
+            if _is_opaque(source) or not os.path.isdir(target) or os.path.islink(target):
+                _remove(target)
+            os.makedirs(target, exist_ok=True)
+            _copy_up(source, target)
+            shutil.copystat(source, target)
+        else:
+            _remove(target)
+            if stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(source), target)
+            elif stat.S_ISREG(st.st_mode):
+                shutil.copy2(source, target)
+
+
+def _is_opaque(path: str) -> bool:
+    for name in ("trusted.overlay.opaque", "user.overlay.opaque"):
+        with contextlib.suppress(OSError):
+            if os.getxattr(path, name, follow_symlinks=False) == b"y":
+                return True
+    return False
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
     else:
-        # In place: what the run writes must stay, so this directory is polled instead.
-        _mount(work, work, None, _MS_BIND)
-        polled.append(work)
-    writable += [out, work]
-    return writable, polled
-
-
-def _confine(writable: list[str], workdir: str) -> None:
-    """In the command's process: a mount namespace where only ``writable`` can be written."""
-    _check(_libc.unshare(ctypes.c_int(_CLONE_NEWNS)), "unshare")
-    _set_readonly("/", True, recursive=True)
-    for path in writable:
-        _set_readonly(path, False)
-    # The working directory was opened before the mounts: look it up again.
-    os.chdir(workdir)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def _drop_capabilities() -> None:
@@ -263,13 +322,13 @@ def _child(
     argv: list[str],
     rlimits: dict[str, list[int]],
     max_processes: int,
-    confine: tuple[list[str], str] | None = None,
+    mounts: _Mounts | None = None,
 ) -> None:
     """In the forked child: own process group, default signals, limits, then exec."""
     try:
         os.setpgid(0, 0)
-        if confine is not None:
-            _confine(*confine)
+        if mounts is not None:
+            mounts.apply()
         # Ignored signals survive exec: Python ignores SIGPIPE and SIGXFSZ, and a shell ignores
         # SIGINT in background jobs (which would defeat the polite stop at the timeout).
         for sig in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}:
@@ -277,7 +336,7 @@ def _child(
                 signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
         limits = dict(rlimits)
-        if confine is not None and os.getuid() == 0 and "RLIMIT_NPROC" in limits:
+        if mounts is not None and os.getuid() == 0 and "RLIMIT_NPROC" in limits:
             # Root is exempt from RLIMIT_NPROC; in a user namespace we are not root outside it
             # and cannot count our user's tasks there: the supervisor's count is the limit.
             del limits["RLIMIT_NPROC"]
@@ -293,7 +352,7 @@ def _child(
                 hard = min(hard, current_hard)
                 soft = min(soft, hard)
             resource.setrlimit(kind, (soft, hard))
-        if confine is not None:
+        if mounts is not None:
             _drop_capabilities()
         os.execvp(argv[0], argv)
     except BaseException as exc:
@@ -314,9 +373,9 @@ class _Supervisor:
         self.peak = 0
         self.leftovers = 0
         self.waits = {signal.SIGCHLD, signal.SIGTERM}
-        # Set by main() when the namespaces are in place: (writable mounts, workdir), and the
-        # directories outside the scratch tmpfs whose growth counts against the disk limit.
-        self.confine: tuple[list[str], str] | None = None
+        # Set by main() when the namespaces are in place; and the directories outside the
+        # scratch tmpfs whose growth counts against the disk limit.
+        self.mounts: _Mounts | None = None
         self.polled: list[str] = []
         self.scratch: str | None = None
         self.disk_bytes = 0
@@ -358,7 +417,7 @@ class _Supervisor:
         baseline = {path: _directory_bytes(path) for path in self.polled}
         self.main = os.fork()
         if self.main == 0:
-            _child(self.argv, self.config["rlimits"], max_processes, self.confine)
+            _child(self.argv, self.config["rlimits"], max_processes, self.mounts)
         with contextlib.suppress(OSError):
             # Also from this side, so a signal to the group cannot race the child's own setpgid.
             os.setpgid(self.main, self.main)
@@ -487,17 +546,18 @@ def main() -> None:
             # The namespace's init (pid 1): it dies with the outer supervisor, and with it
             # everything in the namespace.
             _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            mounts = _Mounts(config)
             try:
-                writable, supervisor.polled = _mount_sandbox(config)
+                mounts.make(int(config["disk_bytes"]))
             except OSError as exc:
                 _write_status(config, {"error": f"cannot set up the sandbox's mounts: {exc}"})
                 return
-            supervisor.confine = (writable, config["workdir"])
-            supervisor.scratch = f"{config['private']}/scratch"
+            supervisor.mounts, supervisor.polled = mounts, mounts.polled()
+            supervisor.scratch = mounts.scratch
             isolation = "namespaces"
         else:
             isolation = f"none: {refused}"
-    if supervisor.confine is None and config.get("private"):
+    if supervisor.mounts is None and config.get("private"):
         supervisor.polled = [config["private"]]
         workdir = config["workdir"]
         if not os.path.realpath(workdir).startswith(os.path.realpath(config["private"]) + "/"):
@@ -510,6 +570,11 @@ def main() -> None:
             supervisor.kill_all()
         outcome = {"error": f"{type(exc).__name__}: {exc}"}
     outcome["isolation"] = isolation
+    if supervisor.mounts is not None and "error" not in outcome:
+        try:
+            supervisor.mounts.copy_out()
+        except OSError as exc:
+            outcome["error"] = f"cannot copy the run's files out of the sandbox: {exc}"
     _write_status(config, outcome)
 
 
