@@ -53,6 +53,8 @@ _AT_FDCWD = -100
 _AT_RECURSIVE = 0x8000
 _CAPABILITY_V3 = 0x20080522
 _MAX_REPORT_BYTES = 32 << 20
+# A tmpfs with less than this free counts as full (a write needing more failed with ENOSPC).
+_FULL_MARGIN_BYTES = 64 << 10
 # How often the process count is checked when /proc/loadavg says the system's task count moved.
 _TICK_S = 0.01
 # Scan /proc at least this often even when the system's task count did not move.
@@ -439,7 +441,7 @@ class _Supervisor:
                 if ours_then > max_processes:
                     self.limit = "processes"
                     break
-                if self.disk_bytes and self.disk_used(baseline) > self.disk_bytes:
+                if self.disk_full(baseline):
                     self.limit = "disk"
                     break
             self.wait_signal(min(_TICK_S, deadline - now))
@@ -458,7 +460,7 @@ class _Supervisor:
         duration_s = time.monotonic() - started
         exit_code = None if self.status is None else os.waitstatus_to_exitcode(self.status)
         usage = self.rusage
-        if self.limit is None and self.disk_bytes and self.disk_used(baseline) > self.disk_bytes:
+        if self.limit is None and self.disk_full(baseline):
             self.limit = "disk"  # written between two checks
         return {
             "exit_code": exit_code,
@@ -471,15 +473,23 @@ class _Supervisor:
             "max_rss_kib": None if usage is None else usage.ru_maxrss,
         }
 
-    def disk_used(self, baseline: dict[str, int]) -> int:
-        """Bytes the run wrote: the scratch tmpfs's use plus the polled directories' growth."""
+    def disk_full(self, baseline: dict[str, int]) -> bool:
+        """Whether the run has written its disk limit's worth.
+
+        That is the scratch tmpfs's use (full when less than a few pages are left) plus the
+        polled directories' growth.
+        """
+        if not self.disk_bytes:
+            return False
         used = 0
         if self.scratch is not None:
             st = os.statvfs(self.scratch)
+            if st.f_bavail * st.f_frsize < _FULL_MARGIN_BYTES:
+                return True
             used += (st.f_blocks - st.f_bfree) * st.f_frsize
         for path, before in baseline.items():
             used += max(0, _directory_bytes(path) - before)
-        return used
+        return used > self.disk_bytes
 
     def _signal_group(self, sig: int) -> None:
         with contextlib.suppress(OSError):

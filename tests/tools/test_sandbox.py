@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -236,3 +238,59 @@ async def test_a_workdir_used_in_place_keeps_what_the_run_changed(tmp_path: Path
     assert not (tmp_path / "olddir").exists()
     assert (tmp_path / "made" / "deep" / "f.txt").read_text() == "hello"
     assert os.readlink(tmp_path / "link") == "keep.txt"
+
+
+async def test_a_non_python_writer_filling_the_disk_is_reported() -> None:
+    code = "import subprocess\nsubprocess.run(['sh', '-c', 'head -c 100000000 /dev/zero > big'])\n"
+    data = await call(code=code, disk_mib=16)
+    assert data["exit_code"] == 0  # the script itself did not fail ...
+    assert data["limit"] == "disk"  # ... but the run was stopped by the disk limit
+    assert "STOPPED by the disk limit (16 MiB written in all)" in data["output"]
+
+
+SUPERVISOR = Path(__file__).resolve().parents[2] / "tools" / "_supervisor.py"
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not Path(SYSTEM_PYTHON).exists() or not shutil.which("setpriv"),
+    reason="needs root (to become nobody), setpriv and a system python nobody can run",
+)
+def test_as_a_non_root_user_a_user_namespace_gives_the_same_isolation() -> None:
+    # The supervisor is standard-library only, so the system python can run it as nobody.
+    private = Path(tempfile.mkdtemp(prefix="agentrt-debug-"))
+    try:
+        for sub in ("home", "tmp", "scratch", "out", "work"):
+            (private / sub).mkdir()
+        (private / "work" / "a.txt").write_text("hello")
+        for path in (private, *private.rglob("*")):
+            os.chown(path, 65534, 65534)
+        marker = new_marker()
+        config = {
+            "status_path": str(private / "status.json"),
+            "timeout_s": 20, "grace_s": 1, "max_processes": 16, "rlimits": {},
+            "isolate": True, "private": str(private), "workdir": str(private / "work"),
+            "overlay": False, "disk_bytes": 8 * MIB,
+        }  # fmt: skip
+        script = (
+            "grep CapEff /proc/self/status; cat a.txt; echo new > new.txt; "
+            "head -c 20000000 /dev/zero > big; echo x > /tmp/esc-$$; "
+            f"(setsid sh -c 'sleep 300; : {marker}' &) ; sleep 0.2"
+        )
+        done = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", SYSTEM_PYTHON,
+             "-I", "-S", str(SUPERVISOR), json.dumps(config), "--", "sh", "-c", script],
+            cwd=private / "work", capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        status = json.loads((private / "status.json").read_text())
+        if status.get("isolation") != "namespaces":
+            pytest.skip(f"no user namespaces for non-root users here ({status})")
+        assert "CapEff:\t0000000000000000" in done.stdout
+        assert "No space left on device" in done.stderr
+        assert "Read-only file system" in done.stderr
+        assert status["limit"] == "disk"
+        assert pids_with(marker) == []
+        assert (private / "work" / "new.txt").read_text() == "new\n"  # copied back
+        assert (private / "work" / "big").stat().st_size <= 8 * MIB
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
