@@ -32,6 +32,8 @@ from typing import TypeVar, final
 
 import anyio
 
+from agentrt.errors import ConfigError
+
 __all__ = ["Interrupted", "on_forced_exit", "raise_on_signals", "run_interruptible"]
 
 T = TypeVar("T")
@@ -135,7 +137,10 @@ async def run_interruptible(
 
     Raises:
         Interrupted: a signal arrived; the run has unwound.
+        ConfigError: not in the main thread.
     """
+    if threading.current_thread() is not threading.main_thread():
+        raise ConfigError("cancel_on needs the main thread (only it receives signals)")
     loop = asyncio.get_running_loop()
     received: list[int] = []
     watchdog: threading.Timer | None = None

@@ -220,3 +220,43 @@ def test_a_signal_cancels_the_run_and_raises_interrupted_after_unwinding() -> No
     assert caught.value.signum == signal.SIGTERM
     assert unwound == ["finally"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+
+
+def test_compare_is_cancelled_and_reaped_on_sigterm(tmp_path: Path) -> None:
+    marker = f"agentrt-signal-test-{uuid.uuid4().hex}"
+    plan = sleepy_plan(tmp_path / "plan.json", marker)
+    proc = start(["compare", str(plan), "--substrates", "fixed", "--trials", "2"], tmp_path)
+    try:
+        wait_until(lambda: len(pids_with(marker)) >= 2, "a debug step to start")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert err.strip() == "agentrt: interrupted by SIGTERM; comparison cancelled"
+    assert "speed-up" not in out
+    assert pids_with(marker) == []
+    assert list((tmp_path / "scratch").iterdir()) == []
+
+
+def test_cancel_on_outside_the_main_thread_is_a_config_error() -> None:
+    import threading
+
+    from agentrt.errors import ConfigError
+
+    async def main() -> None:
+        pass
+
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            agentrt.run(main, cancel_on=(signal.SIGTERM,))
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    assert len(errors) == 1
+    assert isinstance(errors[0], ConfigError)
