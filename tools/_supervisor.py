@@ -189,19 +189,35 @@ class _Mounts:
 
     The init (whose view of the file system is the host's but for ``/proc`` and the tmpfs)
     mounts the tmpfs at ``PRIVATE/scratch`` and an overlay at ``scratch/merged``: the working
-    directory below, read-only, the run's writes above, in the tmpfs. The command's own mount
-    namespace binds ``scratch/{home,tmp,out}`` and the overlay over ``PRIVATE/{home,tmp,out}``
-    and the working directory, then makes every other mount read-only. So everything the run
-    writes is in the tmpfs, whose size is the disk limit. Afterwards the init copies pytest's
-    report out and, for a working directory used in place, the run's changes into it.
+    directory below, read-only, the run's writes above, in the tmpfs; it copies the inputs in
+    ``PRIVATE/out`` (pytest's empty config) into the tmpfs. The command's own mount namespace
+    covers ``/tmp``, ``/var/tmp`` and ``/dev/shm`` with directories of the tmpfs (unless the
+    interpreter or a ``PATH`` entry lives there), binds ``scratch/{home,tmp,out}`` and the
+    overlay over ``PRIVATE/{home,tmp,out}`` and the working directory, and makes every other
+    mount read-only. So everything the run writes is in the tmpfs, whose size is the disk
+    limit. Afterwards the init copies pytest's report out and, for a working directory used in
+    place, the run's changes into it.
     """
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], argv: list[str]) -> None:
         self.private = config["private"]
         self.scratch = f"{self.private}/scratch"
         self.workdir = config["workdir"]
         self.in_place = not config["overlay"]
         self.overlaid = False
+        needed = [argv[0], os.path.realpath(argv[0])]
+        needed += os.environ.get("PATH", "").split(os.pathsep)
+        self.shared = [
+            (path, sub)
+            for path, sub in (
+                ("/tmp", "shared-tmp"),
+                ("/var/tmp", "shared-tmp"),
+                ("/dev/shm", "shm"),
+            )
+            if os.path.isdir(path)
+            and not os.path.islink(path)
+            and not any(_is_under(os.path.abspath(p), path) for p in needed if p)
+        ]
 
     def make(self, disk_bytes: int) -> None:
         """As the init of the new namespaces: fresh /proc, the tmpfs, the overlay."""
@@ -210,8 +226,12 @@ class _Mounts:
         scratch = self.scratch
         _mount("agentrt-sandbox", scratch, "tmpfs", _MS_NOSUID | _MS_NODEV,
                f"size={disk_bytes},mode=0755")  # fmt: skip
-        for sub in ("home", "tmp", "out", "upper", "overlay", "merged"):
+        for sub in ("home", "tmp", "out", "upper", "overlay", "merged", "shared-tmp", "shm"):
             os.mkdir(f"{scratch}/{sub}", 0o755)
+        for sub in ("shared-tmp", "shm"):
+            os.chmod(f"{scratch}/{sub}", 0o1777)
+        for name in os.listdir(f"{self.private}/out"):
+            shutil.copy2(f"{self.private}/out/{name}", f"{scratch}/out/{name}")
         layers = f"lowerdir={self.workdir},upperdir={scratch}/upper,workdir={scratch}/overlay"
         with contextlib.suppress(OSError):  # then the working directory is polled instead
             _mount("overlay", f"{scratch}/merged", "overlay", 0, layers)
@@ -220,16 +240,27 @@ class _Mounts:
     def apply(self) -> None:
         """In the command's process: its own mount namespace where only the tmpfs is writable."""
         _check(_libc.unshare(ctypes.c_int(_CLONE_NEWNS)), "unshare")
-        binds = [
-            (f"{self.scratch}/{sub}", f"{self.private}/{sub}") for sub in ("home", "tmp", "out")
+        # Held by descriptor: covering /tmp hides the private directory when it lives there.
+        scratch = os.open(self.scratch, os.O_PATH | os.O_DIRECTORY)
+        work = os.open(
+            f"{self.scratch}/merged" if self.overlaid else self.workdir,
+            os.O_PATH | os.O_DIRECTORY,
+        )
+        binds = [(f"/proc/self/fd/{scratch}/{sub}", path) for path, sub in self.shared]
+        binds += [
+            (f"/proc/self/fd/{scratch}/{sub}", f"{self.private}/{sub}")
+            for sub in ("home", "tmp", "out")
         ]
-        workdir = f"{self.scratch}/merged" if self.overlaid else self.workdir
-        binds.append((workdir, self.workdir))
+        binds.append((f"/proc/self/fd/{work}", self.workdir))
         for source, target in binds:
+            # Under a covered /tmp the mount point is made anew, in the tmpfs.
+            os.makedirs(target, exist_ok=True)
             _mount(source, target, None, _MS_BIND)
+        os.close(scratch)
+        os.close(work)
         _set_readonly("/", True, recursive=True)
-        for path in (self.scratch, *(target for _, target in binds)):
-            _set_readonly(path, False)
+        for _, target in binds:
+            _set_readonly(target, False)
         # The working directory was opened before the mounts: look it up again.
         os.chdir(self.workdir)
 
@@ -244,6 +275,10 @@ class _Mounts:
             shutil.copyfile(report, f"{self.private}/out/junit.xml")
         if self.in_place and self.overlaid:
             _copy_up(f"{self.scratch}/upper", self.workdir)
+
+
+def _is_under(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
 def _copy_up(upper: str, lower: str) -> None:
@@ -556,7 +591,7 @@ def main() -> None:
             # The namespace's init (pid 1): it dies with the outer supervisor, and with it
             # everything in the namespace.
             _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            mounts = _Mounts(config)
+            mounts = _Mounts(config, supervisor.argv)
             try:
                 mounts.make(int(config["disk_bytes"]))
             except OSError as exc:

@@ -411,7 +411,7 @@ def _pytest_config(workdir: Path, private: Path) -> Path:
         path = workdir / name
         if path.is_file() and (section is None or section in path.read_text(errors="replace")):
             return path
-    empty = private / "pytest.ini"
+    empty = private / "out" / "pytest.ini"  # out/ is what the sandbox sees of the private dir
     empty.write_text("[pytest]\n")
     return empty
 

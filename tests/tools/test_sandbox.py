@@ -207,14 +207,23 @@ async def test_without_namespaces_the_disk_limit_is_polled() -> None:
 
 
 async def test_the_run_cannot_write_outside_its_directories(tmp_path: Path) -> None:
-    outside = [tmp_path / "escape", Path("/tmp") / f"agentrt-escape-{uuid.uuid4().hex}"]
-    code = "import sys\n" + "".join(
-        f"try:\n    open({str(p)!r}, 'w').write('x')\nexcept OSError as e:\n    print(e)\n"
-        for p in outside
+    token = uuid.uuid4().hex
+    read_only = [Path.home() / f"agentrt-escape-{token}", Path(__file__).parent / f"escape-{token}"]
+    # /tmp, /var/tmp and /dev/shm are the sandbox's own (in its tmpfs): writes succeed there
+    # and are gone with it; what was under /tmp (this test's tmp_path) is not visible.
+    own = [Path("/tmp") / f"agentrt-escape-{token}", Path("/dev/shm") / f"agentrt-escape-{token}"]
+    hidden = [tmp_path / "escape"]
+    code = "".join(
+        f"try:\n    open({str(p)!r}, 'w').write('x')\n    print('wrote', {str(p)!r})\n"
+        "except OSError as e:\n    print(e)\n"
+        for p in [*read_only, *own, *hidden]
     )
     data = await call(code=code)
-    assert data["stdout_tail"].count("[Errno 30] Read-only file system") == 2
-    assert not any(p.exists() for p in outside)
+    out = data["stdout_tail"]
+    assert out.count("[Errno 30] Read-only file system") == 2, out
+    assert out.count("wrote /") == 2, out
+    assert "[Errno 2] No such file or directory" in out, out
+    assert not any(p.exists() for p in [*read_only, *own, *hidden])
 
 
 async def test_a_workdir_used_in_place_keeps_what_the_run_changed(tmp_path: Path) -> None:
@@ -294,3 +303,17 @@ def test_as_a_non_root_user_a_user_namespace_gives_the_same_isolation() -> None:
         assert (private / "work" / "big").stat().st_size <= 8 * MIB
     finally:
         shutil.rmtree(private, ignore_errors=True)
+
+
+async def test_multiprocessing_and_hard_coded_tmp_paths_work_inside() -> None:
+    # POSIX semaphores live in /dev/shm; some programs write to /tmp directly.
+    code = (
+        "import multiprocessing as mp\n"
+        "def square(x):\n    return x * x\n"
+        "if __name__ == '__main__':\n"
+        "    with mp.Pool(2) as pool:\n        print(pool.map(square, [1, 2, 3]))\n"
+        "    open('/tmp/scratch.txt', 'w').write('ok')\n"
+        "    print(open('/tmp/scratch.txt').read())\n"
+    )
+    data = await call(code=code)
+    assert data["stdout_tail"] == "[1, 4, 9]\nok\n", data["output"]
