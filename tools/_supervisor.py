@@ -236,6 +236,8 @@ class _Mounts:
         with contextlib.suppress(OSError):  # then the working directory is polled instead
             _mount("overlay", f"{scratch}/merged", "overlay", 0, layers)
             self.overlaid = True
+        # The command will need mount_setattr (Linux 5.12): find out now, while we can fall back.
+        _set_readonly(scratch, False)
 
     def apply(self) -> None:
         """In the command's process: its own mount namespace where only the tmpfs is writable."""
@@ -595,11 +597,13 @@ def main() -> None:
             try:
                 mounts.make(int(config["disk_bytes"]))
             except OSError as exc:
-                _write_status(config, {"error": f"cannot set up the sandbox's mounts: {exc}"})
-                return
-            supervisor.mounts, supervisor.polled = mounts, mounts.polled()
-            supervisor.scratch = mounts.scratch
-            isolation = "namespaces"
+                # An old kernel (no mount_setattr, no overlay in a user namespace): the PID
+                # namespace still holds every process; the rest is as without namespaces.
+                isolation = f"none: PID namespace only ({exc})"
+            else:
+                supervisor.mounts, supervisor.polled = mounts, mounts.polled()
+                supervisor.scratch = mounts.scratch
+                isolation = "namespaces"
         else:
             isolation = f"none: {refused}"
     if supervisor.mounts is None and config.get("private"):
