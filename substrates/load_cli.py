@@ -271,7 +271,10 @@ def main() -> None:
         _err.print(f"agentrt: interrupted by {exc.signal_name}", highlight=False)
         sys.exit(exc.exit_code)
     finally:
+        # The exit status is decided: a late signal must not change it while Python exits.
         restore()
+        for sig in _CANCEL_ON:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

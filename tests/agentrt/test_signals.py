@@ -260,3 +260,26 @@ def test_cancel_on_outside_the_main_thread_is_a_config_error() -> None:
     thread.join()
     assert len(errors) == 1
     assert isinstance(errors[0], ConfigError)
+
+
+@pytest.mark.parametrize("gap_s", [0.0, 0.05])
+def test_two_sigterms_still_exit_143_with_one_line_and_nothing_left(
+    tmp_path: Path, gap_s: float
+) -> None:
+    marker = f"agentrt-signal-test-{uuid.uuid4().hex}"
+    plan = sleepy_plan(tmp_path / "plan.json", marker)
+    proc = start(["run", str(plan)], tmp_path)
+    try:
+        wait_until(lambda: len(pids_with(marker)) >= 2, "the debug step to start")
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(gap_s)  # the second signal lands in the clean-up or just after it
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("agentrt: "), err
+    assert pids_with(marker) == []
+    assert list((tmp_path / "scratch").iterdir()) == []
