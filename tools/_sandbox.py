@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from anyio.abc import ByteReceiveStream, Process
 
 from agentrt.interrupts import on_forced_exit
 
-__all__ = ["Isolation", "SandboxRun", "Tail", "run_sandboxed"]
+__all__ = ["Isolation", "SandboxRun", "Tail", "remove_tree", "run_sandboxed"]
 
 _SUPERVISOR = Path(__file__).with_name("_supervisor.py")
 # The supervisor enforces the timeout; the parent steps in only if the supervisor itself hangs.
@@ -123,6 +125,8 @@ async def run_sandboxed(
         "grace_s": grace_s,
         "max_processes": max_processes,
         "rlimits": {name: list(pair) for name, pair in rlimits.items()},
+        # The supervisor stops everything, and deletes ``private``, when this process dies.
+        "parent": os.getpid(),
     }
     if isolation is not None:
         config.update(
@@ -158,18 +162,20 @@ async def run_sandboxed(
                     backstop_hit = True
                     await anyio.to_thread.run_sync(_kill_session, process.pid)
                     await process.wait()
-                elif not await anyio.Path(status_path).exists():
-                    # The supervisor died without a report: whatever it started is unsupervised.
+                elif process.returncode != 0 or not await anyio.Path(status_path).exists():
+                    # The supervisor was killed or died without a report (a report may be
+                    # forged by the command when there are no namespaces): whatever it
+                    # started is unsupervised.
                     await anyio.to_thread.run_sync(_kill_session, process.pid)
                 tg.cancel_scope.deadline = anyio.current_time() + _DRAIN_S
         finally:
             with anyio.CancelScope(shield=True):
                 await _stop(process)
                 status = _read_status(status_path)
-                if status is None or status.get("isolation") != "namespaces":
-                    # Without a PID namespace a process that left the session (setsid) after its
-                    # supervisor was killed is found by its marker, wherever it was re-parented.
-                    await anyio.to_thread.run_sync(_kill_marked, token)
+                # Without a PID namespace a process that left the session (setsid) after its
+                # supervisor was killed is found by its marker, wherever it was re-parented.
+                # Always looked for: the status cannot be trusted to say there is a namespace.
+                await anyio.to_thread.run_sync(_kill_marked, token)
     duration_s = anyio.current_time() - started
     if status is None:
         # The supervisor died without a report (killed by the backstop or from outside).
@@ -242,6 +248,19 @@ def _kill_session(sid: int) -> None:
         for pid in members:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def remove_tree(path: str) -> None:
+    """Delete ``path``; retried for a moment while the sandbox's mounts on it are torn down.
+
+    The kernel releases a dead namespace's mounts shortly after its last process is reaped;
+    until then their mount points cannot be removed (EBUSY).
+    """
+    for _ in range(_KILL_ROUNDS):
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+            return
+        time.sleep(0.01)
 
 
 def _kill_marked(token: str) -> None:

@@ -47,6 +47,7 @@ _CLONE_NEWUSER = 0x10000000
 _CLONE_NEWPID = 0x20000000
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
 _MS_BIND, _MS_REC, _MS_PRIVATE = 4096, 16384, 1 << 18
+_MNT_DETACH = 2
 _SYS_MOUNT_SETATTR = 442  # the same number on every architecture (a post-5.1 system call)
 _MOUNT_ATTR_RDONLY = 1
 _AT_FDCWD = -100
@@ -411,7 +412,9 @@ class _Supervisor:
         self.cancelled = False
         self.peak = 0
         self.leftovers = 0
-        self.waits = {signal.SIGCHLD, signal.SIGTERM}
+        # SIGTERM: the agent asks us to stop; SIGHUP: the agent died (PR_SET_PDEATHSIG).
+        self.waits = {signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP}
+        self.orphaned = False
         # Set by main() when the namespaces are in place; and the directories outside the
         # scratch tmpfs whose growth counts against the disk limit.
         self.mounts: _Mounts | None = None
@@ -433,8 +436,9 @@ class _Supervisor:
 
     def wait_signal(self, timeout: float) -> None:
         info = signal.sigtimedwait(self.waits, max(timeout, 0.0))
-        if info is not None and info.si_signo == signal.SIGTERM:
+        if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGHUP):
             self.cancelled = True
+            self.orphaned |= info.si_signo == signal.SIGHUP
 
     def run(self) -> dict[str, Any]:
         self.me = os.getpid()  # 1 in a PID namespace, entered after __init__
@@ -553,14 +557,15 @@ class _Supervisor:
             self.wait_signal(0.005)
 
 
-def _relay(init: int) -> None:
-    """Outside the namespaces: pass SIGTERM on to the namespace's init and wait for it."""
+def _relay(init: int, supervisor: _Supervisor) -> None:
+    """Outside the namespaces: pass SIGTERM/SIGHUP on to the namespace's init, wait for it."""
     while True:
         pid, _ = os.waitpid(init, os.WNOHANG)
         if pid:
             return
-        info = signal.sigtimedwait({signal.SIGCHLD, signal.SIGTERM}, 1.0)
-        if info is not None and info.si_signo == signal.SIGTERM:
+        info = signal.sigtimedwait(supervisor.waits, 1.0)
+        if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGHUP):
+            supervisor.orphaned |= info.si_signo == signal.SIGHUP
             with contextlib.suppress(OSError):
                 os.kill(init, signal.SIGTERM)
 
@@ -576,10 +581,32 @@ def main() -> None:
     """Entry point: ``_supervisor.py CONFIG_JSON -- COMMAND...``."""
     config = json.loads(sys.argv[1])
     supervisor = _Supervisor(config, sys.argv[3:])
+    # Blocked from the start (and so in the init forked below, which ignores signals it has no
+    # handler for unless they are blocked): SIGTERM asks us to stop, and the kernel sends
+    # SIGHUP when the agent process dies, however it dies (even SIGKILL).
+    signal.pthread_sigmask(signal.SIG_BLOCK, supervisor.waits)
+    me, parent = os.getpid(), config.get("parent")
+    if parent:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGHUP, 0, 0, 0)
+        if os.getppid() != parent:  # died before we asked: stop at once
+            os.kill(me, signal.SIGHUP)
+    try:
+        _supervise(config, supervisor)
+    finally:
+        if os.getpid() == me and supervisor.orphaned and config.get("private"):
+            # The agent is gone: nobody else will delete the run's directory. We share the
+            # init's mount namespace (unshare moved us into it): detach the tmpfs first.
+            _libc.umount2(f"{config['private']}/scratch".encode(), _MNT_DETACH)
+            for _ in range(100):
+                shutil.rmtree(config["private"], ignore_errors=True)
+                if not os.path.lexists(config["private"]):
+                    break
+                time.sleep(0.01)
+
+
+def _supervise(config: dict[str, Any], supervisor: _Supervisor) -> None:
     isolation = "none: not requested"
     if config.get("isolate"):
-        # Blocked before the fork: an init ignores signals it has no handler for, unless blocked.
-        signal.pthread_sigmask(signal.SIG_BLOCK, supervisor.waits)
         try:
             refused = _enter_namespaces()
         except OSError as exc:
@@ -588,7 +615,7 @@ def main() -> None:
         if refused is None:
             init = os.fork()
             if init:
-                _relay(init)
+                _relay(init, supervisor)
                 return
             # The namespace's init (pid 1): it dies with the outer supervisor, and with it
             # everything in the namespace.

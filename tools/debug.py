@@ -29,7 +29,7 @@ from tools._debug_report import (
     parse_exception,
     parse_junit,
 )
-from tools._sandbox import Isolation, SandboxRun, run_sandboxed
+from tools._sandbox import Isolation, SandboxRun, remove_tree, run_sandboxed
 
 __all__ = [
     "DebugArgs",
@@ -329,7 +329,7 @@ def _mkdtemp() -> str:
 
 
 def _rmtree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+    remove_tree(str(path))
 
 
 def _prepare(args: DebugArgs, private: Path) -> Path:

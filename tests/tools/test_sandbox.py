@@ -8,7 +8,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,15 @@ from tools.debug import DebugArgs, DebugTool
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux sandbox")
 
 MIB = 2**20
+
+
+def wait_until(predicate: Callable[[], bool], what: str, limit_s: float = 60.0) -> None:
+    """Poll ``predicate``; the limit only guards against hanging, it is not a speed assertion."""
+    until = time.monotonic() + limit_s
+    while not predicate():
+        if time.monotonic() > until:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.05)
 
 
 def total_bytes(path: Path) -> int:
@@ -317,3 +328,31 @@ async def test_multiprocessing_and_hard_coded_tmp_paths_work_inside() -> None:
     )
     data = await call(code=code)
     assert data["stdout_tail"] == "[1, 4, 9]\nok\n", data["output"]
+
+
+KILLED_AGENT = """
+import anyio, sys
+from tools.debug import DebugArgs, DebugTool
+code = f"# {sys.argv[1]}\\nimport subprocess, time\\n"
+code += f"subprocess.Popen(['sh', '-c', 'sleep 300; : {sys.argv[1]}'], start_new_session=True)\\n"
+code += "time.sleep(300)\\n"
+anyio.run(DebugTool(isolate=sys.argv[2] == "1").call, DebugArgs(code=code, timeout_s=600))
+"""
+
+
+@pytest.mark.parametrize("isolate", [True, False], ids=["namespaces", "no-namespaces"])
+def test_an_agent_killed_with_sigkill_leaves_nothing_running(tmp_path: Path, isolate: bool) -> None:
+    marker = new_marker()
+    agent = subprocess.Popen(
+        [sys.executable, "-c", KILLED_AGENT, marker, "1" if isolate else "0"],
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    try:
+        wait_until(lambda: len(pids_with(marker)) >= 2, "the run to start")
+        assert len(list(tmp_path.glob("agentrt-debug-*"))) == 1
+    finally:
+        agent.kill()  # SIGKILL: no clean-up in the agent at all
+        agent.wait()
+    # The supervisor learns of it from the kernel (PR_SET_PDEATHSIG) and stops everything.
+    wait_until(lambda: pids_with(marker) == [], "the run's processes to be gone")
+    wait_until(lambda: not list(tmp_path.glob("agentrt-debug-*")), "the run's directory to go")
