@@ -15,11 +15,15 @@ supervision. Nothing the command starts can leave the PID namespace, and when it
 for whatever reason, the kernel kills everything in it. The init mounts a fresh ``/proc`` (the
 command sees its own namespace only: no other process's environment or memory), a size-capped
 tmpfs for the run's scratch space (home, temporary directories, ``/tmp``, ``/var/tmp``,
-``/dev/shm``, and the upper layer of an overlay over a temporary working directory). The command
-then gets its own mount namespace in which every mount is read-only except those, drops every
-capability (bounding, permitted, effective and inheritable sets, no-new-privileges) and execs.
-If the kernel refuses the namespaces the supervisor runs the command without them and says so
-in the status (``isolation``).
+``/dev/shm``, and the upper layer of an overlay over the working directory, whose changes are
+copied back when it is used in place). The command then gets its own mount namespace in which
+every mount is read-only except those, drops every capability (bounding, permitted, effective,
+inheritable and ambient sets, no-new-privileges) and execs. If the kernel refuses the
+namespaces the supervisor runs the command without them and says so in the status
+(``isolation``).
+
+The agent process may die without cleaning up (SIGKILL): the kernel then sends the supervisor
+SIGHUP (``PR_SET_PDEATHSIG``), and it stops the run and deletes the run's private directory.
 """
 
 from __future__ import annotations
