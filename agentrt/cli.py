@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import signal
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -20,6 +21,7 @@ from agentrt.agent import Agent, AgentRun
 from agentrt.clock import VirtualClock, run
 from agentrt.compare import Comparison, compare
 from agentrt.errors import AgentrtError, ConfigError
+from agentrt.interrupts import Interrupted, raise_on_signals
 from agentrt.log import configure_logging
 from agentrt.plan import Plan, load_plan
 from agentrt.redact import redact
@@ -48,6 +50,8 @@ app = typer.Typer(
 # Piped output keeps full-width tables instead of rich's 80-column default.
 _out = terminal_console()
 _err = Console(stderr=True)
+# Signals that cancel a run: it unwinds, kills what it started and flushes its traces.
+_CANCEL_ON = (signal.SIGINT, signal.SIGTERM)
 
 
 def _version(value: bool) -> None:
@@ -206,6 +210,7 @@ def run_command(
         raise _fail(str(exc).replace("\n", " ")) from None
 
     show_progress = not as_json and not virtual and _err.is_terminal
+    interrupted: Interrupted | None = None
     try:
         result = run(
             _execute,
@@ -213,9 +218,21 @@ def run_command(
             plan,
             show_progress,
             clock=VirtualClock() if virtual else None,
+            cancel_on=_CANCEL_ON,
         )
+    except Interrupted as exc:
+        interrupted = exc
     finally:
         telemetry.shutdown()
+    if interrupted is not None:
+        partial = prepared.result()
+        done = sum(s.status == "succeeded" for s in partial.steps)
+        where = telemetry.where(partial.trace_id)
+        raise _interrupted(
+            interrupted,
+            f"run {partial.run_id} cancelled after {done} of {len(plan.steps)} steps",
+            f"trace: {where}" if where else None,
+        )
     report = from_run(result)
     if as_json:
         data = result.to_dict()
@@ -316,7 +333,12 @@ def compare_command(
         return result
 
     try:
-        comparison = run(main, clock=VirtualClock() if virtual else None)
+        comparison = run(main, clock=VirtualClock() if virtual else None, cancel_on=_CANCEL_ON)
+    except Interrupted as exc:
+        telemetry.shutdown()
+        where = telemetry.where("<trace_id>") if telemetry.target.kind != "none" else None
+        line = f"traces: {where}" if where else None
+        raise _interrupted(exc, "comparison cancelled", line) from None
     finally:
         telemetry.shutdown()
     where = telemetry.where("<trace_id>") if telemetry.target.kind != "none" else None
@@ -478,11 +500,30 @@ def _load_plugin_commands() -> None:
         app.command("substrates")(substrates_command)
 
 
+def _interrupted(exc: Interrupted, what: str, where: str | None) -> typer.Exit:
+    """Say, on one line, that a signal cancelled the command; the exit is 128 + the signal."""
+    line = f"agentrt: interrupted by {exc.signal_name}; {what}"
+    _err.print(f"{line}; {where}" if where else line, highlight=False, soft_wrap=True)
+    return typer.Exit(exc.exit_code)
+
+
 def main() -> None:
-    """Entry point of the ``agentrt`` console script."""
+    """Entry point of the ``agentrt`` console script.
+
+    SIGINT and SIGTERM cancel a running command (see `agentrt.interrupts`): it unwinds, kills
+    what it started, flushes its traces, prints one line and exits 130 or 143. Outside a run
+    they raise `Interrupted`, which click's standalone mode (which turns ``KeyboardInterrupt``
+    into "Aborted!" and exit 1) lets through to here.
+    """
     _load_plugin_commands()
+    restore = raise_on_signals(_CANCEL_ON)
     try:
         app()
-    except KeyboardInterrupt:
-        _err.print("interrupted")
-        sys.exit(130)
+    except Interrupted as exc:
+        _err.print(f"agentrt: interrupted by {exc.signal_name}", highlight=False)
+        sys.exit(exc.exit_code)
+    finally:
+        # The exit status is decided: a late signal must not change it while Python exits.
+        restore()
+        for sig in _CANCEL_ON:
+            signal.signal(sig, signal.SIG_IGN)

@@ -18,12 +18,13 @@ import asyncio
 import selectors
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sized
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sized
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, final, runtime_checkable
 
 import anyio
 
 from agentrt.errors import AgentrtError, ConfigError
+from agentrt.interrupts import run_interruptible
 
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
@@ -292,10 +293,15 @@ def run(
     *args: object,
     clock: Clock | None = None,
     backend_options: Mapping[str, Any] | None = None,
+    cancel_on: Collection[int] = (),
 ) -> T:
     """Run ``fn(*args)`` on a fresh event loop in real or virtual time and return its result.
 
     This is ``anyio.run`` on the asyncio backend, with the loop chosen by the clock.
+    With ``cancel_on=(signal.SIGINT, signal.SIGTERM)`` the first such signal cancels the run:
+    every task group unwinds and every ``finally`` runs (tools kill their processes), then
+    `Interrupted` is raised; a second signal ends the process at once (see
+    `agentrt.interrupts`).
 
     Example:
         >>> import agentrt
@@ -309,9 +315,12 @@ def run(
         *args: its positional arguments.
         clock: `VirtualClock` for simulated time; `RealClock` or None for wall time.
         backend_options: extra options for anyio's asyncio backend (``debug``, …).
+        cancel_on: signals that cancel the run (default none: SIGINT raises
+            ``KeyboardInterrupt`` as asyncio does, SIGTERM ends the process).
 
     Raises:
         ConfigError: when called from inside a running event loop.
+        Interrupted: one of ``cancel_on`` arrived; the run has unwound.
     """
     try:
         asyncio.get_running_loop()
@@ -327,4 +336,8 @@ def run(
         options["loop_factory"] = clock.new_event_loop
     if sys.platform == "win32" and isinstance(clock, VirtualClock):  # pragma: no cover
         raise ConfigError("virtual time needs a selector event loop, which Windows lacks here")
+    if cancel_on:
+        return anyio.run(
+            run_interruptible, fn, args, cancel_on, backend="asyncio", backend_options=options
+        )
     return anyio.run(fn, *args, backend="asyncio", backend_options=options)

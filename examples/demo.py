@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -93,7 +94,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{' and '.join(names)} ({args.model}), {mode}"
         )
         results = run(
-            _race, prepared, console, args.virtual, clock=VirtualClock() if args.virtual else None
+            _race,
+            prepared,
+            console,
+            args.virtual,
+            clock=VirtualClock() if args.virtual else None,
+            # Ctrl-C or SIGTERM: the race unwinds (sandboxes killed), then Interrupted is raised.
+            cancel_on=(signal.SIGINT, signal.SIGTERM),
         )
     finally:
         for each in telemetry.values():

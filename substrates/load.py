@@ -169,6 +169,7 @@ async def run_load(
     slo_s: float | None = None,
     tools: Iterable[Tool] = (),
     drain_timeout_s: float = 3600.0,
+    report: LoadReport | None = None,
 ) -> LoadReport:
     """Run ``plan`` once per arrival of a Poisson process, all arrivals sharing ``substrate``.
 
@@ -186,10 +187,14 @@ async def run_load(
         slo_s: end-to-end target for goodput; None = no goodput figures.
         tools: tools the plan's steps use.
         drain_timeout_s: how long in-flight runs may take after the last arrival.
+        report: fill this report (new by default): a caller that cancels the load keeps what
+            it counted until then (runs in flight count as failed, "cancelled").
     """
     if agents < 1 or arrival_rate <= 0:
         raise ValueError("agents must be >= 1 and arrival_rate > 0")
-    report = LoadReport(slo_s=slo_s, arrival_rate=arrival_rate)
+    if report is None:
+        report = LoadReport()
+    report.slo_s, report.arrival_rate = slo_s, arrival_rate
     rng = random.Random(seed)
     base_seed = rng.randrange(2**31) if seed is not None else None
     tool_list = list(tools)
@@ -219,18 +224,20 @@ async def run_load(
             report.add(prepared.result())
             last_end = max(last_end, clock.current_time())
 
-    async with anyio.create_task_group() as tg:
-        for i in range(agents):
-            if i:
-                await anyio.sleep(rng.expovariate(arrival_rate))
-            if duration_s is not None and clock.current_time() - t0 >= duration_s:
-                break
-            report.arrivals += 1
-            tg.start_soon(one, i)
-        # Every wait has a deadline: runs still going after the drain time are cancelled.
-        tg.cancel_scope.deadline = anyio.current_time() + drain_timeout_s
-    report.sim_s = last_end - t0
-    report.wall_s = time.perf_counter() - wall0
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(agents):
+                if i:
+                    await anyio.sleep(rng.expovariate(arrival_rate))
+                if duration_s is not None and clock.current_time() - t0 >= duration_s:
+                    break
+                report.arrivals += 1
+                tg.start_soon(one, i)
+            # Every wait has a deadline: runs still going after the drain time are cancelled.
+            tg.cancel_scope.deadline = anyio.current_time() + drain_timeout_s
+    finally:
+        report.sim_s = last_end - t0
+        report.wall_s = time.perf_counter() - wall0
     named = leaves(substrate)
     served = substrate.served if isinstance(substrate, Router) else None
     for name, sub in named.items():

@@ -7,6 +7,8 @@ Registered as ``load = "substrates.load_cli:load_command"`` in ``agentrt.command
 from __future__ import annotations
 
 import json
+import signal
+import sys
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,6 +18,7 @@ from rich.console import Console
 
 from agentrt import VirtualClock, run
 from agentrt.errors import AgentrtError, ConfigError
+from agentrt.interrupts import Interrupted, raise_on_signals
 from agentrt.log import configure_logging
 from agentrt.plan import Plan, load_plan
 from agentrt.registry import default_registry
@@ -30,6 +33,8 @@ __all__ = ["build_substrate", "load_command", "main"]
 _out = terminal_console(piped_width=160)
 _err = Console(stderr=True)
 
+# Signals that cancel a load run: it unwinds, kills what it started, prints the partial report.
+_CANCEL_ON = (signal.SIGINT, signal.SIGTERM)
 #: Multiples of --arrival-rate that --sweep visits.
 SWEEP_POINTS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 
@@ -81,6 +86,7 @@ def _one(
 ) -> LoadReport:
     sub = build_substrate(name, seed=seed, faults=faults, options=options)
     tools = _tools_for(plan, virtual=virtual)
+    report = LoadReport()
 
     async def main() -> LoadReport:
         try:
@@ -93,11 +99,24 @@ def _one(
                 seed=seed,
                 slo_s=slo_s,
                 tools=tools,
+                report=report,
             )
         finally:
             await sub.aclose()
 
-    return run(main, clock=VirtualClock() if virtual else None)
+    try:
+        return run(main, clock=VirtualClock() if virtual else None, cancel_on=_CANCEL_ON)
+    except Interrupted as exc:
+        raise _LoadInterrupted(exc, report) from None
+
+
+class _LoadInterrupted(Exception):
+    """A signal cancelled a load run; carries what it counted until then."""
+
+    def __init__(self, interrupted: Interrupted, report: LoadReport) -> None:
+        super().__init__(str(interrupted))
+        self.interrupted = interrupted
+        self.report = report
 
 
 def _fmt(value: Any, unit: str = "") -> str:
@@ -204,6 +223,8 @@ def load_command(
             )
     except AgentrtError as exc:
         raise _fail(str(exc).replace("\n", " ")) from None
+    except _LoadInterrupted as cancelled:
+        raise _interrupted(cancelled, substrate, as_json=as_json, sweep=sweep) from None
     if not sweep:
         if as_json:
             _out.print_json(json.dumps(report))
@@ -223,9 +244,42 @@ def load_command(
         _err.print(f"wrote {plot}", highlight=False)
 
 
+def _interrupted(
+    cancelled: _LoadInterrupted, substrate: str, *, as_json: bool, sweep: bool
+) -> typer.Exit:
+    """Print the partial report (single runs) and one line; exit 128 + the signal."""
+    exc, report = cancelled.interrupted, cancelled.report
+    what = "sweep cancelled"
+    if not sweep:
+        data = report.to_dict()
+        data["substrate"] = substrate
+        data["interrupted"] = exc.signal_name
+        if as_json:
+            _out.print_json(json.dumps(data))
+        else:
+            _print_report(f"{substrate} (partial: interrupted)", data)
+        what = (
+            f"load cancelled after {report.arrivals:,} arrivals ({report.completed:,} completed, "
+            f"{report.failed:,} failed or cancelled); the report above is partial"
+        )
+    line = f"agentrt: interrupted by {exc.signal_name}; {what}"
+    _err.print(line, highlight=False, soft_wrap=True)
+    return typer.Exit(exc.exit_code)
+
+
 def main() -> None:
     """Run ``load`` as a stand-alone command (``python -m substrates.load_cli``)."""
-    typer.run(load_command)
+    restore = raise_on_signals(_CANCEL_ON)
+    try:
+        typer.run(load_command)
+    except Interrupted as exc:
+        _err.print(f"agentrt: interrupted by {exc.signal_name}", highlight=False)
+        sys.exit(exc.exit_code)
+    finally:
+        # The exit status is decided: a late signal must not change it while Python exits.
+        restore()
+        for sig in _CANCEL_ON:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -20,13 +20,14 @@ __all__ = [
     "parse_junit",
 ]
 
-LimitName = Literal["timeout", "cpu", "memory", "file_size", "processes", "open_files"]
+LimitName = Literal["timeout", "cpu", "memory", "file_size", "disk", "processes", "open_files"]
 
 _LIMIT_TEXT: dict[str, str] = {
     "timeout": "wall-clock timeout ({timeout_s:g} s)",
     "cpu": "CPU time limit ({cpu_s} s)",
     "memory": "memory limit ({memory_mib} MiB of address space)",
     "file_size": "file size limit ({file_size_mib} MiB)",
+    "disk": "disk limit ({disk_mib} MiB written in all)",
     "processes": "process limit ({max_processes} processes)",
     "open_files": "open files limit ({max_open_files})",
 }
@@ -113,6 +114,9 @@ class DebugReport(BaseModel):
     max_rss_mib: float | None = None
     peak_processes: int = 0
     leftover_processes: int = Field(default=0, description="Still running at exit; killed.")
+    isolation: str = Field(
+        default="", description="'namespaces', or 'none: why' when the kernel refused them."
+    )
 
     @property
     def ok(self) -> bool:
@@ -288,6 +292,7 @@ def _failure_message(element: ElementTree.Element) -> str:
 _ERRORS: tuple[tuple[LimitName, re.Pattern[str]], ...] = (
     ("memory", re.compile(r"\bMemoryError\b|Cannot allocate memory|std::bad_alloc|out of memory")),
     ("file_size", re.compile(r"\[Errno 27\]|File too large")),
+    ("disk", re.compile(r"\[Errno 28\]|No space left on device")),
     ("open_files", re.compile(r"\[Errno 24\]|Too many open files")),
     ("processes", re.compile(r"BlockingIOError: \[Errno 11\]|fork: retry|Cannot fork")),
 )
@@ -311,8 +316,8 @@ def infer_limit(
     """
     if supervisor_limit == "timeout":
         return "timeout"
-    if supervisor_limit == "processes":
-        return "processes"
+    if supervisor_limit in ("processes", "disk"):
+        return supervisor_limit  # type: ignore[return-value]
     if signal == "SIGXCPU" or (signal == "SIGKILL" and (cpu_time_s or 0) >= cpu_limit_s):
         return "cpu"
     if signal == "SIGXFSZ":

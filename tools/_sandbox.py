@@ -5,11 +5,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +21,9 @@ import anyio
 import anyio.to_thread
 from anyio.abc import ByteReceiveStream, Process
 
-__all__ = ["SandboxRun", "Tail", "run_sandboxed"]
+from agentrt.interrupts import on_forced_exit
+
+__all__ = ["Isolation", "SandboxRun", "Tail", "remove_tree", "run_sandboxed"]
 
 _SUPERVISOR = Path(__file__).with_name("_supervisor.py")
 # The supervisor enforces the timeout; the parent steps in only if the supervisor itself hangs.
@@ -26,6 +32,9 @@ _BACKSTOP_S = 5.0
 _DRAIN_S = 2.0
 _STOP_S = 2.0
 _KILL_ROUNDS = 100
+# Every sandboxed process carries this variable (a per-call token), so that without namespaces
+# the processes a call left behind can still be found, wherever they were re-parented.
+_MARKER = "AGENTRT_SANDBOX"
 
 
 @dataclass(slots=True)
@@ -53,6 +62,22 @@ class Tail:
 
 
 @dataclass(frozen=True, slots=True)
+class Isolation:
+    """Where the run may write and how much, and whether to ask for namespaces.
+
+    ``private`` holds the empty mount points ``scratch`` (the tmpfs), ``home``, ``tmp`` and
+    ``out``; ``overlay`` puts the run's writes to ``workdir`` in the tmpfs (a temporary
+    working directory), else they go through to it and count by polling (``workdir`` in place).
+    """
+
+    private: Path
+    workdir: Path
+    overlay: bool
+    disk_bytes: int
+    namespaces: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class SandboxRun:
     """What happened to one sandboxed command.
 
@@ -70,6 +95,7 @@ class SandboxRun:
     leftover_processes: int = 0
     cpu_time_s: float | None = None
     max_rss_kib: int | None = None
+    isolation: str = ""
 
 
 async def run_sandboxed(
@@ -83,10 +109,12 @@ async def run_sandboxed(
     max_processes: int,
     rlimits: Mapping[str, tuple[int, int]],
     tail_bytes: int,
+    isolation: Isolation | None = None,
 ) -> SandboxRun:
     """Run ``argv`` under the supervisor and wait until it and everything it started are gone.
 
-    Cancelling this call kills the whole process tree before the cancellation propagates.
+    Cancelling this call kills the whole process tree before the cancellation propagates; so
+    does a forced exit of the process (`agentrt.interrupts.on_forced_exit`).
 
     Raises:
         OSError: the supervisor could not be started (bad ``cwd``, no interpreter).
@@ -97,7 +125,19 @@ async def run_sandboxed(
         "grace_s": grace_s,
         "max_processes": max_processes,
         "rlimits": {name: list(pair) for name, pair in rlimits.items()},
+        # The supervisor stops everything, and deletes ``private``, when this process dies.
+        "parent": os.getpid(),
     }
+    if isolation is not None:
+        config.update(
+            isolate=isolation.namespaces,
+            private=str(isolation.private),
+            workdir=str(isolation.workdir),
+            overlay=isolation.overlay,
+            disk_bytes=isolation.disk_bytes,
+        )
+    token = uuid.uuid4().hex
+    env = {**env, _MARKER: token}
     command = [sys.executable, "-I", "-S", str(_SUPERVISOR), json.dumps(config), "--", *argv]
     out, err = Tail(tail_bytes), Tail(tail_bytes)
     started = anyio.current_time()
@@ -109,27 +149,34 @@ async def run_sandboxed(
         env=dict(env),
         start_new_session=True,
     )
-    try:
-        async with anyio.create_task_group() as tg:
-            assert process.stdout is not None
-            assert process.stderr is not None
-            tg.start_soon(_drain, process.stdout, out)
-            tg.start_soon(_drain, process.stderr, err)
-            with anyio.move_on_after(timeout_s + grace_s + _BACKSTOP_S):
-                await process.wait()
-            if process.returncode is None:
-                backstop_hit = True
-                await anyio.to_thread.run_sync(_kill_session, process.pid)
-                await process.wait()
-            elif not await anyio.Path(status_path).exists():
-                # The supervisor died without a report: whatever it started is unsupervised.
-                await anyio.to_thread.run_sync(_kill_session, process.pid)
-            tg.cancel_scope.deadline = anyio.current_time() + _DRAIN_S
-    finally:
-        with anyio.CancelScope(shield=True):
-            await _stop(process)
+    with on_forced_exit(partial(_kill_everything, process.pid, token)):
+        try:
+            async with anyio.create_task_group() as tg:
+                assert process.stdout is not None
+                assert process.stderr is not None
+                tg.start_soon(_drain, process.stdout, out)
+                tg.start_soon(_drain, process.stderr, err)
+                with anyio.move_on_after(timeout_s + grace_s + _BACKSTOP_S):
+                    await process.wait()
+                if process.returncode is None:
+                    backstop_hit = True
+                    await anyio.to_thread.run_sync(_kill_session, process.pid)
+                    await process.wait()
+                elif process.returncode != 0 or not await anyio.Path(status_path).exists():
+                    # The supervisor was killed or died without a report (a report may be
+                    # forged by the command when there are no namespaces): whatever it
+                    # started is unsupervised.
+                    await anyio.to_thread.run_sync(_kill_session, process.pid)
+                tg.cancel_scope.deadline = anyio.current_time() + _DRAIN_S
+        finally:
+            with anyio.CancelScope(shield=True):
+                await _stop(process)
+                status = _read_status(status_path)
+                # Without a PID namespace a process that left the session (setsid) after its
+                # supervisor was killed is found by its marker, wherever it was re-parented.
+                # Always looked for: the status cannot be trusted to say there is a namespace.
+                await anyio.to_thread.run_sync(_kill_marked, token)
     duration_s = anyio.current_time() - started
-    status = _read_status(status_path)
     if status is None:
         # The supervisor died without a report (killed by the backstop or from outside).
         code = process.returncode
@@ -155,6 +202,7 @@ async def run_sandboxed(
         leftover_processes=int(status.get("leftover_processes") or 0),
         cpu_time_s=status.get("cpu_time_s"),
         max_rss_kib=status.get("max_rss_kib"),
+        isolation=str(status.get("isolation") or ""),
     )
 
 
@@ -200,6 +248,50 @@ def _kill_session(sid: int) -> None:
         for pid in members:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def remove_tree(path: str) -> None:
+    """Delete ``path``; retried for a moment while the sandbox's mounts on it are torn down.
+
+    The kernel releases a dead namespace's mounts shortly after its last process is reaped;
+    until then their mount points cannot be removed (EBUSY).
+    """
+    for _ in range(_KILL_ROUNDS):
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+            return
+        time.sleep(0.01)
+
+
+def _kill_marked(token: str) -> None:
+    """SIGKILL every process whose environment carries this call's marker, until none is left.
+
+    Only processes whose environment we may read are found: our user's (all of them as root).
+    """
+    needle = f"{_MARKER}={token}".encode()
+    for _ in range(_KILL_ROUNDS):
+        found = []
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/environ", "rb") as f:
+                    environ = f.read()
+            except OSError:
+                continue
+            if needle in environ.split(b"\0"):
+                found.append(int(name))
+        if not found:
+            return
+        for pid in found:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _kill_everything(sid: int, token: str) -> None:
+    """For a forced exit: the supervisor's session (and so its PID namespace), then the marked."""
+    _kill_session(sid)
+    _kill_marked(token)
 
 
 def _read_status(path: Path) -> dict[str, Any] | None:

@@ -6,6 +6,8 @@ import os
 import shutil
 import sys
 import tempfile
+from functools import partial
+from importlib.metadata import entry_points
 from pathlib import Path, PurePosixPath
 from typing import Literal, Self, final
 
@@ -15,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agentrt.clock import current_clock
 from agentrt.errors import ToolError
+from agentrt.interrupts import on_forced_exit
 from agentrt.tool import ToolResult
 from tools._debug_report import (
     DebugReport,
@@ -26,7 +29,7 @@ from tools._debug_report import (
     parse_exception,
     parse_junit,
 )
-from tools._sandbox import SandboxRun, run_sandboxed
+from tools._sandbox import Isolation, SandboxRun, remove_tree, run_sandboxed
 
 __all__ = [
     "DebugArgs",
@@ -53,6 +56,7 @@ _PYTEST_CONFIGS = (
     ("pytest.toml", None), (".pytest.toml", None), ("pytest.ini", None), (".pytest.ini", None),
     ("pyproject.toml", "[tool.pytest"), ("tox.ini", "[pytest]"), ("setup.cfg", "[tool:pytest]"),
 )  # fmt: skip
+_ASYNCIO_SCOPE = "asyncio_default_fixture_loop_scope"
 
 
 class SandboxLimits(BaseModel):
@@ -73,6 +77,9 @@ class SandboxLimits(BaseModel):
     file_size_mib: int = Field(default=64, gt=0, description="Largest file written (RLIMIT_FSIZE).")
     max_processes: int = Field(default=64, gt=0, description="Live processes in the sandbox.")
     max_open_files: int = Field(default=1024, gt=0, description="Descriptors per process.")
+    disk_mib: int = Field(
+        default=256, gt=0, description="Bytes the whole run may write, all files together."
+    )
 
 
 class DebugArgs(BaseModel):
@@ -106,6 +113,7 @@ class DebugArgs(BaseModel):
     memory_mib: int | None = Field(default=None, gt=0)
     file_size_mib: int | None = Field(default=None, gt=0)
     max_processes: int | None = Field(default=None, gt=0)
+    disk_mib: int | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -164,6 +172,8 @@ class DebugTool:
         limits: default limits; each call may override them in its arguments.
         python: the interpreter for code, scripts and pytest (default: this one).
         tail_kib: how much of the end of stdout and of stderr to keep.
+        isolate: run in new PID and mount namespaces where the kernel allows it (see
+            ``docs/tools.md``); False keeps only the supervisor, rlimits and disk polling.
     """
 
     name = "debug"
@@ -180,10 +190,12 @@ class DebugTool:
         limits: SandboxLimits | None = None,
         python: str | None = None,
         tail_kib: int = 64,
+        isolate: bool = True,
     ) -> None:
         self.limits = limits or SandboxLimits()
         self.python = python or sys.executable
         self.tail_kib = tail_kib
+        self.isolate = isolate
 
     async def call(self, args: DebugArgs) -> ToolResult:
         """Run the code, script or tests; a failing run is a result with ``ok=False``.
@@ -201,23 +213,31 @@ class DebugTool:
         limits = args.effective_limits(self.limits)
         private = Path(await anyio.to_thread.run_sync(_mkdtemp))
         try:
-            workdir, argv, shown = await anyio.to_thread.run_sync(self._setup, args, private)
-            try:
-                run = await run_sandboxed(
-                    argv,
-                    cwd=workdir,
-                    env=_environment(private, self.python, args.env),
-                    status_path=private / "status.json",
-                    timeout_s=limits.timeout_s,
-                    grace_s=_GRACE_S,
-                    max_processes=limits.max_processes,
-                    rlimits=_rlimits(limits),
-                    tail_bytes=self.tail_kib * 1024,
-                )
-            except OSError as exc:
-                raise ToolError(f"cannot start the sandbox for {args.target!r}: {exc}") from exc
-            tests = await anyio.to_thread.run_sync(parse_junit, private / "junit.xml")
-            report = _report(args, shown, run, tests, limits, workdir)
+            with on_forced_exit(partial(_rmtree, private)):
+                workdir, argv, shown = await anyio.to_thread.run_sync(self._setup, args, private)
+                try:
+                    run = await run_sandboxed(
+                        argv,
+                        cwd=workdir,
+                        env=_environment(private, self.python, args.env),
+                        status_path=private / "status.json",
+                        timeout_s=limits.timeout_s,
+                        grace_s=_GRACE_S,
+                        max_processes=limits.max_processes,
+                        rlimits=_rlimits(limits),
+                        tail_bytes=self.tail_kib * 1024,
+                        isolation=Isolation(
+                            private=private,
+                            workdir=workdir,
+                            overlay=args.workdir is None,
+                            disk_bytes=limits.disk_mib * _MIB,
+                            namespaces=self.isolate,
+                        ),
+                    )
+                except OSError as exc:
+                    raise ToolError(f"cannot start the sandbox for {args.target!r}: {exc}") from exc
+                tests = await anyio.to_thread.run_sync(parse_junit, private / "out" / "junit.xml")
+                report = _report(args, shown, run, tests, limits, workdir)
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(_rmtree, private)
@@ -251,13 +271,31 @@ class DebugTool:
             argv = [*python, args.script, *args.argv]
             return argv, argv
         assert args.pytest is not None
+        config = _pytest_config(workdir, private)
         argv = [
             *python, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfE", "--tb=short",
-            "--color=no", f"--junitxml={private / 'junit.xml'}", "-o", "junit_family=xunit1",
-            f"--rootdir={workdir}", f"--confcutdir={workdir}",
-            "-c", str(_pytest_config(workdir, private)), args.pytest, *args.argv,
+            "--color=no", f"--junitxml={private / 'out' / 'junit.xml'}",
+            "-o", "junit_family=xunit1",
+            f"--rootdir={workdir}", f"--confcutdir={workdir}", "-c", str(config),
+            *self._plugin_options(config, args.env), args.pytest, *args.argv,
         ]  # fmt: skip
         return argv, argv
+
+    def _plugin_options(self, config: Path, env: dict[str, str]) -> list[str]:
+        """Settings that keep auto-loaded plugins from printing warnings into the output.
+
+        pytest-asyncio warns on every run whose config leaves its fixture loop scope unset; set
+        it to ``function`` (its future default), unless the project's config sets it, the
+        plugin is not auto-loaded (then ``-o`` of an unknown option would warn instead), or the
+        interpreter is not this one (its plugins are unknown).
+        """
+        if env.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD") or self.python != sys.executable:
+            return []
+        if _ASYNCIO_SCOPE in config.read_text(errors="replace"):
+            return []
+        if not any(ep.name == "asyncio" for ep in entry_points(group="pytest11")):
+            return []
+        return ["-o", f"{_ASYNCIO_SCOPE}=function"]
 
 
 def make_debug(
@@ -268,6 +306,8 @@ def make_debug(
     memory_mib: int = 1024,
     file_size_mib: int = 64,
     max_processes: int = 64,
+    disk_mib: int = 256,
+    isolate: bool = True,
 ) -> DebugTool:
     """Registry factory for ``debug`` (``seed`` is accepted for uniformity; nothing is random)."""
     del seed
@@ -278,7 +318,9 @@ def make_debug(
             memory_mib=memory_mib,
             file_size_mib=file_size_mib,
             max_processes=max_processes,
-        )
+            disk_mib=disk_mib,
+        ),
+        isolate=isolate,
     )
 
 
@@ -287,12 +329,13 @@ def _mkdtemp() -> str:
 
 
 def _rmtree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+    remove_tree(str(path))
 
 
 def _prepare(args: DebugArgs, private: Path) -> Path:
     """Make the private directories and the working directory; write ``files``."""
-    for sub in ("home", "tmp"):
+    # scratch: the tmpfs mount point; out: where pytest writes its report.
+    for sub in ("home", "tmp", "scratch", "out"):
         (private / sub).mkdir()
     if args.workdir is not None:
         workdir = Path(args.workdir).resolve()
@@ -368,7 +411,7 @@ def _pytest_config(workdir: Path, private: Path) -> Path:
         path = workdir / name
         if path.is_file() and (section is None or section in path.read_text(errors="replace")):
             return path
-    empty = private / "pytest.ini"
+    empty = private / "out" / "pytest.ini"  # out/ is what the sandbox sees of the private dir
     empty.write_text("[pytest]\n")
     return empty
 
@@ -412,4 +455,5 @@ def _report(
         max_rss_mib=None if run.max_rss_kib is None else run.max_rss_kib / 1024,
         peak_processes=run.peak_processes,
         leftover_processes=run.leftover_processes,
+        isolation=run.isolation,
     )
