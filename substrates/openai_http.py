@@ -157,7 +157,14 @@ class OpenAIHTTPSubstrate:
                 raise ValueError(f"{label} must be positive, got {value}")
         self.name = name
         self.model = model
-        self.base_url = httpx.URL(base_url.rstrip("/") + "/")
+        try:
+            self.base_url = httpx.URL(base_url.rstrip("/") + "/")
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"base_url is not a URL ({exc})") from None
+        if self.base_url.scheme not in ("http", "https"):
+            raise ValueError(
+                "base_url must be an http:// or https:// URL, e.g. http://host:8000/v1"
+            )
         self.provider = provider or _provider_from(self.base_url)
         self.connect_timeout_s = connect_timeout_s
         self.first_token_timeout_s = first_token_timeout_s
