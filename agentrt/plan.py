@@ -461,11 +461,13 @@ class Plan(BaseModel):
             raise PlanError(
                 "a plan file must be an object with `name` and `steps`", path=source, line=1
             )
-        return cls._from_data(data, source=source, text=text)
+        return cls._from_data(data, source=source, text=text, shared=False)
 
     @classmethod
-    def _from_data(cls, data: dict[str, Any], *, source: str, text: str | None = None) -> Plan:
-        _check_size(data, source)
+    def _from_data(
+        cls, data: dict[str, Any], *, source: str, text: str | None = None, shared: bool = True
+    ) -> Plan:
+        _check_size(data, source, shared=shared)
         lines = _Lines(text)
         steps = data.get("steps")
         if isinstance(steps, list):
@@ -595,12 +597,22 @@ def _too_deep() -> str:
     )
 
 
-def _check_size(data: object, source: str) -> None:
+def _check_size(data: object, source: str, *, shared: bool) -> None:
     """Refuse nesting past MAX_PLAN_DEPTH and alias bombs, before pydantic walks the data.
 
     Iterative (no recursion) and linear in the distinct mappings and lists: a mapping or list
     reached again is a YAML alias; its expanded size is remembered, not walked again.
     """
+    if not shared:  # JSON: a tree, nothing to expand; only the depth is checked
+        todo: list[tuple[Any, int]] = [(data, 1)]
+        while todo:
+            value, depth = todo.pop()
+            if depth > MAX_PLAN_DEPTH:
+                raise PlanError(_too_deep(), path=source)
+            for child in value.values() if type(value) is dict else value:
+                if type(child) is dict or type(child) is list:
+                    todo.append((child, depth + 1))
+        return
     sizes: dict[int, int] = {}
     heights: dict[int, int] = {}
     on_path: set[int] = set()

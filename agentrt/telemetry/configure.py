@@ -43,16 +43,31 @@ def parse_trace_target(spec: str) -> TraceTarget:
         PosixPath('run.json')
 
     Raises:
-        ConfigError: anything else, with the accepted forms.
+        ConfigError: anything else, with the accepted forms; a ``jaeger-json`` path whose folder
+            does not exist (agentrt does not create folders) or that is a directory.
     """
     kind, _, rest = spec.partition(":")
     if kind == "jaeger-json":
         if not rest:
             raise ConfigError(f"--trace jaeger-json needs a file: jaeger-json:PATH (got {spec!r})")
-        return TraceTarget("jaeger-json", Path(rest))
+        return TraceTarget("jaeger-json", _trace_file(Path(rest)))
     if kind in ("otlp", "otlp-grpc", "console", "none") and not rest:
         return TraceTarget(kind)  # type: ignore[arg-type]
     raise ConfigError(f"unknown trace target {spec!r}; use {_FORMS}")
+
+
+def _trace_file(path: Path) -> Path:
+    """Check a trace file's path up front: its folder must exist (it is never created)."""
+    parent = path.parent
+    if path.is_dir():
+        raise ConfigError(f"--trace jaeger-json:{path}: {path} is a directory; name a file in it")
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise ConfigError(
+            f"--trace jaeger-json:{path}: the folder {parent} {what}; "
+            "create it first or pick another path"
+        )
+    return path
 
 
 class _GuardedExporter:
