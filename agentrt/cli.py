@@ -7,7 +7,7 @@ import json
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 import typer
@@ -93,7 +93,7 @@ def _print_large_run(result: RunResult, report: Attribution) -> None:
     path = report.critical_path
     if len(path) > 2 * _LARGE_RUN_ROWS:
         hidden = len(path) - _LARGE_RUN_ROWS - 1
-        path = (*path[: _LARGE_RUN_ROWS], f"({hidden:,} more)", path[-1])
+        path = (*path[:_LARGE_RUN_ROWS], f"({hidden:,} more)", path[-1])
     colour = "green" if result.status == "succeeded" else "red"
     _out.print(
         f"run {result.run_id} · {result.plan} · {result.clock} time · {len(result.steps):,} steps "
@@ -116,8 +116,10 @@ def _print_large_run(result: RunResult, report: Attribution) -> None:
 
 
 def _tracer_provider(telemetry: Telemetry) -> Any:
-    """The provider for the agent: a no-op one with ``--trace none`` (spans nobody reads cost
-    about a third of a long virtual run)."""
+    """The agent's tracer provider: a no-op one with ``--trace none``.
+
+    Recording spans that nobody reads cost about a third of a long virtual run.
+    """
     if telemetry.target.kind == "none":
         return NoOpTracerProvider()
     return telemetry.tracer_provider

@@ -609,9 +609,8 @@ def _check_size(data: object, source: str, *, shared: bool) -> None:
             value, depth = todo.pop()
             if depth > MAX_PLAN_DEPTH:
                 raise PlanError(_too_deep(), path=source)
-            for child in value.values() if type(value) is dict else value:
-                if type(child) is dict or type(child) is list:
-                    todo.append((child, depth + 1))
+            children = value.values() if type(value) is dict else value
+            todo.extend((c, depth + 1) for c in children if type(c) is dict or type(c) is list)
         return
     sizes: dict[int, int] = {}
     heights: dict[int, int] = {}
@@ -769,12 +768,12 @@ def _templated(args: Mapping[str, JsonValue], loc: Sequence[str | int]) -> bool:
     for key in loc:
         if isinstance(value, str):
             break
-        if (isinstance(value, dict) and isinstance(key, str) and key in value) or (
-            isinstance(value, list) and isinstance(key, int) and 0 <= key < len(value)
-        ):
+        if isinstance(value, dict) and isinstance(key, str) and key in value:
             value = value[key]
-        else:
+            continue
+        if not (isinstance(value, list) and isinstance(key, int) and 0 <= key < len(value)):
             return False
+        value = value[key]
     return isinstance(value, str) and "{{" in value
 
 

@@ -1,4 +1,4 @@
-"""The command line vs the library: ``agentrt run`` of an N-step chain, against the same run in code.
+"""The command line vs the library: ``agentrt run`` of an N-step chain vs the same run in code.
 
 Run: ``.venv/bin/python benchmarks/cli.py [--steps N] [--repeat R]``.
 Target: ``agentrt run PLAN.json -s fixed --virtual --json`` within 1.5x of the library's wall time
