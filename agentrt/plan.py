@@ -476,7 +476,6 @@ class Plan(BaseModel):
                     f"the plan has {len(steps):,} steps; at most {MAX_PLAN_STEPS:,} "
                     "(agentrt.plan.MAX_PLAN_STEPS) are allowed: split it into several plans",
                     path=source,
-                    line=lines.of(("steps",)),
                 )
             # Unknown keys first, with the line of the key itself and a did-you-mean.
             for index, raw in enumerate(steps):
