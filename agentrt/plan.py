@@ -420,6 +420,7 @@ class Plan(BaseModel):
                 `MAX_PLAN_VALUES`, `MAX_PLAN_STEPS`) or an invalid plan, with ``source:line``
                 when known.
         """
+        _check_length(text, source)
         try:
             data = yaml.load(text, Loader=_FastLoader)
         except yaml.MarkedYAMLError as exc:
@@ -451,6 +452,7 @@ class Plan(BaseModel):
             PlanError: malformed JSON, a limit exceeded or an invalid plan, with
                 ``source:line`` when known.
         """
+        _check_length(text, source)
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -578,15 +580,23 @@ def _read_bounded(p: Path) -> str:
     finally:
         os.close(fd)
     if len(raw) > MAX_PLAN_BYTES:
-        raise PlanError(
-            f"the file is larger than {MAX_PLAN_BYTES // (1024 * 1024)} MiB "
-            "(agentrt.plan.MAX_PLAN_BYTES); split the plan into several",
-            path=str(p),
-        )
+        raise PlanError(_too_large(), path=str(p))
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PlanError(f"cannot read the plan file: not UTF-8 text ({exc})", path=str(p)) from exc
+
+
+def _check_length(text: str, source: str) -> None:
+    if len(text) > MAX_PLAN_BYTES:  # characters: at least as many bytes in UTF-8
+        raise PlanError(_too_large(), path=source)
+
+
+def _too_large() -> str:
+    return (
+        f"the file is larger than {MAX_PLAN_BYTES // (1024 * 1024)} MiB "
+        "(agentrt.plan.MAX_PLAN_BYTES); split the plan into several"
+    )
 
 
 def _too_deep() -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -67,6 +68,15 @@ def _trace_file(path: Path) -> Path:
             f"--trace jaeger-json:{path}: the folder {parent} {what}; "
             "create it first or pick another path"
         )
+    try:  # the file is written at exit: find out now whether it can be
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".agentrt-trace-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(
+            f"--trace jaeger-json:{path}: cannot write in {parent} ({exc.strerror or exc}); "
+            "pick another path"
+        ) from None
     return path
 
 

@@ -191,6 +191,11 @@ def test_a_trace_file_in_a_missing_folder_is_refused_and_nothing_is_created(
         )
     )
     assert "the folder /dev/null/sub" in line
+    if Path("/proc").is_dir():  # exists, but nothing can be created in it (not even by root)
+        line = one_error_line(
+            agentrt_cli("run", str(RESEARCH), "-s", "fixed", "--trace", "jaeger-json:/proc/t.json")
+        )
+        assert "cannot write in /proc" in line
 
 
 @pytest.mark.parametrize("content", ['{"hello":"world","data":3}', "[1,2]", '"hello"', "{}"])

@@ -47,6 +47,14 @@ def test_a_file_over_the_size_limit_is_refused_without_reading_it_all(tmp_path: 
         load_plan(path)
 
 
+def test_text_over_the_size_limit_is_refused_in_python_too() -> None:
+    text = "name: x\nsteps:\n  - id: a\n    prompt: " + "y" * MAX_PLAN_BYTES + "\n"
+    with pytest.raises(PlanError, match=r"MAX_PLAN_BYTES"):
+        Plan.from_yaml(text)
+    with pytest.raises(PlanError, match=r"MAX_PLAN_BYTES"):
+        Plan.from_json(text)
+
+
 @pytest.mark.parametrize("special", ["/dev/zero", "fifo", "dir"])
 def test_devices_fifos_and_directories_are_refused(tmp_path: Path, special: str) -> None:
     if special == "fifo":
