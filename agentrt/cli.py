@@ -16,6 +16,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+# typer >= 0.23 carries its own copy of click: its exceptions are the ones its commands raise.
+from typer._click.exceptions import NoArgsIsHelpError as _NoArgsIsHelpError
+from typer._click.exceptions import UsageError as _UsageError
+
 from agentrt import __version__
 from agentrt import cli_options as opt
 from agentrt.agent import Agent, AgentRun
@@ -556,7 +560,22 @@ def main() -> None:
     if not argv or argv[0] not in _KERNEL_COMMANDS:
         _load_plugin_commands()
     try:
-        app()
+        code = app(standalone_mode=False)
+    except _NoArgsIsHelpError as exc:  # `agentrt` alone: the help, as typer prints it
+        from typer import rich_utils
+
+        rich_utils.rich_format_error(exc)
+        sys.exit(exc.exit_code)
+    except _UsageError as exc:
+        # click's usage errors (a missing argument, `--seed abc`, `--trials 0`, a misspelt
+        # flag) as one line, like every other input error.
+        where = exc.ctx.command_path if exc.ctx is not None else "agentrt"
+        message = " ".join(exc.format_message().split())
+        _err.print(
+            f"[bold red]error:[/] {message} (see `{where} --help`)", highlight=False, soft_wrap=True
+        )
+        sys.exit(2)
     except KeyboardInterrupt:
         _err.print("interrupted")
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

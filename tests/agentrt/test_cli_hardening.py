@@ -299,3 +299,27 @@ def test_predict_help_lists_every_preset() -> None:
     for name in PRESETS:
         assert name in proc.stdout
     assert agentrt_cli("predict", "-s", "tpu-v5e", "--json").returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["run"], "error: Missing argument 'PLAN'. (see `"),
+        (["run", str(RESEARCH), "--seed", "abc"], "Invalid value for '--seed'"),
+        (
+            ["run", str(RESEARCH), "--modle", "m"],
+            "No such option: --modle (Possible options: --model)",
+        ),
+        (["compare", str(RESEARCH), "--substrates", "fixed", "--trials", "0"], "'--trials'"),
+        (["bogus"], "No such command 'bogus'."),
+    ],
+)
+def test_usage_errors_are_one_line_too(args: list[str], expected: str) -> None:
+    assert expected in one_error_line(agentrt_cli(*args))
+
+
+def test_agentrt_alone_still_prints_the_help() -> None:
+    proc = agentrt_cli()
+    assert "Usage: " in proc.stdout + proc.stderr
+    assert "COMMAND" in proc.stdout + proc.stderr
+    assert "error:" not in proc.stderr
