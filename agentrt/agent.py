@@ -24,6 +24,7 @@ from tenacity import RetryCallState
 from agentrt._timeouts import AttemptTimeouts
 from agentrt.clock import Clock, VirtualClock, current_clock
 from agentrt.errors import ConfigError, PlanError, StepFailed, StepTimeout, ToolError
+from agentrt.log import get_logger
 from agentrt.plan import (
     Plan,
     RetryPolicy,
@@ -35,6 +36,7 @@ from agentrt.plan import (
     template_refs,
 )
 from agentrt.policy import Policy, RunState
+from agentrt.redact import redact
 from agentrt.result import RunResult, RunStatus, StepResult, StepStatus
 from agentrt.retry import is_retryable, retrying
 from agentrt.substrate import InferenceRequest, InferenceResult, Message, Substrate
@@ -43,7 +45,7 @@ from agentrt.tool import Tool, ToolResult
 
 __all__ = ["Agent", "AgentRun"]
 
-_log_proxy = structlog.get_logger("agentrt.agent")
+_log_proxy = get_logger("agentrt.agent")
 
 _State = Literal["pending", "running", "succeeded", "failed", "cancelled", "skipped"]
 _DEFAULT_MAX_STEPS = 50
@@ -670,7 +672,7 @@ class AgentRun:
     def _fail(self, reason: str, *, step_id: str | None) -> None:
         if self._status is None:
             self._status = "failed"
-            self._error = reason
+            self._error = redact(reason)
             self._failed_step = step_id
 
     def _close_records(self) -> None:
@@ -757,13 +759,19 @@ def _logs_read_contextvars() -> bool:
     They do by default and in every `agentrt.log.configure_logging` level but ``off``; when they
     do not, binding a step's ids to context variables would buy nothing.
     """
+    if not structlog.is_configured():
+        return False  # agentrt's loggers are silent (agentrt.log.get_logger)
     processors = structlog.get_config().get("processors", ())
     return structlog.contextvars.merge_contextvars in processors
 
 
 def _retry_s(record: _StepRecord) -> float:
-    """Time the step spent before its last attempt: failed attempts and back-off."""
-    if record.start is None or record.last_attempt_start is None:
+    """Time the step spent before its last attempt: failed attempts and back-off.
+
+    Zero for a step tried once: the moment between its start and its only attempt is the
+    runtime's own overhead, not a retry.
+    """
+    if record.start is None or record.last_attempt_start is None or record.attempts <= 1:
         return 0.0
     return record.last_attempt_start - record.start
 
@@ -781,7 +789,7 @@ def _describe(error: BaseException | None) -> str | None:
     if error is None:
         return None
     cause = error.__cause__ if isinstance(error, StepFailed) else error
-    return f"{type(cause).__name__}: {cause}" if cause is not None else str(error)
+    return redact(f"{type(cause).__name__}: {cause}" if cause is not None else str(error))
 
 
 def _render_args(

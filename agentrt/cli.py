@@ -28,8 +28,15 @@ from agentrt.compare import Comparison, compare
 from agentrt.errors import AgentrtError, ConfigError
 from agentrt.log import configure_logging
 from agentrt.plan import Plan, load_plan
+from agentrt.redact import redact
 from agentrt.registry import default_registry
-from agentrt.render import print_comparison, print_report, print_run, print_waterfall
+from agentrt.render import (
+    print_comparison,
+    print_report,
+    print_run,
+    print_waterfall,
+    terminal_console,
+)
 from agentrt.report import Attribution, from_run, load_trace_file
 from agentrt.result import RunResult
 from agentrt.telemetry.configure import Telemetry, configure, parse_trace_target
@@ -50,7 +57,7 @@ app = typer.Typer(
     cls=opt.Group,
 )
 # Piped output keeps full-width tables instead of rich's 80-column default.
-_out = Console(width=None if sys.stdout.isatty() else 200)
+_out = terminal_console()
 _err = Console(stderr=True)
 
 
@@ -71,16 +78,20 @@ def _root(
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    _err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    _err.print(f"[bold red]error:[/] {redact(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
 def _print_json(data: object) -> None:
-    """JSON on stdout: pretty and coloured on a terminal, plain and fast (C encoder) otherwise."""
+    """JSON on stdout: pretty and coloured on a terminal, plain and fast (C encoder) otherwise.
+
+    The text is redacted first: step text and tool output are a server's data.
+    """
+    text = redact(json.dumps(data))
     if _out.is_terminal:
-        _out.print_json(json.dumps(data))
+        _out.print_json(text)
     else:
-        sys.stdout.write(json.dumps(data))
+        sys.stdout.write(text)
         sys.stdout.write("\n")
         sys.stdout.flush()
 
@@ -112,7 +123,7 @@ def _print_large_run(result: RunResult, report: Attribution) -> None:
         highlight=False,
     )
     if result.error:
-        _out.print(f"[red]reason:[/] {result.error}", highlight=False)
+        _out.print(f"[red]reason:[/] {redact(result.error)}", highlight=False)
     _out.print()
     trimmed = report.model_copy(update={"steps": tuple(shown), "critical_path": path})
     print_report(_out, trimmed)

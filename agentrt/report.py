@@ -4,8 +4,10 @@ The same attribution is computed from a `RunResult` (right after a run) or from 
 agentrt wrote (Jaeger JSON, or OTLP JSON), so what the terminal shows and what Jaeger shows agree.
 
 Invariant: along the critical path, queue + network + prefill + decode + comm + tool + retry +
-overhead equals the end-to-end time; ``overhead`` is what the runtime itself and the gaps between
-steps cost, so it is the one category computed as a remainder.
+failed + overhead equals the end-to-end time. ``retry`` is the time before a step's final attempt
+(failed attempts and back-off), ``failed`` the final attempt of a step that failed or was
+cancelled (its model call or tool never produced a result to split), and ``overhead`` what the
+runtime itself and the gaps between steps cost: the one category computed as a remainder.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from agentrt.telemetry import semconv as sc
 
 __all__ = [
     "CATEGORIES",
+    "LABELS",
     "Attribution",
     "StepAttribution",
     "attribute",
@@ -41,8 +44,11 @@ CATEGORIES = (
     "comm_s",
     "tool_s",
     "retry_s",
+    "failed_s",
     "overhead_s",
 )
+#: How each category is named on screen.
+LABELS = {name: name.removesuffix("_s") for name in CATEGORIES}
 _TIMING = ("queue_s", "network_s", "prefill_s", "decode_s", "comm_s")
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -64,8 +70,14 @@ class StepAttribution(BaseModel):
     decode_s: float = 0.0
     comm_s: float = 0.0
     tool_s: float = 0.0
-    retry_s: float = 0.0
+    retry_s: float = Field(
+        default=0.0, description="Before the final attempt: failed attempts and back-off."
+    )
+    failed_s: float = Field(
+        default=0.0, description="The final attempt of a step that failed or was cancelled."
+    )
     overhead_s: float = Field(default=0.0, description="Latency not explained by the others.")
+    substrate: str | None = Field(default=None, description="Substrate of the model call.")
     share: float = Field(default=0.0, description="latency_s / e2e_s of the run.")
     critical: bool = False
     waits_for: tuple[str, ...] = ()
@@ -87,6 +99,11 @@ class Attribution(BaseModel):
         description="What the run would take if nothing ran in parallel."
     )
     trace_id: str | None = None
+
+    @property
+    def substrates(self) -> tuple[str, ...]:
+        """The substrates the run's model calls went to, in order of first use."""
+        return tuple(dict.fromkeys(s.substrate for s in self.steps if s.substrate))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -158,10 +175,13 @@ def _step(
     tool_s: float,
     retry_s: float,
     waits_for: Iterable[str],
+    substrate: str | None,
 ) -> StepAttribution:
     latency = end_s - start_s
     parts = [float(timing.get(name, 0.0)) for name in _TIMING]
     queue, network, prefill, decode, comm = parts
+    # A step that did not succeed has no result to split: its final attempt is its own category.
+    failed = 0.0 if status == "succeeded" else max(0.0, latency - retry_s - sum(parts) - tool_s)
     return StepAttribution(
         id=id,
         kind=kind,
@@ -176,8 +196,10 @@ def _step(
         comm_s=comm,
         tool_s=tool_s,
         retry_s=retry_s,
-        overhead_s=latency - sum(parts) - tool_s - retry_s,
+        failed_s=failed,
+        overhead_s=latency - sum(parts) - tool_s - retry_s - failed,
         waits_for=tuple(waits_for),
+        substrate=substrate,
     )
 
 
@@ -206,6 +228,7 @@ def from_run(result: RunResult) -> Attribution:
                     end_s=-1.0,
                     latency_s=0.0,
                     waits_for=s.waits_for,
+                    substrate=s.substrate,
                 )
             )
             continue
@@ -221,6 +244,7 @@ def from_run(result: RunResult) -> Attribution:
                 tool_s=s.tool_s if s.status == "succeeded" else 0.0,
                 retry_s=s.retry_s,
                 waits_for=s.waits_for,
+                substrate=s.substrate,
             )
         )
     return attribute(
@@ -275,7 +299,10 @@ def _from_spans(spans: Sequence[_Span], trace_id: str) -> list[Attribution]:
             attempts = int(a.get(sc.STEP_ATTEMPTS, 1))
             timing: dict[str, float] = {}
             tool_s = 0.0
+            substrate: str | None = None
             for child in children.get(step.id, []):
+                if substrate is None and child.attrs.get(sc.SUBSTRATE):
+                    substrate = str(child.attrs[sc.SUBSTRATE])
                 if child.attrs.get(sc.ATTEMPT, attempts) != attempts or status != "succeeded":
                     continue
                 op = child.attrs.get(sc.OPERATION_NAME)
@@ -297,6 +324,7 @@ def _from_spans(spans: Sequence[_Span], trace_id: str) -> list[Attribution]:
                     tool_s=tool_s,
                     retry_s=float(a.get(sc.STEP_RETRY_S, 0.0)),
                     waits_for=[str(w) for w in waits],
+                    substrate=substrate,
                 )
             )
         steps.sort(key=lambda s: (int(_attr(children, root, s.id, sc.STEP_INDEX) or 0), s.start_s))

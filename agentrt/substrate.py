@@ -38,33 +38,59 @@ class Message(BaseModel):
 class InferenceRequest(BaseModel):
     """One inference call: what to generate and the hints a substrate needs to time it.
 
+    A substrate reads the conversation from ``messages`` (or all of it as one string from the
+    ``prompt_text`` property), generates at most ``max_output_tokens`` tokens, and may use the
+    other fields as hints. The agent loop fills ``run_id``, ``step_id``, ``step_kind``, ``slo``,
+    ``substrate_hint`` and ``priority`` from the plan's step. There is no ``prompt`` field:
+    read ``prompt_text`` (a wrong name raises an AttributeError naming the right one).
+
     Example:
         >>> req = InferenceRequest.from_prompt("Plan a fix.", max_output_tokens=200)
-        >>> req.max_output_tokens
-        200
+        >>> req.prompt_text, req.max_output_tokens, req.messages[0].role
+        ('Plan a fix.', 200, 'user')
+        >>> req.estimated_prompt_tokens()  # no prompt_tokens hint: ~4 characters per token
+        7
+        >>> req.prompt
+        Traceback (most recent call last):
+        AttributeError: InferenceRequest has no attribute 'prompt'; use 'prompt_text' (all \
+messages joined) or 'messages'
     """
 
     model_config = _FROZEN
 
-    messages: tuple[Message, ...] = Field(min_length=1)
+    messages: tuple[Message, ...] = Field(
+        min_length=1, description="The conversation, oldest first; at least one message."
+    )
     model: str | None = Field(default=None, description="Model name; None = substrate default.")
-    max_output_tokens: Annotated[int, Field(ge=1)] = 256
+    max_output_tokens: Annotated[int, Field(ge=1)] = Field(
+        default=256, description="Generate at most this many tokens."
+    )
     prompt_tokens: NonNegativeInt | None = Field(
         default=None,
         description="Prompt length in tokens if the caller knows it (a hint for emulated engines); "
         "None = the substrate counts or estimates.",
     )
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    seed: int | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = Field(
+        default=None, description="Sampling temperature in [0, 2]; None = substrate default."
+    )
+    seed: int | None = Field(default=None, description="Sampling seed, for reproducible output.")
     # Routing and accounting context, filled by the agent loop.
-    run_id: str | None = None
-    step_id: str | None = None
-    step_kind: str | None = None
+    run_id: str | None = Field(default=None, description="The run this call belongs to.")
+    step_id: str | None = Field(default=None, description="The plan step making the call.")
+    step_kind: str | None = Field(
+        default=None, description="That step's kind: think, search, debug, answer, ..."
+    )
     slo: str | None = Field(default=None, description="SLO class, e.g. 'interactive' or 'batch'.")
     substrate_hint: str | None = Field(
         default=None, description="Preferred substrate name (used by routers)."
     )
     priority: int = Field(default=0, description="Higher is served first by emulated engines.")
+
+    def __getattr__(self, name: str) -> object:
+        hint = _REQUEST_HINTS.get(name)
+        if hint is not None:
+            raise AttributeError(f"InferenceRequest has no attribute {name!r}; use {hint}")
+        return super().__getattr__(name)  # type: ignore[misc]
 
     @classmethod
     def from_prompt(cls, prompt: str, **fields: object) -> InferenceRequest:
@@ -83,6 +109,19 @@ class InferenceRequest(BaseModel):
         chars = sum(len(m.content) for m in self.messages)
         # Chat templates add a few tokens per message around the content.
         return max(1, (chars + 3) // 4 + 4 * len(self.messages))
+
+
+#: Names people reach for on a request, and what to use instead.
+_REQUEST_HINTS = {
+    "prompt": "'prompt_text' (all messages joined) or 'messages'",
+    "text": "'prompt_text' (all messages joined) or 'messages'",
+    "content": "'prompt_text' (all messages joined) or 'messages'",
+    "max_tokens": "'max_output_tokens'",
+    "max_new_tokens": "'max_output_tokens'",
+    "input_tokens": "'prompt_tokens' (a hint, may be None) or 'estimated_prompt_tokens()'",
+    "step": "'step_id' or 'step_kind'",
+    "kind": "'step_kind'",
+}
 
 
 class Timing(BaseModel):

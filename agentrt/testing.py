@@ -389,8 +389,26 @@ def fixed_substrate(
     )
 
 
+def _substrate_from(make: object) -> Substrate:
+    """The substrate to check: ``make`` itself, or what calling it (a class or factory) returns."""
+    # A class has the protocol's attributes too (isinstance(MyEngine, Substrate) holds), so a
+    # class is always instantiated, never used as the substrate.
+    if isinstance(make, type) or (callable(make) and not isinstance(make, Substrate)):
+        try:
+            sub = make()
+        except TypeError as exc:
+            raise TypeError(
+                f"check_substrate could not call {make!r} without arguments ({exc}); pass an "
+                "instance or a factory, e.g. check_substrate(lambda: MyEngine(...))"
+            ) from exc
+    else:
+        sub = make
+    assert isinstance(sub, Substrate), f"{sub!r} does not implement the Substrate protocol"
+    return sub
+
+
 async def check_substrate(
-    make: Callable[[], Substrate] | Substrate,
+    make: type[Substrate] | Callable[[], Substrate] | Substrate,
     *,
     floor_s: Callable[[InferenceRequest], float] | None = None,
     max_output_tokens: int = 16,
@@ -405,16 +423,18 @@ async def check_substrate(
     is faster than the physical floor.
 
     Example:
-        >>> async def test_my_substrate() -> None:
-        ...     await check_substrate(lambda: FixedLatencySubstrate(latency_s=0.01))
+        >>> from agentrt import VirtualClock, run
+        >>> run(check_substrate, lambda: FixedLatencySubstrate(latency_s=0.01),
+        ...     clock=VirtualClock())
+        >>> run(check_substrate, FixedLatencySubstrate(latency_s=0.01), clock=VirtualClock())
 
     Args:
-        make: a substrate, or a factory returning a fresh one.
+        make: a substrate instance, a class whose constructor needs no arguments, or a factory
+            (any callable) returning a fresh one.
         floor_s: the least e2e time physics allows for a request, if known.
         max_output_tokens: the output length of the probe requests.
     """
-    sub = make() if callable(make) and not isinstance(make, Substrate) else make
-    assert isinstance(sub, Substrate), f"{sub!r} does not implement the Substrate protocol"
+    sub = _substrate_from(make)
     assert isinstance(sub.name, str), "a substrate's name must be a string"
     assert sub.name, "a substrate needs a non-empty name"
     clock = current_clock()

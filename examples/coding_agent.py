@@ -223,11 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     finally:
         shutil.rmtree(workdir.parent, ignore_errors=True)
-    from rich.console import Console
-
+    from agentrt.render import terminal_console
     from agentrt.report import from_run
 
-    console = Console(width=None if sys.stdout.isatty() else 140)
+    console = terminal_console(piped_width=140)
     print_run(console, result)
     report = from_run(result)
     print_report(console, report)

@@ -13,8 +13,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rich.console import Console
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from coding_agent import build_plan, copy_project, make_substrate, make_tools
@@ -22,7 +20,7 @@ from coding_agent import build_plan, copy_project, make_substrate, make_tools
 from agentrt import VirtualClock, run
 from agentrt.compare import compare
 from agentrt.log import configure_logging
-from agentrt.render import print_comparison
+from agentrt.render import print_comparison, terminal_console
 from agentrt.telemetry import configure
 
 
@@ -54,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     finally:
         telemetry.shutdown()
-    console = Console(width=None if sys.stdout.isatty() else 140)
+    console = terminal_console(piped_width=140)
     print_comparison(console, comparison)
     fastest = max(comparison.speedup, key=lambda n: comparison.speedup[n])
     console.print(

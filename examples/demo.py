@@ -21,7 +21,6 @@ from pathlib import Path
 import anyio
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -29,18 +28,30 @@ from coding_agent import build_plan, copy_project, make_substrate, make_tools
 
 from agentrt import Agent, AgentRun, RunResult, VirtualClock, run
 from agentrt.log import configure_logging
-from agentrt.render import print_report, print_run, print_waterfall
+from agentrt.render import (
+    Column,
+    print_report,
+    print_run,
+    print_table,
+    print_waterfall,
+    terminal_console,
+)
 from agentrt.report import from_run
 from agentrt.telemetry import Telemetry, configure
 
 
-def _trace_target(spec: str | None) -> str:
-    if spec:
-        return spec
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-        return "otlp"
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return f"jaeger-json:{Path(tempfile.gettempdir()) / f'agentrt-demo-{stamp}.json'}"
+def _trace_targets(spec: str | None, names: list[str]) -> dict[str, str]:
+    """One trace target per substrate: a Jaeger JSON file each gets its own ``-NAME`` file."""
+    if not spec:
+        if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+            spec = "otlp"
+        else:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            spec = f"jaeger-json:{Path(tempfile.gettempdir()) / f'agentrt-demo-{stamp}.json'}"
+    if not spec.startswith("jaeger-json:") or len(names) == 1:
+        return dict.fromkeys(names, spec)
+    path = Path(spec.removeprefix("jaeger-json:"))
+    return {n: f"jaeger-json:{path.with_name(f'{path.stem}-{n}{path.suffix}')}" for n in names}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,12 +60,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--substrates", default="wse3,h100")
     parser.add_argument("--model", default="llama-3.1-70b")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--trace", default=None, help="otlp | jaeger-json:PATH | console | none")
+    parser.add_argument(
+        "--trace",
+        default=None,
+        help="otlp | jaeger-json:PATH (one file per substrate: PATH-NAME.json) | console | none",
+    )
     args = parser.parse_args(argv)
     configure_logging(level="warning")
-    console = Console(width=None if sys.stdout.isatty() else 140)
+    console = terminal_console(piped_width=140)
     names = [n.strip() for n in args.substrates.split(",") if n.strip()]
-    telemetry = configure(_trace_target(args.trace), service_name="agentrt-demo", set_global=False)
+    telemetry = {
+        name: configure(target, service_name=f"agentrt-demo-{name}", set_global=False)
+        for name, target in _trace_targets(args.trace, names).items()
+    }
     scratch = Path(tempfile.mkdtemp(prefix="agentrt-demo-"))
     try:
         prepared = {}
@@ -66,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                 tools=make_tools(virtual=args.virtual, seed=args.seed),
                 name=f"coding-agent@{name}",
                 seed=args.seed,
-                tracer_provider=telemetry.tracer_provider,
+                tracer_provider=telemetry[name].tracer_provider,
             )
             prepared[name] = agent.prepare(build_plan(workdir))
         mode = "virtual time" if args.virtual else "real time"
@@ -78,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             _race, prepared, console, args.virtual, clock=VirtualClock() if args.virtual else None
         )
     finally:
-        telemetry.shutdown()
+        for each in telemetry.values():
+            each.shutdown()
         shutil.rmtree(scratch, ignore_errors=True)
     for name, result in results.items():
         console.rule(f"{name}")
@@ -130,20 +149,27 @@ async def _race(
 
 def _print_comparison(console: Console, results: dict[str, RunResult]) -> None:
     names = list(results)
-    table = Table(title="end to end, side by side (ms)", title_justify="left")
-    table.add_column("step")
-    for name in names:
-        table.add_column(name, justify="right")
     first = results[names[0]]
-    for step in first.steps:
-        table.add_row(step.id, *(f"{results[n].step(step.id).latency_s * 1000:.1f}" for n in names))
-    table.add_row("end to end", *(f"{results[n].e2e_s * 1000:.1f}" for n in names), style="bold")
-    table.add_row("tests after the fix", *(_tests(results[n]) for n in names))
-    table.add_row(
-        "cost / energy",
-        *(f"${results[n].cost_usd:.4f} / {results[n].energy_j / 1000:.1f} kJ" for n in names),
+    rows = [
+        [step.id, *(f"{results[n].step(step.id).latency_s * 1000:.1f}" for n in names)]
+        for step in first.steps
+    ]
+    rows.append(
+        ["[bold]end to end[/]", *(f"[bold]{results[n].e2e_s * 1000:.1f}[/]" for n in names)]
     )
-    console.print(table)
+    rows.append(["tests after the fix", *(_tests(results[n]) for n in names)])
+    rows.append(
+        [
+            "cost / energy",
+            *(f"${results[n].cost_usd:.4f} / {results[n].energy_j / 1000:.1f} kJ" for n in names),
+        ]
+    )
+    print_table(
+        console,
+        [Column("step", "left"), *(Column(n) for n in names)],
+        rows,
+        title="end to end, side by side (ms)",
+    )
     slowest = max(names, key=lambda n: results[n].e2e_s)
     for name in names:
         e2e = results[name].e2e_s
@@ -160,11 +186,13 @@ def _tests(result: RunResult) -> str:
     return output[0].split("; ")[-1] if output else step.status
 
 
-def _print_trace(console: Console, telemetry: Telemetry, results: dict[str, RunResult]) -> None:
+def _print_trace(
+    console: Console, telemetry: dict[str, Telemetry], results: dict[str, RunResult]
+) -> None:
     for name, result in results.items():
-        where = telemetry.where(result.trace_id)
+        where = telemetry[name].where(result.trace_id)
         if where:
-            console.print(f"trace ({name}): {where}", highlight=False)
+            console.print(f"trace ({name}): {where}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,11 @@ Run: python examples/research_agent.py [--substrate wse3] [--virtual] [--seed N]
 from __future__ import annotations
 
 import argparse
-import sys
-
-from rich.console import Console
 
 from agentrt import Agent, Plan, Step, Tool, VirtualClock, run
 from agentrt.log import configure_logging
 from agentrt.registry import default_registry
-from agentrt.render import print_report, print_waterfall
+from agentrt.render import print_report, print_waterfall, terminal_console
 from agentrt.report import from_run
 
 QUESTIONS = {
@@ -86,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     result = run(agent.run, build_plan(), clock=VirtualClock() if args.virtual else None)
     report = from_run(result)
-    console = Console(width=None if sys.stdout.isatty() else 140)
+    console = terminal_console(piped_width=140)
     print_report(console, report)
     print_waterfall(console, report)
     hits = result.step("search-cancel").tool_output or ""

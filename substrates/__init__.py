@@ -1,5 +1,42 @@
-"""Built-in inference substrates for agentrt: emulated wafer-scale and GPU engines and friends."""
+"""Built-in inference substrates for agentrt: emulated wafer-scale and GPU engines and friends.
+
+The public nouns are importable from the package root::
+
+    from substrates import EmulatedEngine, FaultInjector, Router, build_engine
+
+Example:
+    >>> from substrates import PRESETS, build_engine
+    >>> "wse3" in PRESETS
+    True
+    >>> build_engine("wse3", model="llama-3.1-8b").deployment.describe()
+    'wse3 x1 (bf16)'
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from substrates.calibration import Calibration, calibrate
+from substrates.deployment import Deployment, size_deployment
+from substrates.emulated import EmulatedEngine
+from substrates.faults import FaultInjector
+from substrates.openai_http import OpenAIHTTPSubstrate
+from substrates.presets import PRESETS, build_engine
+from substrates.route_spec import RouteSpec, load_route_spec
+from substrates.router import Router
+from substrates.scheduler import IterCost, Scheduler
+
+__all__ = [
+    "PRESETS",
+    "Calibration",
+    "Deployment",
+    "EmulatedEngine",
+    "FaultInjector",
+    "IterCost",
+    "OpenAIHTTPSubstrate",
+    "RouteSpec",
+    "Router",
+    "Scheduler",
+    "build_engine",
+    "calibrate",
+    "load_route_spec",
+    "size_deployment",
+]

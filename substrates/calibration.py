@@ -281,19 +281,22 @@ def format_table(calibration: Calibration, *, include_unscored: bool = True) -> 
     Returns:
         The table.
     """
+    # Columns as wide as their longest value: a model or metric name is never cut.
+    shown = [p for p in calibration.points if include_unscored or p.scored]
+    chip_w = max([len("chip"), *(len(p.chip) for p in shown)])
+    model_w = max([len("model"), *(len(p.model) for p in shown)])
+    metric_w = max([len("metric"), *(len(p.metric) for p in shown)])
     header = (
-        f"{'row':>4}  {'use':<8} {'chip':<10} {'model':<26} {'metric':<30} "
+        f"{'row':>4}  {'use':<8} {'chip':<{chip_w}} {'model':<{model_w}} {'metric':<{metric_w}} "
         f"{'measured':>9} {'predicted':>9} {'error':>7}"
     )
     lines = [header, "-" * len(header)]
-    for p in calibration.points:
-        if not include_unscored and not p.scored:
-            continue
+    for p in shown:
         err = p.relative_error
         error = "-" if err is None else f"{err:+.1%}"
         lines.append(
-            f"{p.row:>4}  {p.use:<8} {p.chip[:10]:<10} {p.model[:26]:<26} {p.metric[:30]:<30} "
-            f"{_fmt(p.measured):>9} {_fmt(p.predicted):>9} {error:>7}"
+            f"{p.row:>4}  {p.use:<8} {p.chip:<{chip_w}} {p.model:<{model_w}} "
+            f"{p.metric:<{metric_w}} {_fmt(p.measured):>9} {_fmt(p.predicted):>9} {error:>7}"
         )
         if p.use == "excluded":
             lines.append(

@@ -8,26 +8,25 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 from typing import Annotated, Any
 
 import anyio
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from agentrt import InferenceRequest, InferenceResult, VirtualClock, run
 from agentrt import cli_options as opt
 from agentrt.errors import AgentrtError, DoesNotFitError
 from agentrt.registry import default_registry
-from substrates.calibration import calibrate, format_table
+from agentrt.render import Column, print_table, terminal_console
+from substrates.calibration import Calibration, calibrate, format_table
 from substrates.perfmodel import size_deployment
 from substrates.presets import PRESETS, build_engine
 from substrates.profiles import hardware_names, load_hardware, load_model, model_names
 
 __all__ = ["calibrate_command", "predict_command", "substrates_command"]
 
-_out = Console(width=None if sys.stdout.isatty() else 160)
+_out = terminal_console(piped_width=160)
 _err = Console(stderr=True)
 
 
@@ -131,12 +130,7 @@ def predict_command(
     if as_json:
         _out.print_json(json.dumps(data))
         return
-    table = Table(
-        title=f"{model} on {engine.deployment.describe()} · {concurrency} concurrent",
-        title_justify="left",
-    )
-    table.add_column("measure")
-    table.add_column("value", justify="right")
+    rows = []
     for key in (
         "ttft_s",
         "tpot_s",
@@ -151,8 +145,13 @@ def predict_command(
         "energy_j",
     ):
         value = data[key]
-        table.add_row(key, "-" if value is None else f"{value:.6g}")
-    _out.print(table)
+        rows.append([key, "-" if value is None else f"{value:.6g}"])
+    print_table(
+        _out,
+        [Column("measure", "left"), Column("value")],
+        rows,
+        title=f"{model} on {engine.deployment.describe()} · {concurrency} concurrent",
+    )
 
 
 def calibrate_command(
@@ -195,7 +194,7 @@ def calibrate_command(
         }
         _out.print_json(json.dumps(payload))
     else:
-        _out.print(format_table(calibration, include_unscored=not scored_only), highlight=False)
+        _print_calibration(calibration, scored_only=scored_only)
     if calibration.failures:
         raise typer.Exit(1)
 
@@ -248,25 +247,53 @@ def substrates_command(
             )
         )
         return
-    table = Table(
-        title="emulated presets · chips needed per model (smallest deployment that fits)",
-        title_justify="left",
-    )
-    for column in ("preset", "hardware", "memory/chip", "bandwidth/chip", "power/chip"):
-        table.add_column(column)
     models = list(model_names())
-    for m in models:
-        table.add_column(m, justify="right")
-    for p in presets:
-        table.add_row(
+    rows = [
+        [
             p["name"],
             p["hardware"],
             f"{p['memory_gb_per_chip']:g} GB",
             f"{p['memory_bandwidth_tb_per_s']:g} TB/s",
             f"{p['power_w_per_chip']:g} W",
-            *(p["models"][m].replace(" (", "\n(") for m in models),
-        )
-    _out.print(table)
+            *(p["models"][m] for m in models),
+        ]
+        for p in presets
+    ]
+    print_table(
+        _out,
+        [
+            *(Column(c, "left") for c in ("preset", "hardware")),
+            *(Column(c) for c in ("memory/chip", "bandwidth/chip", "power/chip", *models)),
+        ],
+        rows,
+        title="emulated presets · chips needed per model (smallest deployment that fits)",
+    )
     if others:
         _out.print("other substrates: " + ", ".join(others), highlight=False)
     _out.print("tools: " + (", ".join(tools) or "none registered"), highlight=False)
+
+
+def _print_calibration(calibration: Calibration, *, scored_only: bool) -> None:
+    """The calibration table (ids and numbers whole at any width), the reasons, the summary."""
+    shown = [p for p in calibration.points if p.scored or not scored_only]
+    rows = [
+        [
+            str(p.row),
+            p.use,
+            p.chip,
+            p.model,
+            p.metric.replace("_", " "),
+            f"{p.measured:.4g}",
+            "-" if p.predicted is None else f"{p.predicted:.4g}",
+            "-" if p.relative_error is None else f"{p.relative_error:+.1%}",
+        ]
+        for p in shown
+    ]
+    columns = [Column("row"), *(Column(h, "left", wrap=True) for h in ("use", "chip", "model"))]
+    columns.append(Column("metric", "left", wrap=True))
+    columns += [Column("measured"), Column("predicted"), Column("error")]
+    print_table(_out, columns, rows, title="published points: measured, predicted, error")
+    for p in shown:
+        if p.use == "excluded":
+            _out.print(f"row {p.row} excluded: {p.note}", highlight=False)
+    _out.print(format_table(calibration).splitlines()[-1], highlight=False)

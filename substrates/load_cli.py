@@ -7,14 +7,12 @@ Registered as ``load = "substrates.load_cli:load_command"`` in ``agentrt.command
 from __future__ import annotations
 
 import json
-import sys
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from agentrt import VirtualClock, run
 from agentrt import cli_options as opt
@@ -22,6 +20,7 @@ from agentrt.errors import AgentrtError, ConfigError
 from agentrt.log import configure_logging
 from agentrt.plan import Plan, load_plan
 from agentrt.registry import default_registry
+from agentrt.render import Column, print_table, terminal_console
 from agentrt.substrate import Substrate
 from agentrt.tool import Tool
 from substrates.faults import wrap
@@ -29,7 +28,7 @@ from substrates.load import LoadReport, run_load
 
 __all__ = ["build_substrate", "load_command", "main"]
 
-_out = Console(width=None if sys.stdout.isatty() else 160)
+_out = terminal_console(piped_width=160)
 _err = Console(stderr=True)
 
 #: Multiples of --arrival-rate that --sweep visits.
@@ -111,26 +110,31 @@ def _fmt(value: Any, unit: str = "") -> str:
 
 
 def _print_report(name: str, data: dict[str, Any]) -> None:
-    table = Table(title=f"load on {name}", title_justify="left")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for key in (
-        "arrivals", "completed", "failed", "lost", "throughput_runs_per_s",
-        "output_tokens_per_s", "e2e_p50_s", "e2e_p95_s", "e2e_p99_s", "ttft_p50_s",
-        "ttft_p99_s", "goodput_runs_per_s", "cost_usd", "energy_j", "sim_s", "wall_s",
-    ):  # fmt: skip
-        table.add_row(key, _fmt(data[key]))
+    rows = [
+        [key, _fmt(data[key])]
+        for key in (
+            "arrivals", "completed", "failed", "lost", "throughput_runs_per_s",
+            "output_tokens_per_s", "e2e_p50_s", "e2e_p95_s", "e2e_p99_s", "ttft_p50_s",
+            "ttft_p99_s", "goodput_runs_per_s", "cost_usd", "energy_j", "sim_s", "wall_s",
+        )
+    ]  # fmt: skip
     for sub, entry in data["substrates"].items():
         util = entry.get("utilisation")
-        table.add_row(
-            f"substrate {sub}",
-            f"{entry['calls']:,} calls" + (f", {util:.0%} busy" if util is not None else ""),
+        rows.append(
+            [
+                f"substrate {sub}",
+                f"{entry['calls']:,} calls" + (f", {util:.0%} busy" if util is not None else ""),
+            ]
         )
-    for reason, count in data["failure_reasons"].items():
-        table.add_row(reason, f"{count:,}")
+    rows += [[reason, f"{count:,}"] for reason, count in data["failure_reasons"].items()]
     if data["faults_injected"]:
-        table.add_row("faults injected", json.dumps(data["faults_injected"]))
-    _out.print(table)
+        rows.append(["faults injected", json.dumps(data["faults_injected"])])
+    print_table(
+        _out,
+        [Column("measure", "left", wrap=True), Column("value", wrap=True)],
+        rows,
+        title=f"load on {name}",
+    )
 
 
 def load_command(

@@ -18,12 +18,19 @@ Errors map onto agentrt's tree: connection failures and 5xx → `SubstrateUnavai
 malformed, truncated or cut streams → `BadResponse`. Retryable errors are retried (with
 `agentrt.retry.backoff_s`, at least Retry-After) only until the first byte of a response body:
 once tokens flow, a failure is reported, never replayed.
+
+Secrets: the API key (``api_key``, or the ``api_key_env`` variable) and any password or secret
+query parameter in ``base_url`` are registered with `agentrt.redact.register_secret` when the
+substrate is built, and every error message, ``repr`` and log shows ``base_url`` redacted
+(``http://***@host/v1?api-key=***``), so a server that echoes the request's ``Authorization``
+header in its error body cannot make agentrt print the key.
 """
 
 from __future__ import annotations
 
 import email.utils
 import json
+import logging
 import os
 import random
 import time
@@ -38,12 +45,14 @@ from opentelemetry import propagate
 from agentrt.clock import Clock, current_clock
 from agentrt.errors import (
     BadResponse,
+    ConfigError,
     RateLimited,
     RetryableError,
     SubstrateTimeout,
     SubstrateUnavailable,
 )
 from agentrt.plan import RetryPolicy
+from agentrt.redact import redact, register_secret
 from agentrt.retry import backoff_s
 from agentrt.substrate import (
     FinishReason,
@@ -92,6 +101,44 @@ def _retry_after_s(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+class _RedactingFilter(logging.Filter):
+    """Redacts httpx's own log records: ``HTTP Request: POST <url with its query>``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = ()
+        return True
+
+
+def _guard_httpx_logs() -> None:
+    """An application that shows INFO logs would otherwise see every request URL, secrets too."""
+    logger = logging.getLogger("httpx")
+    if not any(isinstance(f, _RedactingFilter) for f in logger.filters):
+        logger.addFilter(_RedactingFilter())
+
+
+def _parse_base_url(base_url: str) -> httpx.URL:
+    """``base_url`` as an httpx URL, its secrets registered; `ConfigError` if it is not http(s)."""
+    try:
+        url = httpx.URL(base_url)
+    except (httpx.InvalidURL, TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"base_url {redact(base_url)!r} is not a URL ({redact(str(exc))}); "
+            "use e.g. base_url=http://localhost:8000/v1"
+        ) from exc
+    if url.password:
+        register_secret(url.password, user=url.username)
+    for name, value in url.params.multi_items():
+        if redact(f"?{name}={value}") != f"?{name}={value}":
+            register_secret(value)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError(
+            f"base_url {redact(base_url)!r} is not an http(s) URL with a host; "
+            "use e.g. base_url=http://localhost:8000/v1"
+        )
+    return url
+
+
 def _error_message(body: bytes) -> str:
     """The ``error.message`` of an OpenAI-style error body, else the body's start."""
     try:
@@ -114,8 +161,11 @@ class OpenAIHTTPSubstrate:
         base_url: the API root as OpenAI clients take it, e.g. ``http://localhost:8000/v1``;
             requests go to ``{base_url}/chat/completions``.
         model: the model name sent when a request names none.
-        api_key_env: the environment variable holding the API key (read at construction; unset
-            means no ``Authorization`` header, as local servers need none).
+        api_key: the API key, sent as ``Authorization: Bearer KEY``; prefer ``api_key_env``, since
+            a key on a command line is visible to other users of the machine (``ps``).
+        api_key_env: the environment variable holding the API key when ``api_key`` is not given
+            (read at construction; unset means no ``Authorization`` header, as local servers
+            need none).
         name: the substrate name in results and traces.
         provider: ``gen_ai.provider.name``; default guessed from the host (``openai`` otherwise).
         connect_timeout_s: to open a TCP/TLS connection (and to get one from the pool).
@@ -136,6 +186,7 @@ class OpenAIHTTPSubstrate:
         base_url: str,
         model: str,
         *,
+        api_key: str | None = None,
         api_key_env: str = "OPENAI_API_KEY",
         name: str = "openai_http",
         provider: str | None = None,
@@ -148,6 +199,13 @@ class OpenAIHTTPSubstrate:
         seed: int | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        # Registered first, so that no message below can show them; the variable's value is
+        # a secret of this process even when the api_key option overrides it.
+        register_secret(api_key)
+        register_secret(os.environ.get(api_key_env))
+        _guard_httpx_logs()
+        key = api_key or os.environ.get(api_key_env)
+        url = _parse_base_url(base_url)
         for label, value in (
             ("connect_timeout_s", connect_timeout_s),
             ("first_token_timeout_s", first_token_timeout_s),
@@ -157,14 +215,18 @@ class OpenAIHTTPSubstrate:
                 raise ValueError(f"{label} must be positive, got {value}")
         self.name = name
         self.model = model
-        try:
-            self.base_url = httpx.URL(base_url.rstrip("/") + "/")
-        except httpx.InvalidURL as exc:
-            raise ValueError(f"base_url is not a URL ({exc})") from None
-        if self.base_url.scheme not in ("http", "https"):
-            raise ValueError(
-                "base_url must be an http:// or https:// URL, e.g. http://host:8000/v1"
-            )
+        # The query (e.g. Azure's ?api-version=...) goes with every request, after the path.
+        self.base_url = url.copy_with(
+            query=None, username=None, password=None, path=url.path.rstrip("/") + "/"
+        )
+        self._params = url.params
+        # Credentials in the URL become HTTP Basic auth (as httpx does), kept out of base_url.
+        self._auth = httpx.BasicAuth(url.username, url.password) if url.username else None
+        #: ``base_url`` as shown in messages and logs: credentials and secret parameters hidden.
+        self.shown_url = redact(str(url.copy_with(path=self.base_url.path)))
+        self._key_hint = (
+            "is the api_key option right?" if api_key else f"is ${api_key_env} set and right?"
+        )
         self.provider = provider or _provider_from(self.base_url)
         self.connect_timeout_s = connect_timeout_s
         self.first_token_timeout_s = first_token_timeout_s
@@ -174,11 +236,12 @@ class OpenAIHTTPSubstrate:
         )
         self._rng = random.Random(seed)
         headers = {"Accept": "text/event-stream"}
-        key = os.environ.get(api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
+            params=self._params,
+            auth=self._auth,
             headers=headers,
             # Read/write deadlines come from the first-token and total timeouts (anyio), which
             # bound every await; httpx only bounds connecting and waiting for a pooled connection.
@@ -193,7 +256,7 @@ class OpenAIHTTPSubstrate:
         }
 
     def __repr__(self) -> str:
-        return f"OpenAIHTTPSubstrate({str(self.base_url)!r}, {self.model!r})"
+        return f"OpenAIHTTPSubstrate({self.shown_url!r}, {self.model!r})"
 
     async def infer(self, request: InferenceRequest) -> InferenceResult:
         """Run one call (streamed underneath, to measure the time to first token)."""
@@ -269,16 +332,16 @@ class OpenAIHTTPSubstrate:
                         await response.aclose()
         except TimeoutError as exc:
             raise SubstrateTimeout(
-                f"{self.name}: no response from {self.base_url} within {limit:.3g} s"
+                f"{self.name}: no response from {self.shown_url} within {limit:.3g} s"
             ) from exc
         except httpx.TimeoutException as exc:
             raise SubstrateTimeout(
-                f"{self.name}: connecting to {self.base_url} timed out "
+                f"{self.name}: connecting to {self.shown_url} timed out "
                 f"(connect_timeout_s={self.connect_timeout_s})"
             ) from exc
         except httpx.TransportError as exc:
             raise SubstrateUnavailable(
-                f"{self.name}: cannot reach {self.base_url}: {type(exc).__name__}: {exc}"
+                redact(f"{self.name}: cannot reach {self.shown_url}: {type(exc).__name__}: {exc}")
             ) from exc
         if response.status_code != 200:
             raise self._status_error(response)
@@ -286,8 +349,9 @@ class OpenAIHTTPSubstrate:
 
     def _status_error(self, response: httpx.Response) -> Exception:
         status = response.status_code
-        message = f"{self.name}: HTTP {status} from {self.base_url}: "
-        message += _error_message(response.content)
+        # The body is the server's: it may echo the request's Authorization header or URL.
+        message = f"{self.name}: HTTP {status} from {self.shown_url}: "
+        message += redact(_error_message(response.content))
         retry_after = _retry_after_s(response.headers.get("retry-after"))
         if status == 429:
             return RateLimited(message, retry_after_s=retry_after)
@@ -296,7 +360,7 @@ class OpenAIHTTPSubstrate:
         if status >= 500:
             return SubstrateUnavailable(message, retry_after_s=retry_after)
         if status in (401, 403):
-            message += " (is the API key's environment variable set?)"
+            message += f" ({self._key_hint})"
         return BadResponse(message)
 
 
@@ -361,13 +425,15 @@ class _HTTPStream:
                 what = "the next token" if self._got_token else "the first token"
                 limit = "total_timeout_s" if deadline == self._deadline else "first_token_timeout_s"
                 raise SubstrateTimeout(
-                    f"{owner.name}: stream from {owner.base_url} stalled waiting for {what} "
+                    f"{owner.name}: stream from {owner.shown_url} stalled waiting for {what} "
                     f"({limit}={deadline - self._t0:.3g} s)"
                 ) from exc
             except httpx.HTTPError as exc:
                 raise BadResponse(
-                    f"{owner.name}: stream from {owner.base_url} was cut mid-way: "
-                    f"{type(exc).__name__}: {exc}"
+                    redact(
+                        f"{owner.name}: stream from {owner.shown_url} was cut mid-way: "
+                        f"{type(exc).__name__}: {exc}"
+                    )
                 ) from exc
             yield line, self._got_token
 
@@ -406,7 +472,9 @@ class _HTTPStream:
                     usage = event["usage"]
                 for choice in event.get("choices") or []:
                     if not isinstance(choice, dict):
-                        raise BadResponse(f"{owner.name}: malformed chunk {payload[:200]!r}")
+                        raise BadResponse(
+                            redact(f"{owner.name}: malformed chunk {payload[:200]!r}")
+                        )
                     finish = choice.get("finish_reason") or finish
                     delta = (choice.get("delta") or {}).get("content")
                     if not delta:
@@ -422,7 +490,7 @@ class _HTTPStream:
                     yield TokenChunk(text=str(delta), index=len(pieces) - 1, t_s=now)
             if not done and finish is None:
                 raise BadResponse(
-                    f"{owner.name}: stream from {owner.base_url} ended before its last chunk "
+                    f"{owner.name}: stream from {owner.shown_url} ended before its last chunk "
                     f"(no finish_reason and no [DONE] after {len(pieces)} chunks): truncated"
                 )
         self._result = self._finish(pieces, usage, finish, model, t_first, max_gap)
@@ -436,7 +504,7 @@ class _HTTPStream:
         except TimeoutError as exc:
             raise SubstrateTimeout(f"{owner.name}: response body stalled") from exc
         except httpx.HTTPError as exc:
-            raise BadResponse(f"{owner.name}: response body was cut: {exc}") from exc
+            raise BadResponse(redact(f"{owner.name}: response body was cut: {exc}")) from exc
         return self._parse(raw.decode("utf-8", "replace"))
 
     def _parse(self, payload: str) -> dict[str, Any]:
@@ -444,12 +512,17 @@ class _HTTPStream:
             event = json.loads(payload)
         except ValueError as exc:
             raise BadResponse(
-                f"{self._owner.name}: invalid JSON from {self._owner.base_url}: {payload[:200]!r}"
+                redact(
+                    f"{self._owner.name}: invalid JSON from {self._owner.shown_url}: "
+                    f"{payload[:200]!r}"
+                )
             ) from exc
         if not isinstance(event, dict):
-            raise BadResponse(f"{self._owner.name}: expected a JSON object, got {payload[:200]!r}")
+            raise BadResponse(
+                redact(f"{self._owner.name}: expected a JSON object, got {payload[:200]!r}")
+            )
         if "error" in event:
-            raise BadResponse(f"{self._owner.name}: error in stream: {event['error']}")
+            raise BadResponse(redact(f"{self._owner.name}: error in stream: {event['error']}"))
         return event
 
     def _finish(
@@ -471,7 +544,7 @@ class _HTTPStream:
             input_tokens = int(usage["prompt_tokens"]) if usage else None
             output_tokens = int(usage["completion_tokens"]) if usage else None
         except (KeyError, TypeError, ValueError) as exc:
-            raise BadResponse(f"{self._owner.name}: malformed usage {usage!r}") from exc
+            raise BadResponse(redact(f"{self._owner.name}: malformed usage {usage!r}")) from exc
         if input_tokens is None or output_tokens is None:
             input_tokens = self._request.estimated_prompt_tokens()
             output_tokens = len(pieces)
@@ -506,6 +579,7 @@ def openai_http(
     *,
     base_url: str,
     model: str,
+    api_key: str | None = None,
     api_key_env: str = "OPENAI_API_KEY",
     name: str = "openai_http",
     provider: str | None = None,
@@ -524,6 +598,7 @@ def openai_http(
     return OpenAIHTTPSubstrate(
         base_url,
         model,
+        api_key=api_key,
         api_key_env=api_key_env,
         name=name,
         provider=provider,

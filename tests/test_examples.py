@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from agentrt import run
+from agentrt.report import load_trace_file
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -116,5 +117,55 @@ def test_the_demo_in_virtual_time(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "ran the same agent" in proc.stdout
     assert proc.stdout.count("tests: 4 passed") == 2
-    assert f"trace (wse3): {trace}" in proc.stdout
-    assert trace.exists()
+    # One trace file per substrate, each holding only its own run.
+    for name in ("wse3", "h100"):
+        own = tmp_path / f"demo-{name}.json"
+        assert f"trace ({name}): {own}" in proc.stdout
+        [report] = load_trace_file(own)
+        assert report.agent == f"coding-agent@{name}"
+        assert report.substrates == (name,)
+    assert not trace.exists()
+
+
+#: Example plans that fail today because of a bug another change fixes (issue 12, item 1).
+BROKEN_PLANS: dict[str, str] = {}
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        pytest.param(
+            p.name,
+            marks=[pytest.mark.xfail(reason=BROKEN_PLANS[p.name], strict=False)]
+            if p.name in BROKEN_PLANS
+            else [],
+        )
+        for p in sorted((EXAMPLES / "plans").glob("*.yaml"))
+    ],
+)
+def test_every_example_plan_runs_in_virtual_time(plan: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "agentrt", "run", f"examples/plans/{plan}", "-s", "wse3",
+         "--virtual", "--json"],
+        capture_output=True, text=True, timeout=120, check=False, cwd=EXAMPLES.parent,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert '"status": "succeeded"' in proc.stdout
+
+
+def test_every_file_under_examples_is_exercised() -> None:
+    source = Path(__file__).read_text()
+    for path in sorted(EXAMPLES.rglob("*")):
+        if path.is_dir() or "__pycache__" in path.parts or path.name.startswith("."):
+            continue
+        relative = path.relative_to(EXAMPLES)
+        if relative.parts[0] == "plans":
+            continue  # test_every_example_plan_runs_in_virtual_time globs them
+        if relative.parts[0] == "projects":
+            # The coding agent copies the whole project and runs its tests, before and after.
+            assert relative.parts[1] == "tinycsv", relative
+            assert load("coding_agent").PROJECT == EXAMPLES / "projects" / "tinycsv"
+            continue
+        assert f'"{path.stem}"' in source or f"examples/{relative}" in source, (
+            f"examples/{relative} is run by no test in {Path(__file__).name}"
+        )

@@ -19,11 +19,11 @@ from typing import Final, TypeVar, final
 
 import anyio
 import anyio.to_thread
-import structlog
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from agentrt.clock import current_clock
 from agentrt.errors import ConfigError, RetryableToolError, ToolError
+from agentrt.log import get_logger
 from agentrt.tool import ToolResult
 
 __all__ = [
@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-_log = structlog.get_logger(__name__)
+_log = get_logger(__name__)
 
 #: Environment variable naming the cache folder (the index lives in ``$AGENTRT_CACHE_DIR/search``).
 CACHE_DIR_ENV: Final = "AGENTRT_CACHE_DIR"

@@ -16,16 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import structlog
-
 from agentrt.errors import ConfigError
+from agentrt.log import get_logger
+from agentrt.redact import redact, register_secret
 
 __all__ = ["Telemetry", "TraceTarget", "configure", "parse_trace_target"]
 
 TraceKind = Literal["otlp", "otlp-grpc", "jaeger-json", "console", "none"]
 _FORMS = "otlp, otlp-grpc, jaeger-json:PATH, console or none"
 _DEFAULT_TIMEOUT_S = 3.0
-_log = structlog.get_logger("agentrt.telemetry")
+_log = get_logger("agentrt.telemetry")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +98,7 @@ class _GuardedExporter:
         try:
             result = self._inner.export(spans)
         except Exception as exc:
-            self._failed(f"{type(exc).__name__}: {exc}")
+            self._failed(redact(f"{type(exc).__name__}: {exc}"))
             return SpanExportResult.FAILURE
         if result is not SpanExportResult.SUCCESS:
             self._failed("the exporter reported a failure")
@@ -154,7 +154,7 @@ class Telemetry:
         if self.target.kind == "jaeger-json":
             return str(self.target.path)
         ui = os.environ.get("AGENTRT_JAEGER_UI", "http://localhost:16686").rstrip("/")
-        return f"{ui}/trace/{trace_id}"
+        return redact(f"{ui}/trace/{trace_id}")
 
     def shutdown(self, timeout_s: float = 10.0) -> None:
         """Flush and close the exporters (bounded by the exporters' own timeouts)."""
@@ -165,6 +165,14 @@ class Telemetry:
         self.tracer_provider.shutdown()
         if self.meter_provider is not None:
             self.meter_provider.shutdown(timeout_millis=timeout_s * 1000)
+
+
+def _register_header_secrets() -> None:
+    """The values of ``OTEL_EXPORTER_OTLP_*HEADERS`` (collector API keys) are secrets too."""
+    for name in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"):
+        for pair in os.environ.get(name, "").split(","):
+            _, _, value = pair.partition("=")
+            register_secret(value.strip())
 
 
 def _timeout_s() -> float:
@@ -189,6 +197,8 @@ def configure(
     ``OTEL_EXPORTER_OTLP_TIMEOUT``, ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``, …); the
     export timeout defaults to 3 s here so a missing collector delays exit by at most that.
     A collector that is down logs one warning (``trace_export_failed``) and never fails the run.
+    Every span goes through `agentrt.telemetry.redaction.RedactingSpanExporter` before any
+    exporter sees it, and the ``OTEL_EXPORTER_OTLP_*HEADERS`` values are registered as secrets.
 
     Example:
         >>> telemetry = configure("jaeger-json:/tmp/agentrt-doc.json", set_global=False)
@@ -223,10 +233,15 @@ def configure(
         attributes["service.name"] = service_name or "agentrt"
     resource = Resource.create(attributes)
     provider = TracerProvider(resource=resource)
+    _register_header_secrets()
     exporter, destination, metric_exporter = _exporters(target)
+    destination = redact(destination)
     guard = None
     if exporter is not None:
-        guard = _GuardedExporter(exporter, destination)
+        from agentrt.telemetry.redaction import RedactingSpanExporter
+
+        # Every span is redacted before any exporter (file, console, collector) sees it.
+        guard = _GuardedExporter(RedactingSpanExporter(exporter), destination)
         processor = BatchSpanProcessor(guard) if batch else SimpleSpanProcessor(guard)  # type: ignore[arg-type]
         provider.add_span_processor(processor)
     meter_provider = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
@@ -10,6 +11,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from agentrt.clock import Clock
+from agentrt.redact import redact
 from agentrt.telemetry import semconv as sc
 
 if TYPE_CHECKING:
@@ -178,7 +180,7 @@ class RunTracer:
             return
         root.set_attribute(sc.RUN_STATUS, status)
         if status != "succeeded":
-            root.set_status(Status(StatusCode.ERROR, error or status))
+            root.set_status(Status(StatusCode.ERROR, redact(error) if error else status))
         root.end(end_time=self._ns(t))
 
     def start_step(self, step: Step, *, t: float) -> Span | None:
@@ -393,7 +395,21 @@ class RunTracer:
 
 
 def _record_error(span: Span, error: BaseException, t_ns: int) -> None:
+    # Error texts may quote URLs and server bodies: redacted here, whatever exporter follows.
     cause = error.__cause__ if error.__cause__ is not None else error
-    span.set_status(Status(StatusCode.ERROR, f"{type(cause).__name__}: {cause}"))
+    message = redact(str(cause))
+    span.set_status(Status(StatusCode.ERROR, f"{type(cause).__name__}: {message}"))
     span.set_attribute(sc.ERROR_TYPE, type(cause).__name__)
-    span.record_exception(cause, timestamp=t_ns)
+    module = type(cause).__module__
+    qualname = type(cause).__qualname__
+    # The attributes of Span.record_exception, with the message and traceback redacted.
+    span.add_event(
+        "exception",
+        {
+            "exception.type": qualname if module in (None, "builtins") else f"{module}.{qualname}",
+            "exception.message": message,
+            "exception.stacktrace": redact("".join(traceback.format_exception(cause))),
+            "exception.escaped": "False",
+        },
+        timestamp=t_ns,
+    )

@@ -462,3 +462,33 @@ def test_otlp_json_is_read_too(tmp_path: Path, vrun: Callable[..., Any]) -> None
     assert report.run_id == result.run_id
     assert report.e2e_s == pytest.approx(result.e2e_s, abs=1e-6)
     assert report.critical_path == ("plan", "flaky", "answer")
+
+
+def test_spans_leave_redacted_through_every_exporter(
+    http_receiver: tuple[str, Received], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Spans from any instrumentation on configure()'s provider, not only agentrt's own.
+    from opentelemetry.trace import Status, StatusCode
+
+    endpoint, received = http_receiver
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-collector-key=ck-5555eeee")
+    secrets = ("pw-77778888", "s-123456", "ck-5555eeee", "sk-abcdefgh12", "tk-99990000")
+    trace_file = tmp_path / "t.json"
+    for target in ("otlp", f"jaeger-json:{trace_file}"):
+        telemetry = configure(target, set_global=False, metrics=False, batch=False)
+        tracer = telemetry.tracer_provider.get_tracer("app")
+        with tracer.start_as_current_span("GET http://u:pw-77778888@api/v1") as span:
+            span.set_attribute("url.full", "http://u:pw-77778888@api/v1?sig=s-123456&x=1")
+            span.set_attribute("note", "the collector key is ck-5555eeee")
+            span.add_event("retry", {"reason": "401: Authorization: Bearer sk-abcdefgh12"})
+            span.set_status(Status(StatusCode.ERROR, "rejected ?token=tk-99990000"))
+        telemetry.shutdown()
+    shown = [str(s) for s in received.spans()] + [trace_file.read_text()]
+    assert len(shown) == 2
+    for text in shown:
+        assert "http://***@api/v1?sig=***&x=1" in text
+        assert "Bearer ***" in text
+        assert "?token=***" in text
+        for secret in secrets:
+            assert secret not in text

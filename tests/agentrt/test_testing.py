@@ -207,3 +207,53 @@ def test_timing_rules() -> None:
     built = Timing.build(output_tokens=11, prefill_s=0.1, decode_s=1.0)
     assert built.tpot_s == pytest.approx(0.1)
     assert InferenceRequest.from_prompt("x" * 400).estimated_prompt_tokens() == 104
+
+
+class _NoArgsEngine:
+    """A substrate class as docs/plugins.md writes one: a class attribute name, no arguments."""
+
+    name = "no-args"
+
+    async def infer(self, request: InferenceRequest) -> InferenceResult:
+        return await FixedLatencySubstrate(latency_s=0.05, name=self.name).infer(request)
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "make",
+    [_NoArgsEngine, _NoArgsEngine(), lambda: _NoArgsEngine()],
+    ids=["class", "instance", "factory"],
+)
+def test_check_substrate_takes_a_class_an_instance_or_a_factory(
+    make: Any, vrun: Callable[..., Any]
+) -> None:
+    vrun(check_substrate, make)
+
+
+def test_check_substrate_on_a_class_that_needs_arguments_says_what_to_pass(
+    vrun: Callable[..., Any],
+) -> None:
+    class NeedsArgs(_NoArgsEngine):
+        def __init__(self, speed: float) -> None:
+            self.speed = speed
+
+    with pytest.raises(TypeError, match=r"pass an instance or a factory"):
+        vrun(check_substrate, NeedsArgs)
+
+
+@pytest.mark.parametrize(
+    ("wrong", "right"),
+    [("prompt", "prompt_text"), ("max_tokens", "max_output_tokens"), ("kind", "step_kind")],
+)
+def test_a_wrong_request_field_name_says_which_one_to_use(wrong: str, right: str) -> None:
+    request = InferenceRequest.from_prompt("hello")
+    with pytest.raises(AttributeError, match=rf"no attribute '{wrong}'; use '{right}'"):
+        getattr(request, wrong)
+    assert not hasattr(request, "no_such_field")
+
+
+def test_every_request_field_is_described() -> None:
+    for name, field in InferenceRequest.model_fields.items():
+        assert field.description, name

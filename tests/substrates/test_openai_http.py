@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
+import logging
 import socket
 import threading
 import time
@@ -18,7 +20,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from agentrt import Agent, InferenceRequest, Plan, Step
-from agentrt.errors import BadResponse, RateLimited, SubstrateTimeout, SubstrateUnavailable
+from agentrt.errors import (
+    BadResponse,
+    ConfigError,
+    RateLimited,
+    SubstrateTimeout,
+    SubstrateUnavailable,
+)
 from agentrt.registry import _call
 from substrates.openai_http import OpenAIHTTPSubstrate, openai_http
 
@@ -40,6 +48,7 @@ class FaultServer:
     def __init__(self) -> None:
         self.hits: Counter[str] = Counter()
         self.headers: list[dict[str, str]] = []
+        self.paths: list[str] = []
         self.release = threading.Event()
         owner = self
 
@@ -54,6 +63,7 @@ class FaultServer:
                 mode = self.path.split("/")[1]
                 owner.hits[mode] += 1
                 owner.headers.append(dict(self.headers))
+                owner.paths.append(self.path)
                 n = owner.hits[mode]
                 if mode == "e500" or (mode == "flaky" and n == 1):
                     return self.plain(500, b'{"error": {"message": "boom"}}')
@@ -61,6 +71,9 @@ class FaultServer:
                     return self.plain(429, b'{"error": {"message": "slow down"}}', "0.3")
                 if mode == "e429long":
                     return self.plain(429, b'{"error": {"message": "come back later"}}', "30")
+                if mode == "e401echo":  # some servers quote the credentials they refused
+                    said = f"bad key {self.headers.get('Authorization')} for {self.path}"
+                    return self.plain(401, json.dumps({"error": {"message": said}}).encode())
                 if mode == "e400":
                     return self.plain(400, b'{"error": {"message": "max_tokens too big"}}')
                 self.send_response(200)
@@ -319,3 +332,79 @@ async def test_agent_plan_end_to_end_with_one_trace() -> None:
         assert server.parent.span_id in clients  # each server span under its client chat span
         assert server.attributes is not None
         assert server.attributes["gen_ai.usage.output_tokens"] == 8
+
+
+# -- credentials: sent where they belong, shown nowhere ---------------------------------------
+
+
+async def test_base_url_query_goes_after_the_path_and_credentials_become_basic_auth(
+    faults: FaultServer,
+) -> None:
+    url = faults.url("ok").replace("http://", "http://alice:pw-in-url-123@")
+    sub = _sub(url + "?api-version=2024-06&api-key=qk-987654")
+    result, _ = await _timed(sub)
+    assert not isinstance(result, Exception)
+    assert faults.paths[-1] == "/ok/v1/chat/completions?api-version=2024-06&api-key=qk-987654"
+    sent = {k.lower(): v for k, v in faults.headers[-1].items()}
+    assert sent["authorization"] == "Basic " + base64.b64encode(b"alice:pw-in-url-123").decode()
+    assert str(sub.base_url) == f"http://127.0.0.1:{faults.port}/ok/v1/"
+    shown = f"http://***@127.0.0.1:{faults.port}/ok/v1/?api-version=2024-06&api-key=***"
+    assert sub.shown_url == shown
+    assert repr(sub) == f"OpenAIHTTPSubstrate({shown!r}, 'm')"
+
+
+async def test_the_api_key_option_is_sent_and_wins_over_the_environment(
+    faults: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGENTRT_TEST_KEY", "sk-from-env-1234")
+    sub = _sub(faults.url("ok"), api_key="sk-option-5678", api_key_env="AGENTRT_TEST_KEY")
+    result, _ = await _timed(sub)
+    assert not isinstance(result, Exception)
+    sent = {k.lower(): v for k, v in faults.headers[-1].items()}
+    assert sent["authorization"] == "Bearer sk-option-5678"
+    assert _call(openai_http, "substrate", "openai_http", {
+        "base_url": "http://h/v1", "model": "m", "api_key": "sk-option-5678",
+    }).name == "openai_http"  # fmt: skip
+
+
+async def test_a_401_that_echoes_the_key_is_reported_without_it(
+    faults: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGENTRT_TEST_KEY", "sk-echoed-by-server-42")
+    sub = _sub(faults.url("e401echo") + "?sig=sg-135791", api_key_env="AGENTRT_TEST_KEY")
+    error, _ = await _timed(sub)
+    assert isinstance(error, BadResponse)
+    message = str(error)
+    assert "HTTP 401" in message
+    assert "bad key Bearer ***" in message
+    assert "$AGENTRT_TEST_KEY" in message  # names the variable to check
+    assert "sk-echoed-by-server-42" not in message
+    assert "sg-135791" not in message
+
+
+@pytest.mark.parametrize(
+    "url", ["::not a url::", "localhost:8000/v1", "ftp://h/v1", "http:///v1", "http://[::1/v1"]
+)
+def test_a_bad_base_url_is_a_config_error_naming_the_fix(url: str) -> None:
+    with pytest.raises(ConfigError, match="base_url .* use e.g. base_url=http://localhost:8000/v1"):
+        OpenAIHTTPSubstrate(url, "m")
+
+
+def test_a_bad_base_url_does_not_show_its_password() -> None:
+    with pytest.raises(ConfigError) as info:
+        OpenAIHTTPSubstrate("ftp://bob:pw-not-shown-9@h/v1", "m")
+    assert "pw-not-shown-9" not in str(info.value)
+    assert "***" in str(info.value)
+
+
+async def test_httpx_request_logs_show_no_query_secret(
+    faults: FaultServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An application that shows INFO logs sees httpx's "HTTP Request: POST <url>" lines.
+    sub = _sub(faults.url("ok") + "?api-key=qk-in-httpx-log-1")
+    with caplog.at_level(logging.INFO, logger="httpx"):
+        result, _ = await _timed(sub)
+    assert not isinstance(result, Exception)
+    lines = [r.getMessage() for r in caplog.records if r.name == "httpx"]
+    assert any("/ok/v1/chat/completions?api-key=***" in line for line in lines)
+    assert not any("qk-in-httpx-log-1" in line for line in lines)
