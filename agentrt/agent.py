@@ -25,7 +25,16 @@ from agentrt._timeouts import AttemptTimeouts
 from agentrt.clock import Clock, VirtualClock, current_clock
 from agentrt.errors import ConfigError, PlanError, StepFailed, StepTimeout, ToolError
 from agentrt.log import get_logger
-from agentrt.plan import Plan, RetryPolicy, Step, StepDefaults, StepKind, render_template
+from agentrt.plan import (
+    Plan,
+    RetryPolicy,
+    Step,
+    StepDefaults,
+    StepKind,
+    _templates_of,
+    render_template,
+    template_refs,
+)
 from agentrt.policy import Policy, RunState
 from agentrt.redact import redact
 from agentrt.result import RunResult, RunStatus, StepResult, StepStatus
@@ -643,9 +652,10 @@ class AgentRun:
     def _outputs_for(self, step: Step) -> dict[str, dict[str, str]]:
         if not step.args and (step.prompt is None or "{{" not in step.prompt):
             return {}
-        plan = self._plan
-        wanted: Iterable[str] = plan.ancestors(step.id) if plan is not None else self._records
-        return {sid: self._records[sid].outputs() for sid in wanted}
+        # Only the steps the templates name (plans check that each is an ancestor): walking
+        # every ancestor per step made long chains quadratic.
+        wanted = {ref.step_id for text in _templates_of(step) for ref in template_refs(text)}
+        return {sid: self._records[sid].outputs() for sid in wanted if sid in self._records}
 
     # -- bookkeeping ---------------------------------------------------------------------------
 

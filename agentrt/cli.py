@@ -12,11 +12,17 @@ from typing import Annotated, Any
 
 import anyio
 import typer
+from opentelemetry.trace import NoOpTracerProvider
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+# typer >= 0.23 carries its own copy of click: its exceptions are the ones its commands raise.
+from typer._click.exceptions import NoArgsIsHelpError as _NoArgsIsHelpError
+from typer._click.exceptions import UsageError as _UsageError
+
 from agentrt import __version__
+from agentrt import cli_options as opt
 from agentrt.agent import Agent, AgentRun
 from agentrt.clock import VirtualClock, run
 from agentrt.compare import Comparison, compare
@@ -33,12 +39,16 @@ from agentrt.render import (
     print_waterfall,
     terminal_console,
 )
-from agentrt.report import from_run, load_trace_file
+from agentrt.report import Attribution, from_run, load_trace_file
 from agentrt.result import RunResult
-from agentrt.telemetry.configure import configure, parse_trace_target
+from agentrt.telemetry.configure import Telemetry, configure, parse_trace_target
 from agentrt.tool import Tool
 
-__all__ = ["app", "main"]
+__all__ = ["MAX_TABLE_STEPS", "app", "main"]
+
+#: Runs with more steps than this print their totals and slowest steps, not a row per step.
+MAX_TABLE_STEPS = 200
+_LARGE_RUN_ROWS = 20
 
 app = typer.Typer(
     name="agentrt",
@@ -46,6 +56,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=opt.Group,
 )
 # Piped output keeps full-width tables instead of rich's 80-column default.
 _out = terminal_console()
@@ -70,22 +81,75 @@ def _root(
     """An agentic workflow runtime with pluggable inference substrates."""
 
 
-def _parse_options(pairs: list[str]) -> dict[str, str]:
-    options: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--option expects KEY=VALUE, got {pair!r}")
-        options[key.strip().replace("-", "_")] = value.strip()
-    return options
-
-
 def _fail(message: str, code: int = 2) -> typer.Exit:
     _err.print(f"[bold red]error:[/] {redact(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
-@app.command("run")
+def _print_json(data: object) -> None:
+    """JSON on stdout: pretty and coloured on a terminal, plain and fast (C encoder) otherwise.
+
+    The text is redacted first: step text and tool output are a server's data.
+    """
+    text = redact(json.dumps(data))
+    if _out.is_terminal:
+        _out.print_json(text)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+
+def _print_large_run(result: RunResult, report: Attribution) -> None:
+    """A run of more than MAX_TABLE_STEPS steps: the totals and its slowest steps, not every row.
+
+    Rich lays out a table row in about 2 ms: 10,000 steps took 18 s to print three tables.
+    """
+    shown = sorted(
+        sorted(report.steps, key=lambda s: -s.latency_s)[:_LARGE_RUN_ROWS],
+        key=lambda s: s.start_s,
+    )
+    path = report.critical_path
+    if len(path) > 2 * _LARGE_RUN_ROWS:
+        hidden = len(path) - _LARGE_RUN_ROWS - 1
+        path = (*path[:_LARGE_RUN_ROWS], f"({hidden:,} more)", path[-1])
+    colour = "green" if result.status == "succeeded" else "red"
+    _out.print(
+        f"run {result.run_id} · {result.plan} · {result.clock} time · {len(result.steps):,} steps "
+        f"(tables list the {len(shown)} slowest; more than {MAX_TABLE_STEPS} steps are not "
+        "tabulated; --json has every step)",
+        highlight=False,
+    )
+    _out.print(
+        f"[{colour}]{result.status}[/] · end-to-end {result.e2e_s:.3f} s · "
+        f"{result.input_tokens} in / {result.output_tokens} out tokens · "
+        f"${result.cost_usd:.6f} · {result.energy_j:.1f} J",
+        highlight=False,
+    )
+    if result.error:
+        _out.print(f"[red]reason:[/] {redact(result.error)}", highlight=False)
+    _out.print()
+    trimmed = report.model_copy(update={"steps": tuple(shown), "critical_path": path})
+    print_report(_out, trimmed)
+    print_waterfall(_out, trimmed)
+
+
+def _tracer_provider(telemetry: Telemetry) -> Any:
+    """The agent's tracer provider: a no-op one with ``--trace none``.
+
+    Recording spans that nobody reads cost about a third of a long virtual run.
+    """
+    if telemetry.target.kind == "none":
+        return NoOpTracerProvider()
+    return telemetry.tracer_provider
+
+
+def _load(plan_path: Path) -> Plan:
+    """The plan at ``plan_path``, its tools and tool arguments checked against the registry."""
+    return load_plan(plan_path, tools=default_registry().tool_args_model)
+
+
+@app.command("run", cls=opt.Command)
 def run_command(
     plan_path: Annotated[Path, typer.Argument(metavar="PLAN", help="Plan file (.yaml or .json).")],
     substrate: Annotated[
@@ -93,68 +157,50 @@ def run_command(
         typer.Option(
             "--substrate",
             "-s",
+            metavar="NAME",
             help="Substrate name (see `agentrt substrates`); default the plan's `substrate`.",
         ),
     ] = None,
-    virtual: Annotated[
-        bool, typer.Option("--virtual", help="Run in virtual time: no waiting, same timings.")
-    ] = False,
-    seed: Annotated[int | None, typer.Option(help="Seed for jitter and retries.")] = None,
+    virtual: opt.Virtual = False,
+    seed: opt.Seed = opt.SEED_DEFAULT,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run as JSON.")] = False,
-    latency_ms: Annotated[
-        float | None, typer.Option(help="Option for `fixed`: milliseconds per call.")
-    ] = None,
-    output_tokens: Annotated[
-        int | None, typer.Option(help="Option for `fixed`: tokens generated per call.")
-    ] = None,
-    model: Annotated[
-        str | None, typer.Option(help="Emulated engines: model profile (default llama-3.1-70b).")
-    ] = None,
-    chips: Annotated[
-        int | None, typer.Option(help="Emulated engines: chips (wafers, GPUs).")
-    ] = None,
-    tp: Annotated[
-        int | None, typer.Option(help="Emulated engines: tensor-parallel degree.")
-    ] = None,
-    pp: Annotated[int | None, typer.Option(help="Emulated engines: pipeline stages.")] = None,
-    precision: Annotated[
-        str | None, typer.Option(help="Emulated engines: bf16, fp8 or fp4.")
-    ] = None,
-    max_batch: Annotated[
-        int | None, typer.Option(help="Emulated engines: most requests decoded together.")
-    ] = None,
-    network_rtt_ms: Annotated[
-        float | None, typer.Option(help="Emulated engines: client-endpoint round trip.")
-    ] = None,
-    spec_decode: Annotated[
-        str | None, typer.Option(help="Emulated engines: speculative decoding DRAFT:ACCEPT.")
-    ] = None,
-    option: Annotated[
-        list[str] | None,
-        typer.Option("--option", "-o", help="Substrate option KEY=VALUE (repeatable)."),
-    ] = None,
+    latency_ms: opt.LatencyMs = None,
+    output_tokens: opt.OutputTokens = None,
+    model: opt.Model = None,
+    chips: opt.Chips = None,
+    tp: opt.Tp = None,
+    pp: opt.Pp = None,
+    precision: opt.Precision = None,
+    max_batch: opt.MaxBatch = None,
+    network_rtt_ms: opt.NetworkRttMs = None,
+    spec_decode: opt.SpecDecode = None,
+    option: opt.Options = None,
     deadline_s: Annotated[
-        float | None, typer.Option("--deadline", help="Whole-run deadline in seconds.")
+        float | None,
+        typer.Option("--deadline", metavar="S", help="Whole-run deadline in seconds."),
     ] = None,
-    faults: Annotated[
-        str | None,
-        typer.Option(help="Inject faults, e.g. errors=0.1,outage=120s+30s (wrapper `faults`)."),
-    ] = None,
-    log_format: Annotated[str, typer.Option(help="Log format on stderr: console or json.")] = (
-        "console"
-    ),
+    faults: opt.Faults = None,
+    log_format: Annotated[
+        str, typer.Option(metavar="FORMAT", help="Log format on stderr: console or json.")
+    ] = "console",
     log_level: Annotated[
-        str, typer.Option(help="Lowest log level: debug, info, warning, error or off.")
+        str,
+        typer.Option(metavar="LEVEL", help="Lowest log level: debug, info, warning, error or off."),
     ] = "warning",
     trace: Annotated[
         str,
         typer.Option(
             envvar="AGENTRT_TRACE",
+            metavar="TARGET",
             help="Where traces go: otlp, otlp-grpc, jaeger-json:PATH, console or none.",
         ),
     ] = "none",
     trace_detail: Annotated[
-        str, typer.Option(help="Span detail: phases (queue/network/prefill/decode) or steps.")
+        str,
+        typer.Option(
+            metavar="DETAIL",
+            help="Span detail: phases (queue/network/prefill/decode) or steps.",
+        ),
     ] = "phases",
 ) -> None:
     """Run PLAN on a substrate and print each step's timing, or the whole run as JSON."""
@@ -166,22 +212,22 @@ def run_command(
         if log_level not in ("debug", "info", "warning", "error", "off"):
             raise ConfigError("--log-level must be debug, info, warning, error or off")
         configure_logging(format=log_format, level=log_level)  # type: ignore[arg-type]
-        plan = load_plan(plan_path)
-        options: dict[str, Any] = _parse_options(option or [])
-        if latency_ms is not None:
-            options["latency_ms"] = latency_ms
-        named = {
-            "output_tokens": output_tokens,
-            "model": model,
-            "chips": chips,
-            "tp": tp,
-            "pp": pp,
-            "precision": precision,
-            "max_batch": max_batch,
-            "network_rtt_ms": network_rtt_ms,
-            "spec_decode": spec_decode,
-        }
-        options.update({k: v for k, v in named.items() if v is not None})
+        opt.check_number("--deadline", deadline_s)
+        options = opt.engine_options(
+            option,
+            latency_ms=latency_ms,
+            output_tokens=output_tokens,
+            model=model,
+            chips=chips,
+            tp=tp,
+            pp=pp,
+            precision=precision,
+            max_batch=max_batch,
+            network_rtt_ms=network_rtt_ms,
+            spec_decode=spec_decode,
+        )
+        target = parse_trace_target(trace)
+        plan = _load(plan_path)
         registry = default_registry()
         if substrate is None:
             if plan.substrate is None:
@@ -195,13 +241,13 @@ def run_command(
         if faults:
             sub = registry.wrap("faults", sub, faults, seed=seed)
         tools = _tools_for(plan, virtual=virtual)
-        telemetry = configure(parse_trace_target(trace), service_name="agentrt", set_global=False)
+        telemetry = configure(target, service_name="agentrt", set_global=False)
         agent = Agent(
             sub,
             tools=tools,
             name=plan.name,
             seed=seed,
-            tracer_provider=telemetry.tracer_provider,
+            tracer_provider=_tracer_provider(telemetry),
             meter_provider=telemetry.meter_provider,
             trace_detail=trace_detail,  # type: ignore[arg-type]
         )
@@ -238,13 +284,15 @@ def run_command(
         data = result.to_dict()
         data["report"] = report.to_dict()
         data["trace"] = telemetry.where(result.trace_id)
-        # A last pass over everything printed: step text and tool output are a server's data.
-        _out.print_json(redact(json.dumps(data)))
+        _print_json(data)
+    elif len(result.steps) > MAX_TABLE_STEPS:
+        _print_large_run(result, report)
     else:
         print_run(_out, result)
         _out.print()
         print_report(_out, report)
         print_waterfall(_out, report)
+    if not as_json:
         where = telemetry.where(result.trace_id)
         if where:
             _out.print(f"trace: {where}", highlight=False)
@@ -263,46 +311,72 @@ def _tools_for(plan: Plan, *, virtual: bool) -> list[Tool]:
     return tools
 
 
-@app.command("compare")
+@app.command("compare", cls=opt.Command)
 def compare_command(
     plan_path: Annotated[Path, typer.Argument(metavar="PLAN", help="Plan file (.yaml or .json).")],
     substrates: Annotated[
-        str, typer.Option("--substrates", help="Comma-separated substrate names, e.g. wse3,h100.")
+        str,
+        typer.Option(
+            "--substrates",
+            metavar="NAMES",
+            help="Comma-separated substrate names, e.g. wse3,h100.",
+        ),
     ],
-    trials: Annotated[int, typer.Option(min=1, help="Runs per substrate.")] = 10,
-    virtual: Annotated[bool, typer.Option("--virtual", help="Run in virtual time.")] = False,
-    seed: Annotated[int | None, typer.Option(help="Seed for engines and retries.")] = None,
+    trials: Annotated[int, typer.Option(min=1, metavar="N", help="Runs per substrate.")] = 10,
+    virtual: opt.Virtual = False,
+    seed: opt.Seed = opt.SEED_DEFAULT,
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
-    option: Annotated[
-        list[str] | None,
-        typer.Option("--option", "-o", help="Option KEY=VALUE for every substrate (repeatable)."),
-    ] = None,
-    faults: Annotated[
-        str | None,
-        typer.Option(help="Inject faults into every substrate, e.g. errors=0.1,outage=120s+30s."),
-    ] = None,
+    latency_ms: opt.LatencyMs = None,
+    output_tokens: opt.OutputTokens = None,
+    model: opt.Model = None,
+    chips: opt.Chips = None,
+    tp: opt.Tp = None,
+    pp: opt.Pp = None,
+    precision: opt.Precision = None,
+    max_batch: opt.MaxBatch = None,
+    network_rtt_ms: opt.NetworkRttMs = None,
+    spec_decode: opt.SpecDecode = None,
+    option: opt.Options = None,
+    faults: opt.Faults = None,
     trace: Annotated[
         str,
         typer.Option(
             envvar="AGENTRT_TRACE",
+            metavar="TARGET",
             help="Where traces go (one per run): otlp, otlp-grpc, jaeger-json:PATH, console, none.",
         ),
     ] = "none",
 ) -> None:
-    """Run PLAN on several substrates: end-to-end p50/p95/p99, per-step medians, speed-ups."""
+    """Run PLAN on several substrates: end-to-end p50/p95/p99, per-step medians, speed-ups.
+
+    Exits 1, with no speed-up, when any run failed.
+    """
     try:
-        telemetry = configure(parse_trace_target(trace), service_name="agentrt", set_global=False)
         configure_logging(level="warning")
-        plan = load_plan(plan_path)
+        options = opt.engine_options(
+            option,
+            latency_ms=latency_ms,
+            output_tokens=output_tokens,
+            model=model,
+            chips=chips,
+            tp=tp,
+            pp=pp,
+            precision=precision,
+            max_batch=max_batch,
+            network_rtt_ms=network_rtt_ms,
+            spec_decode=spec_decode,
+        )
+        target = parse_trace_target(trace)
+        plan = _load(plan_path)
         names = [n.strip() for n in substrates.split(",") if n.strip()]
         if not names:
             raise ConfigError("--substrates needs at least one name, e.g. --substrates wse3,h100")
-        options = _parse_options(option or [])
         registry = default_registry()
         subs = {n: registry.substrate(n, seed=seed, **options) for n in names}
         if faults:
             subs = {n: registry.wrap("faults", s, faults, seed=seed) for n, s in subs.items()}
         tools = _tools_for(plan, virtual=virtual)
+        telemetry = configure(target, service_name="agentrt", set_global=False)
     except AgentrtError as exc:
         raise _fail(str(exc).replace("\n", " ")) from None
 
@@ -326,7 +400,7 @@ def compare_command(
                 on_trial=lambda name, run: progress.update(
                     task, advance=1, description=f"{plan.name} on {name}"
                 ),
-                tracer_provider=telemetry.tracer_provider,
+                tracer_provider=_tracer_provider(telemetry),
             )
         for substrate in subs.values():
             await substrate.aclose()
@@ -342,17 +416,25 @@ def compare_command(
     finally:
         telemetry.shutdown()
     where = telemetry.where("<trace_id>") if telemetry.target.kind != "none" else None
+    failures = comparison.failures()
     if as_json:
         data = comparison.model_dump(mode="json")
         data["trace"] = where
-        _out.print_json(json.dumps(data))
-        return
-    print_comparison(_out, comparison)
-    if where:
+        if failures:
+            data["speedup"] = None  # not comparable: some runs failed
+        _print_json(data)
+    elif not failures:
+        print_comparison(_out, comparison)
+    if where and not as_json:
         _out.print(f"traces: {where} (one trace per run)", highlight=False)
+    if failures:
+        for line in failures:
+            _err.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+        _err.print("no speed-up is reported when runs fail", highlight=False)
+        raise typer.Exit(1)
 
 
-@app.command("demo")
+@app.command("demo", cls=opt.Command)
 def demo_command(
     virtual: Annotated[
         bool, typer.Option("--virtual", help="Instant, simulated time (tools run as twins).")
@@ -361,7 +443,7 @@ def demo_command(
         str, typer.Option(help="Comma-separated emulated substrates.")
     ] = "wse3,h100",
     model: Annotated[str, typer.Option(help="Model profile for the engines.")] = "llama-3.1-70b",
-    seed: Annotated[int, typer.Option(help="Seed for engines and tools.")] = 0,
+    seed: opt.Seed = opt.SEED_DEFAULT,
     trace: Annotated[
         str | None,
         typer.Option(
@@ -397,7 +479,7 @@ def demo_command(
     raise typer.Exit(code)
 
 
-@app.command("report")
+@app.command("report", cls=opt.Command)
 def report_command(
     trace_file: Annotated[
         Path,
@@ -422,7 +504,7 @@ def report_command(
         raise _fail(str(exc)) from None
     if as_json:
         payload = [r.to_dict() for r in reports]
-        _out.print_json(json.dumps(payload[0] if len(payload) == 1 else payload))
+        _print_json(payload[0] if len(payload) == 1 else payload)
         return
     for report in reports:
         print_report(_out, report)
@@ -471,7 +553,7 @@ def substrates_command(
     except AgentrtError as exc:
         raise _fail(str(exc)) from None
     if as_json:
-        _out.print_json(json.dumps({"substrates": subs, "tools": tools}))
+        _print_json({"substrates": subs, "tools": tools})
         return
     table = Table("kind", "name")
     for name in subs:
@@ -479,6 +561,9 @@ def substrates_command(
     for name in tools:
         table.add_row("tool", name)
     _out.print(table)
+
+
+_KERNEL_COMMANDS = frozenset({"run", "compare", "demo", "report"})
 
 
 def _load_plugin_commands() -> None:
@@ -494,10 +579,10 @@ def _load_plugin_commands() -> None:
         except (ImportError, AttributeError) as exc:
             _err.print(f"[yellow]warning:[/] cannot load command {ep.name!r} ({ep.value}): {exc}")
             continue
-        app.command(ep.name)(command)
+        app.command(ep.name, cls=opt.Command)(command)
         names.add(ep.name)
     if "substrates" not in names:
-        app.command("substrates")(substrates_command)
+        app.command("substrates", cls=opt.Command)(substrates_command)
 
 
 def _interrupted(exc: Interrupted, what: str, where: str | None) -> typer.Exit:
@@ -512,18 +597,39 @@ def main() -> None:
 
     SIGINT and SIGTERM cancel a running command (see `agentrt.interrupts`): it unwinds, kills
     what it started, flushes its traces, prints one line and exits 130 or 143. Outside a run
-    they raise `Interrupted`, which click's standalone mode (which turns ``KeyboardInterrupt``
-    into "Aborted!" and exit 1) lets through to here.
+    they raise `Interrupted`, which ends the command here with the same one line.
     """
-    _load_plugin_commands()
+    # The kernel's own commands need no plug-in: importing them all (the server's web stack
+    # included) cost ~0.1 s per `agentrt run`.
+    argv = sys.argv[1:]
+    if not argv or argv[0] not in _KERNEL_COMMANDS:
+        _load_plugin_commands()
     restore = raise_on_signals(_CANCEL_ON)
     try:
-        app()
+        code = app(standalone_mode=False)
     except Interrupted as exc:
         _err.print(f"agentrt: interrupted by {exc.signal_name}", highlight=False)
         sys.exit(exc.exit_code)
+    except _NoArgsIsHelpError as exc:  # `agentrt` alone: the help, as typer prints it
+        from typer import rich_utils
+
+        rich_utils.rich_format_error(exc)
+        sys.exit(exc.exit_code)
+    except _UsageError as exc:
+        # click's usage errors (a missing argument, `--seed abc`, `--trials 0`, a misspelt
+        # flag) as one line, like every other input error.
+        where = exc.ctx.command_path if exc.ctx is not None else "agentrt"
+        message = " ".join(exc.format_message().split())
+        _err.print(
+            f"[bold red]error:[/] {message} (see `{where} --help`)", highlight=False, soft_wrap=True
+        )
+        sys.exit(2)
+    except KeyboardInterrupt:
+        _err.print("agentrt: interrupted by SIGINT", highlight=False)
+        sys.exit(130)
     finally:
         # The exit status is decided: a late signal must not change it while Python exits.
         restore()
         for sig in _CANCEL_ON:
             signal.signal(sig, signal.SIG_IGN)
+    sys.exit(code if isinstance(code, int) else 0)

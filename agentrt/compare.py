@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
 from opentelemetry.trace import TracerProvider
@@ -50,6 +51,9 @@ class SubstrateSummary(BaseModel):
     steps: dict[str, float] = Field(description="Median latency of each step, by id.")
     cost_usd_mean: float
     energy_j_mean: float
+    failure_reasons: dict[str, int] = Field(
+        default_factory=dict, description="Why runs failed (first line of the error) -> count."
+    )
 
 
 class Comparison(BaseModel):
@@ -66,6 +70,31 @@ class Comparison(BaseModel):
     clock: str
     substrates: dict[str, SubstrateSummary]
     speedup: dict[str, float]
+
+    def failures(self) -> list[str]:
+        """One line per substrate with failed runs: how many failed and the commonest reasons.
+
+        A speed-up between substrates whose runs failed compares failures, not work done;
+        the command line prints these lines instead of the speed-up and exits 1.
+
+        Example:
+            >>> import agentrt
+            >>> from agentrt.testing import FixedLatencySubstrate
+            >>> plan = agentrt.Plan(name="p", steps=[agentrt.Step(id="a")])
+            >>> subs = {"x": FixedLatencySubstrate(0.1)}
+            >>> result = agentrt.run(compare, plan, subs, clock=agentrt.VirtualClock())
+            >>> result.failures()
+            []
+        """
+        lines = []
+        for name, summary in self.substrates.items():
+            failed = summary.trials - summary.succeeded
+            if failed:
+                reasons = sorted(summary.failure_reasons.items(), key=lambda kv: -kv[1])
+                shown = "; ".join(f"{reason} (x{count})" for reason, count in reasons[:2])
+                more = f"; and {len(reasons) - 2} other reasons" if len(reasons) > 2 else ""
+                lines.append(f"{failed} of {summary.trials} runs on {name} failed: {shown}{more}")
+        return lines
 
 
 def summarize(name: str, runs: Sequence[RunResult]) -> SubstrateSummary:
@@ -93,7 +122,16 @@ def summarize(name: str, runs: Sequence[RunResult]) -> SubstrateSummary:
         steps=steps,
         cost_usd_mean=statistics.fmean(r.cost_usd for r in runs),
         energy_j_mean=statistics.fmean(r.energy_j for r in runs),
+        failure_reasons=dict(
+            Counter(_reason(r) for r in runs if r.status != "succeeded").most_common()
+        ),
     )
+
+
+def _reason(run: RunResult) -> str:
+    """The first line of a failed run's error, shortened: what a summary line shows."""
+    text = (run.error or run.status).splitlines()[0] if (run.error or run.status) else "failed"
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 async def compare(

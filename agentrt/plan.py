@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
 import re
+import stat
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,9 +26,14 @@ from pydantic import (
     model_validator,
 )
 
-from agentrt.errors import PlanError
+from agentrt.errors import ConfigError, PlanError
 
 __all__ = [
+    "MAX_PLAN_BYTES",
+    "MAX_PLAN_DEPTH",
+    "MAX_PLAN_STEPS",
+    "MAX_PLAN_VALUES",
+    "MAX_YAML_ALIASES",
     "Plan",
     "RetryPolicy",
     "Step",
@@ -37,9 +45,26 @@ __all__ = [
     "template_refs",
 ]
 
+#: Largest plan file `load_plan` reads, in bytes (16 MiB: ~300,000 short steps of YAML).
+MAX_PLAN_BYTES = 16 * 1024 * 1024
+#: Most steps in one plan.
+MAX_PLAN_STEPS = 50_000
+#: Deepest nesting of mappings and lists in a plan file (a plan itself needs about 6).
+MAX_PLAN_DEPTH = 64
+#: Most mappings and lists a plan may reuse through YAML aliases (``*name``).
+MAX_YAML_ALIASES = 1_000
+#: Most values (scalars, mappings, lists) in a plan once YAML aliases are expanded.
+MAX_PLAN_VALUES = 2_000_000
+#: Ids (or problems) an error message names before it counts the rest.
+_MAX_LISTED = 5
+
 _ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
-_FROZEN = ConfigDict(frozen=True, extra="forbid")
+# Infinite or NaN timeouts, back-offs and deadlines are mistakes, never "no limit".
+_FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 # {{ step }} or {{ step.text }} / {{ step.tool }} / {{ step.output }}
+# libyaml's loader when PyYAML has it (10-50x faster); line numbers come from composing the
+# text again, only when there is an error to report.
+_FastLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _TEMPLATE = re.compile(r"\{\{\s*(.*?)\s*\}\}")
 _REF = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)(?:\.(output|text|tool))?$")
 
@@ -124,6 +149,18 @@ class Step(BaseModel):
     substrate: str | None = Field(default=None, description="Substrate hint for routers.")
     slo: str | None = Field(default=None, description="SLO class, e.g. 'interactive', 'batch'.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        # A PlanError (not a ValueError) escapes pydantic as it is: one line with a hint.
+        if isinstance(data, dict) and not _STEP_FIELDS.issuperset(data):
+            step_id = data.get("id")
+            raise PlanError(
+                _unknown_field("step", data, Step.model_fields),
+                step_ids=(step_id,) if isinstance(step_id, str) else (),
+            )
+        return data
+
     @field_validator("depends_on", mode="before")
     @classmethod
     def _one_or_many(cls, value: object) -> object:
@@ -141,6 +178,39 @@ class Step(BaseModel):
         if self.tool is not None:
             return f"Call the {self.tool} tool for step {self.id}."
         return f"Carry out the {self.kind} step {self.id}."
+
+
+_STEP_FIELDS = frozenset(Step.model_fields)
+
+
+def _unknown_field(what: str, data: Mapping[str, Any], fields: Iterable[str]) -> str:
+    """``what has no field 'x'; did you mean 'y'? (its fields: ...)`` for the first unknown key."""
+    known = list(fields)
+    key = next(str(k) for k in data if k not in known)
+    label = what
+    if what == "step" and isinstance(data.get("id"), str):
+        label = f"step {data['id']!r}"
+    return (
+        f"{label} has no field {key!r}{_did_you_mean(key, known)}; its fields: {', '.join(known)}"
+    )
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.7)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _listing(items: Sequence[str], *, quote: bool = False) -> str:
+    """The first few items, then a count of the rest: ``a, b, c ... and 99,997 more``."""
+    shown = [repr(i) if quote else i for i in items[:_MAX_LISTED]]
+    rest = len(items) - len(shown)
+    return ", ".join(shown) + (f" ... and {rest:,} more" if rest > 0 else "")
+
+
+def _joined(problems: Sequence[str]) -> str:
+    more = len(problems) - _MAX_LISTED
+    text = "; ".join(problems[:_MAX_LISTED])
+    return text + (f" (and {more:,} more problems)" if more > 0 else "")
 
 
 class TemplateRef(BaseModel):
@@ -234,24 +304,34 @@ class Plan(BaseModel):
     _order: tuple[str, ...] = PrivateAttr(default=())
     _by_id: dict[str, Step] = PrivateAttr(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not _PLAN_FIELDS.issuperset(data):
+            raise PlanError(_unknown_field("a plan", data, Plan.model_fields))
+        return data
+
     @model_validator(mode="after")
     def _check_dag(self) -> Plan:
+        # Every check here is O(steps + edges): plans of MAX_PLAN_STEPS steps load in seconds.
         problems: list[str] = []
         bad: list[str] = []
         counts = Counter(s.id for s in self.steps)
         duplicates = sorted(step_id for step_id, n in counts.items() if n > 1)
         if duplicates:
-            problems.append(f"duplicate step ids: {', '.join(duplicates)}")
+            problems.append(f"duplicate step ids: {_listing(duplicates)}")
             bad += duplicates
-        ids = {s.id for s in self.steps}
+        ids = counts.keys()
         for step in self.steps:
             unknown = [d for d in step.depends_on if d not in ids]
             if unknown:
-                problems.append(
-                    f"step {step.id!r} depends on unknown step(s) {', '.join(map(repr, unknown))}"
-                    f" (known: {', '.join(sorted(ids))})"
-                )
                 bad.append(step.id)
+                # Suggestions cost a scan of every id: only for the problems the message shows.
+                hint = _did_you_mean(unknown[0], ids) if len(problems) < _MAX_LISTED else ""
+                problems.append(
+                    f"step {step.id!r} depends on unknown step(s) "
+                    f"{_listing(unknown, quote=True)}{hint}"
+                )
             if step.kind in _TOOL_KINDS and step.tool is None:
                 problems.append(
                     f"step {step.id!r} is a {step.kind} step but names no tool; "
@@ -259,38 +339,16 @@ class Plan(BaseModel):
                 )
                 bad.append(step.id)
         if problems:
-            raise PlanError("; ".join(problems), step_ids=tuple(dict.fromkeys(bad)))
+            raise PlanError(_joined(problems), step_ids=tuple(dict.fromkeys(bad)))
         order, cycle = _topological_order(self.steps)
         if cycle:
             raise PlanError(
                 "the steps form a cycle: " + " -> ".join(cycle), step_ids=tuple(cycle[:-1])
             )
         self._by_id = {s.id: s for s in self.steps}
-        for step in self.steps:
-            for text in _templates_of(step):
-                for ref in template_refs(text):
-                    if ref.step_id is None:
-                        problems.append(
-                            f"step {step.id!r} has a malformed template reference "
-                            f"'{{{{ {ref.raw} }}}}'; write {{{{ step_id }}}} or "
-                            f"{{{{ step_id.text|tool|output }}}}"
-                        )
-                        bad.append(step.id)
-                    elif not self._depends_on(step, ref.step_id):
-                        problems.append(
-                            f"step {step.id!r} refers to {{{{ {ref.raw} }}}} but does not depend "
-                            f"on step {ref.step_id!r}; add it to depends_on"
-                        )
-                        bad.append(step.id)
-        if problems:
-            raise PlanError("; ".join(problems), step_ids=tuple(dict.fromkeys(bad)))
+        _check_references(self._by_id, order)
         self._order = order
         return self
-
-    def _depends_on(self, step: Step, target: str) -> bool:
-        if target in step.depends_on:
-            return True
-        return target in self.ancestors(step.id)
 
     @property
     def order(self) -> tuple[str, ...]:
@@ -324,19 +382,52 @@ class Plan(BaseModel):
         """The retry policy of ``step``."""
         return step.retry if step.retry is not None else self.defaults.retry
 
+    def check_tools(self, args_model: Callable[[str], type[BaseModel] | None]) -> None:
+        """Check each step's tool name and ``args`` against the tool's argument model.
+
+        A string argument holding a ``{{ step }}`` reference is only rendered when the step
+        runs, so its value is not type-checked here; its name still is.
+
+        Example:
+            >>> from pydantic import BaseModel
+            >>> class EchoArgs(BaseModel):
+            ...     text: str
+            >>> plan = Plan(name="p", steps=[Step(id="a", tool="echo", args={"txt": "hi"})])
+            >>> try:
+            ...     plan.check_tools({"echo": EchoArgs}.__getitem__)
+            ... except PlanError as exc:
+            ...     print(exc)
+            step 'a': tool 'echo' has no argument 'txt' (did you mean 'text'?); its arguments: text
+
+        Args:
+            args_model: the argument model of a tool by name (e.g.
+                `agentrt.registry.Registry.tool_args_model`); None skips that tool's arguments.
+                An unknown name raises `KeyError` or `agentrt.errors.ConfigError`.
+
+        Raises:
+            PlanError: an unknown tool or invalid arguments; ``step_ids`` names the step.
+        """
+        problem = _first_tool_problem(self, args_model)
+        if problem is not None:
+            raise PlanError(problem[1], step_ids=(self.steps[problem[0]].id,))
+
     @classmethod
     def from_yaml(cls, text: str, *, source: str = "<string>") -> Plan:
         """Build a plan from YAML text (JSON is YAML too).
 
         Raises:
-            PlanError: malformed YAML or an invalid plan, with ``source:line`` when known.
+            PlanError: malformed YAML, a limit exceeded (`MAX_PLAN_DEPTH`, `MAX_YAML_ALIASES`,
+                `MAX_PLAN_VALUES`, `MAX_PLAN_STEPS`) or an invalid plan, with ``source:line``
+                when known.
         """
+        _check_length(text, source)
         try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_FastLoader)
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark is not None else None
+            if "maximum nesting depth" in str(exc.problem):
+                raise PlanError(_too_deep(), path=source, line=line) from None
             detail = " ".join(str(p) for p in (exc.context, exc.problem) if p)
             if exc.context_mark is not None and exc.problem_mark is not None:
                 started = exc.context_mark.line + 1
@@ -345,36 +436,65 @@ class Plan(BaseModel):
             raise PlanError(f"malformed YAML: {detail}", path=source, line=line) from exc
         except yaml.YAMLError as exc:
             raise PlanError(f"malformed YAML: {exc}", path=source) from exc
+        except RecursionError:  # the pure-Python loader, without libyaml
+            raise PlanError(_too_deep(), path=source) from None
         if not isinstance(data, dict):
             raise PlanError(
                 "a plan file must be a mapping with `name` and `steps`", path=source, line=1
             )
-        return cls._from_data(data, source=source, node=node)
+        return cls._from_data(data, source=source, text=text)
 
     @classmethod
     def from_json(cls, text: str, *, source: str = "<string>") -> Plan:
         """Build a plan from JSON text.
 
         Raises:
-            PlanError: malformed JSON or an invalid plan, with ``source:line`` when known.
+            PlanError: malformed JSON, a limit exceeded or an invalid plan, with
+                ``source:line`` when known.
         """
+        _check_length(text, source)
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise PlanError(f"malformed JSON: {exc.msg}", path=source, line=exc.lineno) from exc
+        except RecursionError:
+            raise PlanError(_too_deep(), path=source) from None
         if not isinstance(data, dict):
             raise PlanError(
                 "a plan file must be an object with `name` and `steps`", path=source, line=1
             )
-        # JSON is YAML 1.2: composing it gives line numbers for validation errors.
-        try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.YAMLError:
-            node = None
-        return cls._from_data(data, source=source, node=node)
+        return cls._from_data(data, source=source, text=text, shared=False)
 
     @classmethod
-    def _from_data(cls, data: dict[str, Any], *, source: str, node: yaml.Node | None) -> Plan:
+    def _from_data(
+        cls, data: dict[str, Any], *, source: str, text: str | None = None, shared: bool = True
+    ) -> Plan:
+        _check_size(data, source, shared=shared)
+        lines = _Lines(text)
+        steps = data.get("steps")
+        if isinstance(steps, list):
+            if len(steps) > MAX_PLAN_STEPS:
+                raise PlanError(
+                    f"the plan has {len(steps):,} steps; at most {MAX_PLAN_STEPS:,} "
+                    "(agentrt.plan.MAX_PLAN_STEPS) are allowed: split it into several plans",
+                    path=source,
+                )
+            # Unknown keys first, with the line of the key itself and a did-you-mean.
+            for index, raw in enumerate(steps):
+                if isinstance(raw, dict) and not _STEP_FIELDS.issuperset(raw):
+                    key = next(str(k) for k in raw if k not in _STEP_FIELDS)
+                    raise PlanError(
+                        f"steps.{index}.{key}: " + _unknown_field("step", raw, Step.model_fields),
+                        path=source,
+                        line=lines.of(("steps", index, key)),
+                    )
+        if not _PLAN_FIELDS.issuperset(data):
+            key = next(str(k) for k in data if k not in _PLAN_FIELDS)
+            raise PlanError(
+                _unknown_field("a plan", data, Plan.model_fields),
+                path=source,
+                line=lines.of((key,)),
+            )
         try:
             plan = cls.model_validate(data)
         except ValidationError as exc:
@@ -384,35 +504,296 @@ class Plan(BaseModel):
             more = (
                 f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
             )
-            raise PlanError(
-                f"{where}: {first['msg']}{more}", path=source, line=_line_of(node, loc)
-            ) from exc
+            message = first["msg"]
+            if first["type"] == "extra_forbidden" and loc:
+                fields = _nested_fields(loc)
+                message = f"unknown field {loc[-1]!r}{_did_you_mean(str(loc[-1]), fields)}"
+                message += f"; its fields: {', '.join(fields)}" if fields else ""
+            elif first["type"] == "finite_number":
+                message = "must be a finite number (not inf or nan)"
+            raise PlanError(f"{where}: {message}{more}", path=source, line=lines.of(loc)) from exc
         except PlanError as exc:
-            line = _line_of_step(node, data, exc.step_ids[0]) if exc.step_ids else None
+            line = lines.of_step(data, exc.step_ids[0]) if exc.step_ids else None
             raise PlanError(str(exc), step_ids=exc.step_ids, path=source, line=line) from exc
         return plan
 
 
-def load_plan(path: str | Path) -> Plan:
+_PLAN_FIELDS = frozenset(Plan.model_fields)
+
+
+def load_plan(
+    path: str | Path, *, tools: Callable[[str], type[BaseModel] | None] | None = None
+) -> Plan:
     """Load a plan from a ``.yaml``/``.yml`` or ``.json`` file.
 
+    The file must be a regular file of at most `MAX_PLAN_BYTES`; the plan may hold at most
+    `MAX_PLAN_STEPS` steps, nest at most `MAX_PLAN_DEPTH` levels and reuse at most
+    `MAX_YAML_ALIASES` mappings or lists through YAML aliases.
+
     Example:
-        ``plan = load_plan("examples/plans/fix-bug.yaml")``
+        ``plan = load_plan("examples/plans/fix-bug.yaml", tools=registry.tool_args_model)``
+
+    Args:
+        path: the plan file.
+        tools: when given, each step's tool and ``args`` are checked with `Plan.check_tools`.
 
     Raises:
-        PlanError: the file is missing, unreadable, malformed or describes an invalid plan; the
-            message starts with ``path:line``.
+        PlanError: the file is missing, unreadable, too large, malformed or describes an invalid
+            plan; the message starts with ``path:line``.
     """
     p = Path(path)
+    text = _read_bounded(p)
+    if p.suffix.lower() == ".json":
+        plan = Plan.from_json(text, source=str(p))
+    else:
+        plan = Plan.from_yaml(text, source=str(p))
+    if tools is not None:
+        problem = _first_tool_problem(plan, tools)
+        if problem is not None:
+            index, message, loc = problem
+            raise PlanError(
+                message,
+                step_ids=(plan.steps[index].id,),
+                path=str(p),
+                line=_Lines(text).of(("steps", index, *loc)),
+            )
+    return plan
+
+
+def _read_bounded(p: Path) -> str:
+    """The file's text, read with a bound: never a device, a FIFO or more than MAX_PLAN_BYTES."""
     try:
-        text = p.read_text(encoding="utf-8")
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError as exc:
         raise PlanError("no such plan file", path=str(p)) from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PlanError(f"cannot read the plan file: {exc}", path=str(p)) from exc
-    if p.suffix.lower() == ".json":
-        return Plan.from_json(text, source=str(p))
-    return Plan.from_yaml(text, source=str(p))
+    except OSError as exc:
+        raise PlanError(f"cannot read the plan file: {exc.strerror or exc}", path=str(p)) from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            what = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+            raise PlanError(f"{what}; a plan is a .yaml or .json file", path=str(p))
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            raw = f.read(MAX_PLAN_BYTES + 1)
+    except OSError as exc:
+        raise PlanError(f"cannot read the plan file: {exc.strerror or exc}", path=str(p)) from exc
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_PLAN_BYTES:
+        raise PlanError(_too_large(), path=str(p))
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PlanError(f"cannot read the plan file: not UTF-8 text ({exc})", path=str(p)) from exc
+
+
+def _check_length(text: str, source: str) -> None:
+    if len(text) > MAX_PLAN_BYTES:  # characters: at least as many bytes in UTF-8
+        raise PlanError(_too_large(), path=source)
+
+
+def _too_large() -> str:
+    return (
+        f"the file is larger than {MAX_PLAN_BYTES // (1024 * 1024)} MiB "
+        "(agentrt.plan.MAX_PLAN_BYTES); split the plan into several"
+    )
+
+
+def _too_deep() -> str:
+    return (
+        f"the plan nests deeper than {MAX_PLAN_DEPTH} levels (agentrt.plan.MAX_PLAN_DEPTH); "
+        "a plan needs about 6"
+    )
+
+
+def _check_size(data: object, source: str, *, shared: bool) -> None:
+    """Refuse nesting past MAX_PLAN_DEPTH and alias bombs, before pydantic walks the data.
+
+    Iterative (no recursion) and linear in the distinct mappings and lists: a mapping or list
+    reached again is a YAML alias; its expanded size is remembered, not walked again.
+    """
+    if not shared:  # JSON: a tree, nothing to expand; only the depth is checked
+        todo: list[tuple[Any, int]] = [(data, 1)]
+        while todo:
+            value, depth = todo.pop()
+            if depth > MAX_PLAN_DEPTH:
+                raise PlanError(_too_deep(), path=source)
+            children = value.values() if type(value) is dict else value
+            todo.extend((c, depth + 1) for c in children if type(c) is dict or type(c) is list)
+        return
+    sizes: dict[int, int] = {}
+    heights: dict[int, int] = {}
+    on_path: set[int] = set()
+    aliases = 0
+    stack: list[tuple[Any, int, bool]] = [(data, 1, False)]
+    while stack:
+        value, depth, finished = stack.pop()
+        key = id(value)
+        children = value.values() if isinstance(value, dict) else value
+        if finished:
+            on_path.discard(key)
+            size, height = 1, 1
+            for child in children:
+                if isinstance(child, (dict, list)):
+                    size += sizes[id(child)]
+                    height = max(height, heights[id(child)] + 1)
+                else:
+                    size += 1
+            sizes[key], heights[key] = size, height
+            if size > MAX_PLAN_VALUES:
+                raise PlanError(
+                    f"the plan expands to more than {MAX_PLAN_VALUES:,} values "
+                    "(agentrt.plan.MAX_PLAN_VALUES); are YAML aliases nested?",
+                    path=source,
+                )
+            continue
+        if key in on_path:
+            raise PlanError("a YAML alias refers to a mapping or list that holds it", path=source)
+        if key in sizes:
+            aliases += 1
+            if aliases > MAX_YAML_ALIASES:
+                raise PlanError(
+                    f"the plan reuses more than {MAX_YAML_ALIASES:,} mappings or lists through "
+                    "YAML aliases (agentrt.plan.MAX_YAML_ALIASES)",
+                    path=source,
+                )
+            if depth + heights[key] - 1 > MAX_PLAN_DEPTH:
+                raise PlanError(_too_deep(), path=source)
+            continue
+        if depth > MAX_PLAN_DEPTH:
+            raise PlanError(_too_deep(), path=source)
+        on_path.add(key)
+        stack.append((value, depth, True))
+        stack.extend((c, depth + 1, False) for c in children if isinstance(c, (dict, list)))
+
+
+def _check_references(by_id: Mapping[str, Step], order: Sequence[str]) -> None:
+    """Every ``{{ ref }}`` names a step this one depends on, directly or not.
+
+    Direct dependencies are a set lookup. Other references are checked against ancestor sets
+    kept as bitsets (one bit per referenced step), built once in topological order: linear in
+    steps + edges (times the bitset width), where calling `Plan.ancestors` per reference was
+    quadratic.
+    """
+    problems: list[str] = []
+    bad: list[str] = []
+    indirect: dict[str, list[TemplateRef]] = {}
+    for step in by_id.values():
+        for text in _templates_of(step):
+            if "{{" not in text:
+                continue
+            for ref in template_refs(text):
+                if ref.step_id is None:
+                    problems.append(
+                        f"step {step.id!r} has a malformed template reference "
+                        f"'{{{{ {ref.raw} }}}}'; write {{{{ step_id }}}} or "
+                        f"{{{{ step_id.text|tool|output }}}}"
+                    )
+                    bad.append(step.id)
+                elif ref.step_id not in step.depends_on:
+                    indirect.setdefault(step.id, []).append(ref)
+    if indirect:
+        targets = {ref.step_id for refs in indirect.values() for ref in refs}
+        bit = {t: 1 << i for i, t in enumerate(sorted(t for t in targets if t is not None))}
+        pending = Counter(d for s in by_id.values() for d in set(s.depends_on))
+        ancestors: dict[str, int] = {}
+        for step_id in order:
+            deps = set(by_id[step_id].depends_on)
+            mask = 0
+            for dep in deps:
+                mask |= ancestors[dep] | bit.get(dep, 0)
+                pending[dep] -= 1
+                if pending[dep] == 0:
+                    del ancestors[dep]  # no step left needs it: memory stays small on chains
+            ancestors[step_id] = mask
+            for ref in indirect.get(step_id, ()):
+                if ref.step_id is not None and not mask & bit[ref.step_id]:
+                    problems.append(
+                        f"step {step_id!r} refers to {{{{ {ref.raw} }}}} but does not depend "
+                        f"on step {ref.step_id!r}; add it to depends_on"
+                    )
+                    bad.append(step_id)
+    if problems:
+        raise PlanError(_joined(problems), step_ids=tuple(dict.fromkeys(bad)))
+
+
+def _first_tool_problem(
+    plan: Plan, args_model: Callable[[str], type[BaseModel] | None]
+) -> tuple[int, str, tuple[str | int, ...]] | None:
+    """(step index, message, location under the step) of the first bad tool or argument."""
+    models: dict[str, type[BaseModel] | None] = {}
+    for index, step in enumerate(plan.steps):
+        if step.tool is None:
+            continue
+        if step.tool not in models:
+            try:
+                models[step.tool] = args_model(step.tool)
+            except (KeyError, ConfigError) as exc:
+                detail = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+                return index, f"step {step.id!r} uses an unknown tool: {detail}", ("tool",)
+        model = models[step.tool]
+        if model is None:
+            continue
+        problem = _args_problem(step, model)
+        if problem is not None:
+            return index, problem[0], ("args", *problem[1])
+    return None
+
+
+def _args_problem(step: Step, model: type[BaseModel]) -> tuple[str, tuple[str | int, ...]] | None:
+    fields = list(model.model_fields)
+    if model.model_config.get("extra") != "allow":
+        # Unknown names first (a model that ignores extras would drop them silently).
+        accepted = {*fields, *(f.alias for f in model.model_fields.values() if f.alias)}
+        for name in step.args:
+            if name not in accepted:
+                return (
+                    f"step {step.id!r}: tool {step.tool!r} has no argument {name!r}"
+                    f"{_did_you_mean(name, fields)}; its arguments: {', '.join(fields)}",
+                    (name,),
+                )
+    try:
+        model.model_validate(step.args)
+    except ValidationError as exc:
+        for error in exc.errors():
+            loc = tuple(error["loc"])
+            if _templated(step.args, loc):
+                continue  # rendered when the step runs: the model checks it then
+            where = f"argument {'.'.join(map(str, loc))!r}" if loc else "arguments"
+            detail = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "missing":
+                detail = "required, but missing"
+            return (
+                f"step {step.id!r}: {where} of tool {step.tool!r}: {detail}; "
+                f"its arguments: {', '.join(fields)}",
+                loc,
+            )
+    return None
+
+
+def _templated(args: Mapping[str, JsonValue], loc: Sequence[str | int]) -> bool:
+    """Whether the value at ``loc`` (or one containing it) is a string with a ``{{`` reference."""
+    value: JsonValue = dict(args)
+    for key in loc:
+        if isinstance(value, str):
+            break
+        if isinstance(value, dict) and isinstance(key, str) and key in value:
+            value = value[key]
+            continue
+        if not (isinstance(value, list) and isinstance(key, int) and 0 <= key < len(value)):
+            return False
+        value = value[key]
+    return isinstance(value, str) and "{{" in value
+
+
+def _nested_fields(loc: Sequence[str | int]) -> list[str]:
+    """The field names of the model at ``loc[:-1]`` (for did-you-mean on nested extras)."""
+    parent = [p for p in loc[:-1] if isinstance(p, str)]
+    if parent[-1:] == ["retry"]:
+        return list(RetryPolicy.model_fields)
+    if parent == ["defaults"]:
+        return list(StepDefaults.model_fields)
+    return []
 
 
 def _templates_of(step: Step) -> Iterable[str]:
@@ -494,11 +875,34 @@ def _line_of(node: yaml.Node | None, loc: Sequence[str | int]) -> int | None:
     return line
 
 
-def _line_of_step(node: yaml.Node | None, data: Mapping[str, Any], step_id: str) -> int | None:
-    steps = data.get("steps")
-    if not isinstance(steps, list):
+class _Lines:
+    """Line numbers in a plan's text, found by composing it only when an error needs one."""
+
+    def __init__(self, text: str | None) -> None:
+        self._text = text
+        self._node: yaml.Node | None = None
+        self._composed = False
+
+    def _root(self) -> yaml.Node | None:
+        if not self._composed:
+            self._composed = True
+            if self._text is not None:
+                try:
+                    self._node = yaml.compose(self._text, Loader=_FastLoader)
+                except (yaml.YAMLError, RecursionError):  # JSON that YAML reads differently
+                    self._node = None
+        return self._node
+
+    def of(self, loc: Sequence[str | int]) -> int | None:
+        """The 1-based line of the value at ``loc`` (or of its nearest existing parent)."""
+        return _line_of(self._root(), loc)
+
+    def of_step(self, data: Mapping[str, Any], step_id: str) -> int | None:
+        """The line of the step with this id."""
+        steps = data.get("steps")
+        if not isinstance(steps, list):
+            return None
+        for index, raw in enumerate(steps):
+            if isinstance(raw, dict) and raw.get("id") == step_id:
+                return self.of(("steps", index))
         return None
-    for index, raw in enumerate(steps):
-        if isinstance(raw, dict) and raw.get("id") == step_id:
-            return _line_of(node, ("steps", index))
-    return None

@@ -13,6 +13,7 @@ annotated parameter types) and must accept ``seed: int | None``.
 from __future__ import annotations
 
 import inspect
+import math
 import sys
 import threading
 import typing
@@ -21,7 +22,7 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any, Literal, final
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from agentrt.errors import ConfigError, UnknownNameError
 from agentrt.substrate import Substrate
@@ -130,6 +131,31 @@ class Registry:
             raise ConfigError(f"the wrapper {name!r} returned {made!r}, not a Substrate")
         return made
 
+    def tool_args_model(self, name: str) -> type[BaseModel] | None:
+        """The argument model of the tool registered as ``name``, without building the tool.
+
+        Read from the factory's ``args_model`` attribute, else from the ``args_model`` of the
+        class its return annotation names (``def make_debug(...) -> DebugTool``). None when the
+        factory declares neither: the plan's arguments are then checked only when a step runs.
+
+        Example:
+            >>> default_registry().tool_args_model("search").model_fields["query"].annotation
+            <class 'str'>
+
+        Raises:
+            UnknownNameError: no such tool; the message lists the known ones.
+            ConfigError: the entry point cannot be imported.
+        """
+        factory = self.factory("agentrt.tools", name)
+        model = getattr(factory, "args_model", None)
+        if model is None:
+            try:
+                returned = typing.get_type_hints(factory).get("return")
+            except Exception:  # unresolvable annotations: no model known
+                returned = None
+            model = getattr(returned, "args_model", None)
+        return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
     def tool(self, name: str, **options: Any) -> Tool:
         """Build the tool registered as ``name`` with keyword ``options``."""
         made = _call(self.factory("agentrt.tools", name), "tool", name, options)
@@ -186,11 +212,23 @@ def _call(factory: Callable[..., Any], kind: str, name: str, options: Mapping[st
                     f"option {key}={value!r} of {kind} {name!r} is not a valid "
                     f"{getattr(hint, '__name__', hint)}: {exc.errors()[0]['msg']}"
                 ) from exc
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(
+                f"option {key}={value} of {kind} {name!r} must be a finite number (not inf or nan)"
+            )
         converted[key] = value
     try:
         return factory(**converted)
-    except TypeError as exc:
-        raise ConfigError(f"cannot build {kind} {name!r} with {dict(options)}: {exc}") from exc
+    except ValidationError as exc:  # a pydantic config model refused a value
+        # Values are not echoed: an option may be an API key.
+        error = exc.errors()[0]
+        field = ".".join(str(p) for p in error["loc"]) or "its options"
+        raise ConfigError(
+            f"{kind} {name!r}: option {field}: {error['msg'].removeprefix('Value error, ')}"
+        ) from exc
+    except (TypeError, ValueError) as exc:
+        given = ", ".join(k for k in options if k != "seed") or "no options"
+        raise ConfigError(f"cannot build {kind} {name!r} (options: {given}): {exc}") from exc
 
 
 _default: Registry | None = None

@@ -417,23 +417,54 @@ def from_otlp_json(document: Mapping[str, Any]) -> list[Attribution]:
     return reports
 
 
+_TRACE_FORMATS = (
+    'expected Jaeger JSON ({"data": [{"spans": [...]}]}) or OTLP JSON ({"resourceSpans": [...]}), '
+    "as `agentrt run ... --trace jaeger-json:PATH` writes"
+)
+
+
+def _looks_like_a_trace(document: object) -> bool:
+    """The shapes `from_jaeger` and `from_otlp_json` read: checked before either walks it."""
+    if isinstance(document, Mapping):
+        if "resourceSpans" in document:
+            return isinstance(document["resourceSpans"], list)
+        data = document.get("data", document)
+        traces = data if isinstance(data, list) else [data]
+    elif isinstance(document, list):
+        traces = document
+    else:
+        return False
+    return all(isinstance(t, Mapping) and isinstance(t.get("spans"), list) for t in traces)
+
+
 def load_trace_file(path: str | Path) -> list[Attribution]:
     """Attribute the runs in a trace file agentrt wrote: Jaeger JSON or OTLP JSON.
 
     Raises:
-        ConfigError: unreadable, not JSON, or no agentrt run in it.
+        ConfigError: unreadable, not JSON, not a Jaeger or OTLP JSON document (the message
+            names both formats), or no agentrt run in it.
     """
     p = Path(path)
+    if p.exists() and not p.is_file():  # a directory, a FIFO, /dev/zero: never read unbounded
+        raise ConfigError(f"{p}: not a regular file; {_TRACE_FORMATS}")
     try:
         document = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError(f"{p}: no such trace file") from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{p}: not a JSON trace file ({exc})") from exc
-    if isinstance(document, Mapping) and "resourceSpans" in document:
-        reports = from_otlp_json(document)
-    else:
-        reports = from_jaeger(document)
+    if not _looks_like_a_trace(document):
+        raise ConfigError(f"{p}: not an agentrt trace file; {_TRACE_FORMATS}")
+    try:
+        if isinstance(document, Mapping) and "resourceSpans" in document:
+            reports = from_otlp_json(document)
+        else:
+            reports = from_jaeger(document)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        detail = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ConfigError(
+            f"{p}: a span in this trace file is malformed ({detail}); {_TRACE_FORMATS}"
+        ) from exc
     if not reports:
         raise ConfigError(
             f"{p}: no agentrt run in this trace (no invoke_agent span); write one with "

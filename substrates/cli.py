@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from agentrt import InferenceRequest, InferenceResult, VirtualClock, run
+from agentrt import cli_options as opt
 from agentrt.errors import AgentrtError, DoesNotFitError
 from agentrt.registry import default_registry
 from agentrt.render import Column, print_table, terminal_console
@@ -35,24 +36,32 @@ def _fail(message: str) -> typer.Exit:
 
 
 def predict_command(
-    substrate: Annotated[str, typer.Option("--substrate", "-s", help="wse3, h100, h200 or b200.")],
-    model: Annotated[str, typer.Option(help="Model profile name.")] = "llama-3.1-70b",
-    prompt_tokens: Annotated[int, typer.Option(min=1, help="Prompt length.")] = 1000,
-    output_tokens: Annotated[int, typer.Option(min=1, help="Tokens to generate.")] = 500,
+    substrate: Annotated[
+        str,
+        typer.Option(
+            "--substrate",
+            "-s",
+            metavar="NAME",
+            help="Any emulated preset: " + ", ".join(PRESETS) + ".",
+        ),
+    ],
+    model: opt.Model = None,
+    prompt_tokens: Annotated[int, typer.Option(min=1, metavar="N", help="Prompt length.")] = 1000,
+    output_tokens: Annotated[
+        int, typer.Option(min=1, metavar="N", help="Tokens to generate.")
+    ] = 500,
     concurrency: Annotated[
-        int, typer.Option(min=1, help="Identical requests arriving together.")
+        int, typer.Option(min=1, metavar="N", help="Identical requests arriving together.")
     ] = 1,
-    chips: Annotated[int | None, typer.Option(help="Chips (wafers or GPUs).")] = None,
-    tp: Annotated[int | None, typer.Option(help="Tensor-parallel degree.")] = None,
-    pp: Annotated[int | None, typer.Option(help="Pipeline stages.")] = None,
-    precision: Annotated[str | None, typer.Option(help="bf16, fp8 or fp4.")] = None,
-    max_batch: Annotated[int, typer.Option(help="Most requests decoded together.")] = 256,
-    network_rtt_ms: Annotated[float, typer.Option(help="Client-endpoint round trip.")] = 0.0,
-    spec_decode: Annotated[
-        str | None, typer.Option(help="Speculative decoding DRAFT:ACCEPT, e.g. 4:0.7.")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed for jitter and stalls.")] = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    chips: opt.Chips = None,
+    tp: opt.Tp = None,
+    pp: opt.Pp = None,
+    precision: opt.Precision = None,
+    max_batch: opt.MaxBatch = None,
+    network_rtt_ms: opt.NetworkRttMs = None,
+    spec_decode: opt.SpecDecode = None,
+    seed: opt.Seed = opt.SEED_DEFAULT,
+    as_json: opt.AsJson = False,
 ) -> None:
     """Predict one request's latency, speed, cost and energy on an emulated engine.
 
@@ -63,8 +72,7 @@ def predict_command(
             f"predict works on the emulated presets ({', '.join(PRESETS)}), not {substrate!r}"
         )
     try:
-        engine = build_engine(
-            substrate,
+        options = opt.engine_options(
             model=model,
             chips=chips,
             tp=tp,
@@ -73,8 +81,9 @@ def predict_command(
             max_batch=max_batch,
             network_rtt_ms=network_rtt_ms,
             spec_decode=spec_decode,
-            seed=seed,
         )
+        engine = build_engine(substrate, seed=seed, **options)
+        model = engine.model
     except AgentrtError as exc:
         raise _fail(str(exc)) from None
 

@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 
 from agentrt import VirtualClock, run
+from agentrt import cli_options as opt
 from agentrt.errors import AgentrtError, ConfigError
 from agentrt.interrupts import Interrupted, raise_on_signals
 from agentrt.log import configure_logging
@@ -45,7 +46,7 @@ def _fail(message: str) -> typer.Exit:
 
 
 def build_substrate(
-    name: str, *, seed: int | None, faults: str | None, options: dict[str, str]
+    name: str, *, seed: int | None, faults: str | None, options: dict[str, Any]
 ) -> Substrate:
     """Build ``name`` (``route:FILE.yaml`` for a router) through the registry, with faults."""
     registry = default_registry()
@@ -82,7 +83,7 @@ def _one(
     seed: int | None,
     faults: str | None,
     slo_s: float | None,
-    options: dict[str, str],
+    options: dict[str, Any],
 ) -> LoadReport:
     sub = build_substrate(name, seed=seed, faults=faults, options=options)
     tools = _tools_for(plan, virtual=virtual)
@@ -160,47 +161,72 @@ def load_command(
     substrate: Annotated[
         str,
         typer.Option(
-            "--substrate", "-s", help="Substrate name, route:FILE.yaml, or (with --sweep) a list."
+            "--substrate",
+            "-s",
+            metavar="NAME",
+            help="Substrate name, route:FILE.yaml, or (with --sweep) a list.",
         ),
     ],
-    agents: Annotated[int, typer.Option(min=1, help="Most agent runs (arrivals).")] = 100,
+    agents: Annotated[
+        int, typer.Option(min=1, metavar="N", help="Most agent runs (arrivals).")
+    ] = 100,
     arrival_rate: Annotated[
-        float, typer.Option(min=0.0, help="Mean arrivals per second (Poisson).")
+        float, typer.Option(metavar="R", help="Mean arrivals per second (Poisson), > 0.")
     ] = 1.0,
     duration_s: Annotated[
-        float | None, typer.Option("--duration", help="Stop arrivals after this many seconds.")
+        float | None,
+        typer.Option("--duration", metavar="S", help="Stop arrivals after this many seconds."),
     ] = None,
-    virtual: Annotated[bool, typer.Option("--virtual", help="Run in virtual time.")] = False,
-    seed: Annotated[int | None, typer.Option(help="Seed for arrivals, engines, faults.")] = None,
-    faults: Annotated[
-        str | None, typer.Option(help="Inject faults, e.g. errors=0.1,outage=120s+30s.")
-    ] = None,
+    virtual: opt.Virtual = False,
+    seed: opt.Seed = opt.SEED_DEFAULT,
+    latency_ms: opt.LatencyMs = None,
+    output_tokens: opt.OutputTokens = None,
+    model: opt.Model = None,
+    chips: opt.Chips = None,
+    tp: opt.Tp = None,
+    pp: opt.Pp = None,
+    precision: opt.Precision = None,
+    max_batch: opt.MaxBatch = None,
+    network_rtt_ms: opt.NetworkRttMs = None,
+    spec_decode: opt.SpecDecode = None,
+    option: opt.Options = None,
+    faults: opt.Faults = None,
     slo_s: Annotated[
-        float | None, typer.Option("--slo-s", help="End-to-end SLO for goodput, seconds.")
-    ] = None,
-    option: Annotated[
-        list[str] | None, typer.Option("--option", "-o", help="Substrate option KEY=VALUE.")
+        float | None,
+        typer.Option("--slo-s", metavar="S", help="End-to-end SLO for goodput, seconds."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     sweep: Annotated[
         bool, typer.Option("--sweep", help="Vary the arrival rate; latency-vs-load per substrate.")
     ] = False,
     plot: Annotated[
-        Path | None, typer.Option(help="With --sweep: draw the curves to FILE.png or .svg.")
+        Path | None,
+        typer.Option(metavar="FILE", help="With --sweep: draw the curves to FILE.png or .svg."),
     ] = None,
 ) -> None:
     """Agents arriving as a Poisson process run PLAN, sharing the substrate's capacity."""
     try:
         configure_logging(level="off")
-        if arrival_rate <= 0:
-            raise ConfigError("--arrival-rate must be positive")
-        plan = load_plan(plan_path)
-        options: dict[str, str] = {}
-        for pair in option or []:
-            key, sep, value = pair.partition("=")
-            if not sep:
-                raise ConfigError(f"--option expects KEY=VALUE, got {pair!r}")
-            options[key.strip().replace("-", "_")] = value.strip()
+        opt.check_number("--arrival-rate", arrival_rate)
+        opt.check_number("--duration", duration_s)
+        opt.check_number("--slo-s", slo_s)
+        options = opt.engine_options(
+            option,
+            latency_ms=latency_ms,
+            output_tokens=output_tokens,
+            model=model,
+            chips=chips,
+            tp=tp,
+            pp=pp,
+            precision=precision,
+            max_batch=max_batch,
+            network_rtt_ms=network_rtt_ms,
+            spec_decode=spec_decode,
+        )
+        if plot is not None and not sweep:
+            raise ConfigError("--plot draws the --sweep curves; add --sweep")
+        registry = default_registry()
+        plan = load_plan(plan_path, tools=registry.tool_args_model)
         common: dict[str, Any] = {
             "agents": agents,
             "duration_s": duration_s,
@@ -270,8 +296,10 @@ def _interrupted(
 def main() -> None:
     """Run ``load`` as a stand-alone command (``python -m substrates.load_cli``)."""
     restore = raise_on_signals(_CANCEL_ON)
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command(cls=opt.Command)(load_command)
     try:
-        typer.run(load_command)
+        app()
     except Interrupted as exc:
         _err.print(f"agentrt: interrupted by {exc.signal_name}", highlight=False)
         sys.exit(exc.exit_code)

@@ -618,7 +618,6 @@ def test_the_calibration_table_in_the_docs_is_current() -> None:
     assert shown.rstrip("\n") == format_table(calibrate())
 
 
-@pytest.mark.xfail(reason="README's command list lacks `compare` (issue 12, item 5)", strict=False)
 def test_every_cli_command_is_in_the_readme_command_list() -> None:
     proc = subprocess.run(
         [AGENTRT, "--help"], capture_output=True, text=True, timeout=60, check=True,

@@ -128,9 +128,7 @@ def test_the_demo_in_virtual_time(tmp_path: Path) -> None:
 
 
 #: Example plans that fail today because of a bug another change fixes (issue 12, item 1).
-BROKEN_PLANS = {
-    "fix-bug.yaml": "args {target: tests/} for the debug tool, which takes pytest/code/script",
-}
+BROKEN_PLANS: dict[str, str] = {}
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,16 +44,40 @@ def parse_trace_target(spec: str) -> TraceTarget:
         PosixPath('run.json')
 
     Raises:
-        ConfigError: anything else, with the accepted forms.
+        ConfigError: anything else, with the accepted forms; a ``jaeger-json`` path whose folder
+            does not exist (agentrt does not create folders) or that is a directory.
     """
     kind, _, rest = spec.partition(":")
     if kind == "jaeger-json":
         if not rest:
             raise ConfigError(f"--trace jaeger-json needs a file: jaeger-json:PATH (got {spec!r})")
-        return TraceTarget("jaeger-json", Path(rest))
+        return TraceTarget("jaeger-json", _trace_file(Path(rest)))
     if kind in ("otlp", "otlp-grpc", "console", "none") and not rest:
         return TraceTarget(kind)  # type: ignore[arg-type]
     raise ConfigError(f"unknown trace target {spec!r}; use {_FORMS}")
+
+
+def _trace_file(path: Path) -> Path:
+    """Check a trace file's path up front: its folder must exist (it is never created)."""
+    parent = path.parent
+    if path.is_dir():
+        raise ConfigError(f"--trace jaeger-json:{path}: {path} is a directory; name a file in it")
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise ConfigError(
+            f"--trace jaeger-json:{path}: the folder {parent} {what}; "
+            "create it first or pick another path"
+        )
+    try:  # the file is written at exit: find out now whether it can be
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".agentrt-trace-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(
+            f"--trace jaeger-json:{path}: cannot write in {parent} ({exc.strerror or exc}); "
+            "pick another path"
+        ) from None
+    return path
 
 
 class _GuardedExporter:

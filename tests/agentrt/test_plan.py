@@ -193,7 +193,7 @@ def test_missing_file_and_non_mapping(tmp_path: Path) -> None:
 
 
 def test_unknown_fields_are_refused() -> None:
-    with pytest.raises(PlanError, match="steps.0.promt: Extra inputs are not permitted"):
+    with pytest.raises(PlanError, match=r"steps.0.promt: .*did you mean 'prompt'"):
         Plan.from_yaml("name: x\nsteps:\n  - id: a\n    promt: typo\n")
 
 
