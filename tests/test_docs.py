@@ -96,7 +96,6 @@ def param(block: Block) -> Any:
 
 #: Blocks that fail today, in docs owned by others (see issue 12); each with what is wrong.
 KNOWN_BROKEN: dict[str, str] = {
-    "tools.md:163": "copy_from='examples/calc' names a directory that does not exist",
 }
 
 # -- python ----------------------------------------------------------------------------------
@@ -133,7 +132,6 @@ import anyio
 agent = Agent(FixedLatencySubstrate(latency_s=3.0))   # 'b' is in flight at t = 5 s
 """,
     ("http.md", "OpenAIHTTPSubstrate("): _PLAN,
-    ("tools.md", "DebugTool()"): "patched_source = open('examples/calc/calc.py').read()\n",
     ("tools.md", "twin = DebugTwin("): "from tools import DebugOutcome, DebugTwin\n",
     ("tracing.md", 'configure("otlp")'): """
 from agentrt import Agent
