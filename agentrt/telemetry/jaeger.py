@@ -20,6 +20,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
 
+from agentrt.errors import ConfigError
+
 __all__ = ["JaegerJsonExporter", "spans_to_jaeger"]
 
 _KINDS = {
@@ -147,10 +149,19 @@ class JaegerJsonExporter(SpanExporter):
         >>> exporter = JaegerJsonExporter("/tmp/agentrt-doc.trace.json")
         >>> provider = TracerProvider()
         >>> provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+    Raises:
+        ConfigError: the file's folder does not exist (it is never created).
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        # Never create folders: a typo (or a hostile path, when run as root) must not make one.
+        if not self.path.parent.is_dir():
+            raise ConfigError(
+                f"cannot write the trace file {self.path}: the folder {self.path.parent} does "
+                "not exist; create it first or pick another path"
+            )
         self._spans: list[ReadableSpan] = []
         self._lock = threading.Lock()
         self._dirty = False
@@ -169,8 +180,10 @@ class JaegerJsonExporter(SpanExporter):
                 return True
             document = spans_to_jaeger(self._spans)
             self._dirty = False
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
+        except OSError:
+            return False  # the folder went away: the SDK reports a failed flush
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(document, f, indent=1)
         os.replace(tmp, self.path)

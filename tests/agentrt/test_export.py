@@ -492,3 +492,16 @@ def test_spans_leave_redacted_through_every_exporter(
         assert "?token=***" in text
         for secret in secrets:
             assert secret not in text
+
+
+def test_the_jaeger_exporter_never_creates_folders(tmp_path: Path) -> None:
+    from agentrt.errors import ConfigError
+    from agentrt.telemetry.jaeger import JaegerJsonExporter
+
+    missing = tmp_path / "no" / "such" / "folder"
+    with pytest.raises(ConfigError, match="does not exist"):
+        JaegerJsonExporter(missing / "trace.json")
+    assert not (tmp_path / "no").exists()
+    exporter = JaegerJsonExporter(tmp_path / "trace.json")
+    exporter.shutdown()  # nothing exported: nothing written, no error
+    assert not (tmp_path / "trace.json").exists()
