@@ -82,8 +82,7 @@ def _root(
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    _err.print(f"[bold red]error:[/] {redact(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
+    return opt.fail(message, code)
 
 
 def _print_json(data: object) -> None:

@@ -26,6 +26,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from agentrt.errors import ConfigError
+from agentrt.redact import redact
 
 __all__ = [
     "SEED_DEFAULT",
@@ -48,6 +49,7 @@ __all__ = [
     "Virtual",
     "check_number",
     "engine_options",
+    "fail",
     "parse_options",
 ]
 
@@ -227,3 +229,19 @@ class Group(TyperGroup):
 
     def get_params(self, ctx: Any) -> list[Any]:  # noqa: D102
         return _no_flag_placeholders(super().get_params(ctx))
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print ``error: MESSAGE`` on one line of stderr (secrets redacted) and return the exit.
+
+    Every command reports bad input this way: ``raise fail(str(exc)) from None``. The message is
+    printed as text, never as rich markup (``list[str]`` stays as written).
+    """
+    from rich.console import Console
+    from rich.markup import escape
+
+    one_line = " ".join(redact(message).split())
+    Console(stderr=True).print(
+        f"[bold red]error:[/] {escape(one_line)}", highlight=False, soft_wrap=True
+    )
+    return typer.Exit(code)
