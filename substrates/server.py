@@ -28,7 +28,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -274,7 +274,9 @@ class _App:
                 events,
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Request-Id": request_id},
-                background=BackgroundTask(release),
+                # For a stream that never started (its `finally` never runs). A coroutine, not a
+                # plain function: starlette would run that in a worker thread, a hop per request.
+                background=BackgroundTask(_as_coroutine(release)),
             )
         try:
             result = await self.engine.infer(infer)
@@ -317,7 +319,7 @@ class _App:
                         choice = {"index": 0, "delta": delta, "finish_reason": None}
                         yield _sse({**head, "choices": [choice]})
                     else:
-                        yield before + _dumps(chunk.text) + after
+                        yield before + _json_str(chunk.text).encode() + after
             result = chunks.result()
             last = {"index": 0, "delta": {}, "finish_reason": result.finish_reason}
             yield _sse({**head, "choices": [last]})
@@ -352,6 +354,17 @@ class _App:
             ],
             "usage": _usage(result),
         }
+
+
+#: ``json.dumps`` of one string (the C encoder, without building an encoder per call).
+_json_str: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+
+def _as_coroutine(function: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+    async def call() -> None:
+        function()
+
+    return call
 
 
 def _dumps(data: object) -> bytes:
