@@ -210,3 +210,88 @@ def test_serve_help_points_at_every_substrate() -> None:
     assert "agentrt substrates" in done.stdout
     for flag in ("--header-timeout", "--keep-alive-timeout", "--max-connections"):
         assert flag in done.stdout
+
+
+def _request(body: dict[str, object]) -> bytes:
+    payload = json.dumps(body).encode()
+    return (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%b" % (len(payload), payload)
+    )
+
+
+async def _stream(port: int, body: dict[str, object], *, hang_up_early: bool) -> bytes:
+    import anyio
+
+    async with await anyio.connect_tcp("127.0.0.1", port) as conn:
+        await conn.send(_request(body))
+        received = b""
+        while not received.endswith(b"\r\n0\r\n\r\n"):
+            received += await conn.receive()
+            if hang_up_early and b"data:" in received:
+                break  # the client goes away mid-stream
+        return received
+
+
+async def test_many_streams_and_mid_stream_disconnects_leave_it_healthy() -> None:
+    import anyio
+
+    from substrates.presets import build_engine
+    from substrates.server import create_app, serve_in_thread
+
+    engine = build_engine("wse3", model=MODEL, jitter=0, stall_prob=0)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 40,
+            "stream": True}  # fmt: skip
+    results: list[bytes] = []
+    with serve_in_thread(create_app(engine, max_concurrency=1000)) as url:
+        port = int(url.rsplit(":", 1)[1])
+
+        async def one(i: int) -> None:
+            results.append(await _stream(port, body, hang_up_early=i % 3 == 0))
+
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as tg:
+                for i in range(300):
+                    tg.start_soon(one, i)
+        complete = [r for r in results if r.endswith(b"\r\n0\r\n\r\n")]
+        assert len(complete) >= 200  # a hung-up one may have had its whole stream already
+        assert all(b"data: [DONE]" in r for r in complete)
+        async with httpx.AsyncClient(base_url=url) as http:
+            for _ in range(200):  # the hung-up streams are noticed within a few token gaps
+                health = (await http.get("/health")).json()
+                if health["active"] == 0:
+                    break
+                await anyio.sleep(0.05)
+            assert health == {"status": "ok", "model": MODEL, "active": 0}
+            done = await http.post("/v1/chat/completions", json={**body, "stream": False})
+            assert done.status_code == 200
+
+
+async def test_full_of_busy_connections_answers_503() -> None:
+    import anyio
+
+    from substrates.presets import build_engine
+    from substrates.server import ConnectionLimits, create_app, serve_in_thread
+
+    engine = build_engine("h100", model=MODEL, jitter=0, stall_prob=0)
+    slow = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 300,
+            "stream": True}  # fmt: skip
+    limits = ConnectionLimits(max_connections=2)
+    with serve_in_thread(create_app(engine), limits=limits) as url:
+        port = int(url.rsplit(":", 1)[1])
+        busy = [await anyio.connect_tcp("127.0.0.1", port) for _ in range(2)]
+        try:
+            for conn in busy:  # two streams in progress: no connection can make room
+                await conn.send(_request(slow))
+                assert (await conn.receive()).startswith(b"HTTP/1.1 200")
+            with anyio.fail_after(30):
+                async with await anyio.connect_tcp("127.0.0.1", port) as third:
+                    answer = b""
+                    with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                        while True:
+                            answer += await third.receive()
+            assert answer.startswith(b"HTTP/1.1 503")
+            assert b'"code":"too_many_connections"' in answer
+        finally:
+            for conn in busy:
+                await conn.aclose()
