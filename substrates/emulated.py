@@ -57,6 +57,10 @@ class ContextLengthExceeded(BadResponse):
             f"{output_tokens:,} of output): {fix}"
         )
 
+    def __reduce__(self) -> tuple[type[ContextLengthExceeded], tuple[str, int, int, int]]:
+        # Rebuilt from its fields (a process pool or a pickled result carries it as they are).
+        return type(self), (self.model, self.context, self.prompt_tokens, self.output_tokens)
+
 
 def check_context(model: str, context: int, prompt_tokens: int, output_tokens: int) -> None:
     """Raise `ContextLengthExceeded` unless ``prompt_tokens + output_tokens <= context``.

@@ -445,7 +445,8 @@ def create_app(
 
 
 #: Descriptors kept free for everything but client connections (the listening socket, the event
-#: loop, logs and trace files, imports): at least this many, or an eighth of the limit.
+#: loop, logs and trace files, imports): an eighth of the limit, at least this many (at most
+#: half of a tiny limit).
 _FD_HEADROOM = 64
 #: No more connections than this whatever the descriptor limit (``ulimit -n`` may be a million).
 _MAX_CONNECTIONS_CAP = 65536
@@ -460,7 +461,8 @@ def default_max_connections() -> int:
         True
     """
     soft = _fd_limit()
-    return max(1, min(soft - max(_FD_HEADROOM, soft // 8), _MAX_CONNECTIONS_CAP))
+    headroom = max(soft // 8, min(_FD_HEADROOM, soft // 2))
+    return max(1, min(soft - headroom, _MAX_CONNECTIONS_CAP))
 
 
 def _fd_limit() -> int:

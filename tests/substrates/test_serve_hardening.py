@@ -295,3 +295,15 @@ async def test_full_of_busy_connections_answers_503() -> None:
         finally:
             for conn in busy:
                 await conn.aclose()
+
+
+@pytest.mark.parametrize(("limit", "connections"), [(64, 32), (256, 192), (1024, 896)])
+def test_default_connection_limit_leaves_descriptors_spare(limit: int, connections: int) -> None:
+    from substrates.server import default_max_connections
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    try:
+        assert default_max_connections() == connections
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
