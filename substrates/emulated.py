@@ -175,6 +175,9 @@ class EmulatedEngine:
         self.context_length_tokens = deployment.model.context_length_tokens
         self._content = content or SyntheticContent(seed=seed)
         service = PerfServiceModel(deployment)
+        #: Prompt plus output tokens one request's KV cache may hold on this deployment (can be
+        #: less than the context window: a request beyond it raises `DoesNotFitError`).
+        self.kv_capacity_tokens = int(service.kv_capacity_tokens)
         one_iteration = service.decode_iter([deployment.reserved_context_tokens]).total_s
         self._scheduler = Scheduler(
             service,

@@ -166,8 +166,8 @@ class _App:
         self.default_max_tokens = default_max_tokens
         self.active = 0
         self.created = int(time.time())
-        context = getattr(engine, "context_length_tokens", None)
-        self.context: int | None = context if isinstance(context, int) and context > 0 else None
+        self.context = _positive_int(getattr(engine, "context_length_tokens", None))
+        self.kv_capacity = _positive_int(getattr(engine, "kv_capacity_tokens", None))
         provider = tracer_provider or trace.get_tracer_provider()
         self.tracer = provider.get_tracer(_SCOPE)
 
@@ -234,6 +234,21 @@ class _App:
                     "in the completion). Please reduce the length of the messages or completion.",
                     param="messages",
                     code="context_length_exceeded",
+                )
+        if self.kv_capacity is not None:
+            # Fits the model, not this deployment's KV cache: checked here too, because a
+            # stream's headers are sent before the engine would refuse it.
+            prompt = max(1, infer.estimated_prompt_tokens())
+            output = infer.max_output_tokens
+            if prompt + output > self.kv_capacity:
+                return _error(
+                    400,
+                    f"This deployment's KV cache holds {self.kv_capacity} tokens per request. "
+                    f"However, you requested {prompt + output} tokens ({prompt} in the messages, "
+                    f"{output} in the completion). Please reduce the length of the messages or "
+                    "completion, or serve a deployment with more memory.",
+                    param="messages",
+                    code="kv_capacity_exceeded",
                 )
         if self.active >= self.max_concurrency:
             return _error(
@@ -365,6 +380,10 @@ def _as_coroutine(function: Callable[[], None]) -> Callable[[], Awaitable[None]]
         function()
 
     return call
+
+
+def _positive_int(value: object) -> int | None:
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def _dumps(data: object) -> bytes:

@@ -307,3 +307,23 @@ def test_default_connection_limit_leaves_descriptors_spare(limit: int, connectio
         assert default_max_connections() == connections
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_a_request_beyond_the_deployments_kv_cache_is_400_before_streaming() -> None:
+    from substrates.presets import build_engine
+    from substrates.server import create_app, serve_in_thread
+
+    engine = build_engine("h100", model="llama-3.1-70b", jitter=0, stall_prob=0)
+    assert engine.kv_capacity_tokens < 20_000 < engine.context_length_tokens
+    body = {"model": "llama-3.1-70b", "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 20_000}  # fmt: skip
+    with serve_in_thread(create_app(engine)) as url:
+        async with httpx.AsyncClient(base_url=url) as http:
+            for stream in (False, True):
+                r = await http.post("/v1/chat/completions", json={**body, "stream": stream})
+                assert r.status_code == 400
+                error = r.json()["error"]
+                assert error["code"] == "kv_capacity_exceeded"
+                assert f"KV cache holds {engine.kv_capacity_tokens} tokens" in error["message"]
+            fits = {**body, "max_tokens": 5}
+            assert (await http.post("/v1/chat/completions", json=fits)).status_code == 200
