@@ -327,3 +327,33 @@ async def test_a_request_beyond_the_deployments_kv_cache_is_400_before_streaming
                 assert f"KV cache holds {engine.kv_capacity_tokens} tokens" in error["message"]
             fits = {**body, "max_tokens": 5}
             assert (await http.post("/v1/chat/completions", json=fits)).status_code == 200
+
+
+async def test_a_long_legal_stream_holds_little_server_memory() -> None:
+    """The longest stream the model allows: the server holds pieces, not the text split up
+    front (that alone was ~8 MB per stream: a string per token)."""
+    import tracemalloc
+
+    import anyio
+
+    from substrates.presets import build_engine
+    from substrates.server import create_app, serve_in_thread
+
+    engine = build_engine("wse3", model=MODEL, jitter=0, stall_prob=0)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 131_000, "stream": True}  # fmt: skip
+    with serve_in_thread(create_app(engine)) as url:
+        port = int(url.rsplit(":", 1)[1])
+        tracemalloc.start()
+        try:
+            async with await anyio.connect_tcp("127.0.0.1", port) as conn:
+                await conn.send(_request(body))
+                received = b""
+                with anyio.fail_after(60):
+                    while received.count(b"data:") < 300:
+                        received += await conn.receive()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert received.startswith(b"HTTP/1.1 200")
+    assert peak < 3_000_000, peak
