@@ -1,4 +1,10 @@
-"""Where an emulated engine's text comes from: synthetic, scripted per step, or a recorded run."""
+"""Where an emulated engine's text comes from: synthetic, scripted per step, or a recorded run.
+
+A source answers with a whole text (`ContentSource.text_for`); an engine reads it through
+`content_for`, a `LazyText` that hands out one streamed piece at a time, so that a stream holds
+one chunk, never the list of all of them. `SyntheticContent` is lazy all the way: its pieces are
+computed from their position, and the whole text is only built when a caller asks for it.
+"""
 
 from __future__ import annotations
 
@@ -16,9 +22,12 @@ from agentrt.substrate import InferenceRequest
 
 __all__ = [
     "ContentSource",
+    "LazyContentSource",
+    "LazyText",
     "ReplayContent",
     "ScriptedContent",
     "SyntheticContent",
+    "content_for",
     "count_tokens",
     "split_tokens",
 ]
@@ -57,6 +66,46 @@ def split_tokens(text: str, tokens: int) -> list[str]:
 
 
 @runtime_checkable
+class LazyText(Protocol):
+    """**Protocol:** a response's text, ``tokens`` long, handed out one streamed piece at a time.
+
+    ``piece(i)`` is the ``i``-th of the ``tokens`` pieces that `split_tokens` would cut (they join
+    back to ``text()``); pieces past the end are empty. Only ``text()`` builds the whole string.
+    """
+
+    @property
+    def tokens(self) -> int:
+        """Length in tokens (the engine times the generation by it)."""
+        ...
+
+    def piece(self, index: int) -> str:
+        """The ``index``-th streamed piece ("" past the end)."""
+        ...
+
+    def text(self) -> str:
+        """The whole text."""
+        ...
+
+
+class _Text:
+    """`LazyText` over a string already in memory: pieces are slices, cut when asked for."""
+
+    __slots__ = ("_size", "_text", "tokens")
+
+    def __init__(self, text: str, tokens: int) -> None:
+        self._text = text
+        self.tokens = tokens
+        self._size = math.ceil(len(text) / tokens) if tokens > 1 and text else max(len(text), 1)
+
+    def piece(self, index: int) -> str:
+        start = index * self._size
+        return self._text[start : start + self._size] if index >= 0 else ""
+
+    def text(self) -> str:
+        return self._text
+
+
+@runtime_checkable
 class ContentSource(Protocol):
     """**Protocol:** the text an emulated engine returns for a request.
 
@@ -76,11 +125,43 @@ class ContentSource(Protocol):
         ...
 
 
+@runtime_checkable
+class LazyContentSource(Protocol):
+    """**Protocol:** a `ContentSource` that can also answer lazily, as a `LazyText`.
+
+    Engines prefer ``lazy_text_for`` when a source has it (see `content_for`): a long streamed
+    answer then costs one piece of memory at a time.
+    """
+
+    def text_for(self, request: InferenceRequest, max_tokens: int) -> tuple[str, int]:
+        """Text for ``request`` of at most ``max_tokens`` tokens, and its token count."""
+        ...
+
+    def lazy_text_for(self, request: InferenceRequest, max_tokens: int) -> LazyText:
+        """The same text as ``text_for``, as a `LazyText`."""
+        ...
+
+
+def content_for(source: ContentSource, request: InferenceRequest, max_tokens: int) -> LazyText:
+    """The answer of ``source`` to ``request`` as a `LazyText`, lazily when the source can.
+
+    Example:
+        >>> req = InferenceRequest.from_prompt("p", step_id="s")
+        >>> lazy = content_for(SyntheticContent(seed=1), req, 1_000_000)
+        >>> lazy.tokens, len(lazy.piece(0)) < 10
+        (1000000, True)
+    """
+    if isinstance(source, LazyContentSource):
+        return source.lazy_text_for(request, max_tokens)
+    text, tokens = source.text_for(request, max_tokens)
+    return _Text(text, max(1, tokens))
+
+
 class SyntheticContent:
     """Filler text of exactly the requested length (``max_tokens``), reproducible per step.
 
     Each token is one short word; where the words start in the vocabulary depends on the seed
-    and the step id only.
+    and the step id only. Lazy: streaming a million tokens holds one piece at a time.
     """
 
     __slots__ = ("_seed", "_starts")
@@ -89,21 +170,87 @@ class SyntheticContent:
         self._seed = seed or 0
         self._starts: dict[str | None, int] = {}  # step id -> first word
 
-    def text_for(self, request: InferenceRequest, max_tokens: int) -> tuple[str, int]:
-        """``max_tokens`` words."""
+    def _start(self, request: InferenceRequest) -> int:
         step = request.step_id
         start = self._starts.get(step)
         if start is None:
             start = zlib.crc32(f"{self._seed}:{step}".encode()) % len(_VOCABULARY)
             if len(self._starts) < 4096:
                 self._starts[step] = start
-        return _words(start, max_tokens), max_tokens
+        return start
+
+    def text_for(self, request: InferenceRequest, max_tokens: int) -> tuple[str, int]:
+        """``max_tokens`` words."""
+        return _words(self._start(request), max_tokens), max_tokens
+
+    def lazy_text_for(self, request: InferenceRequest, max_tokens: int) -> LazyText:
+        """``max_tokens`` words, computed piece by piece from their position."""
+        return _SyntheticText(self._start(request), max(1, max_tokens))
+
+
+#: Texts up to this many words are cached (requests repeat a few shapes); longer ones are not,
+#: so the cache stays a few MB whatever clients ask for.
+_CACHED_WORDS = 4096
+
+
+def _words(start: int, count: int) -> str:
+    if count <= _CACHED_WORDS:
+        return _cached_words(start, count)
+    n = len(_VOCABULARY)
+    return " ".join(_VOCABULARY[(start + i) % n] for i in range(count))
 
 
 @functools.lru_cache(maxsize=1024)
-def _words(start: int, count: int) -> str:
+def _cached_words(start: int, count: int) -> str:
     n = len(_VOCABULARY)
     return " ".join(_VOCABULARY[(start + i) % n] for i in range(count))
+
+
+@functools.lru_cache(maxsize=64)
+def _cycle(start: int) -> tuple[str, tuple[int, ...]]:
+    """One lap of the vocabulary from word ``start``, each word followed by a space.
+
+    Also the offsets where its words end (prefix lengths, spaces included).
+    """
+    words = _VOCABULARY[start:] + _VOCABULARY[:start]
+    ends = [0]
+    for w in words:
+        ends.append(ends[-1] + len(w) + 1)
+    return "".join(w + " " for w in words), tuple(ends)
+
+
+class _SyntheticText:
+    """``count`` words from word ``start``, cut into pieces from their position alone.
+
+    The text is periodic (one lap of the vocabulary), so its length and any slice are
+    arithmetic: no piece needs the text before it.
+    """
+
+    __slots__ = ("_lap", "_length", "_size", "_start", "tokens")
+
+    def __init__(self, start: int, count: int) -> None:
+        self._start = start
+        self.tokens = count
+        lap, ends = _cycle(start)
+        self._lap = lap
+        laps, rest = divmod(count, len(_VOCABULARY))
+        self._length = laps * len(lap) + ends[rest] - 1  # no space after the last word
+        self._size = math.ceil(self._length / count) if count > 1 else self._length
+
+    def piece(self, index: int) -> str:
+        a = index * self._size
+        if index < 0 or a >= self._length:
+            return ""
+        b = min(a + self._size, self._length)
+        lap = self._lap
+        offset = a % len(lap)
+        out = lap[offset : offset + (b - a)]
+        while len(out) < b - a:  # a piece longer than the rest of the lap wraps around
+            out += lap[: b - a - len(out)]
+        return out
+
+    def text(self) -> str:
+        return _words(self._start, self.tokens)
 
 
 class ScriptedContent:

@@ -11,7 +11,7 @@ import anyio
 from agentrt import current_clock
 from agentrt.errors import BadResponse
 from agentrt.substrate import InferenceRequest, InferenceResult, TokenChunk, Usage
-from substrates.content import ContentSource, SyntheticContent, split_tokens
+from substrates.content import ContentSource, LazyText, SyntheticContent, content_for
 from substrates.deployment import weight_bytes
 from substrates.perfmodel import (
     Deployment,
@@ -25,7 +25,7 @@ from substrates.perfmodel import (
 )
 from substrates.scheduler import IterCost, Scheduler, SchedulerStatistics, ServiceRecord
 
-__all__ = ["EmulatedEngine", "PerfServiceModel"]
+__all__ = ["ContextLengthExceeded", "EmulatedEngine", "PerfServiceModel", "check_context"]
 
 #: Seeded noise on every engine pass (lognormal sigma) and rare stalls: honest tails.
 #: Assumptions, not measurements: 2% per-pass jitter; one pass in 5,000 stalls for 20
@@ -35,6 +35,46 @@ DEFAULT_STALL_PROB = 2e-4
 _STALL_ITERATIONS = 20.0
 #: An SLO class worth a higher priority in the engine's queue.
 _INTERACTIVE = frozenset({"interactive", "latency-critical", "realtime"})
+
+
+class ContextLengthExceeded(BadResponse):
+    """The prompt plus the requested output do not fit in the model's context window.
+
+    Not retryable: the same request fails the same way. ``context``, ``prompt_tokens`` and
+    ``output_tokens`` say by how much.
+    """
+
+    def __init__(self, model: str, context: int, prompt_tokens: int, output_tokens: int) -> None:
+        self.model = model
+        self.context = context
+        self.prompt_tokens = prompt_tokens
+        self.output_tokens = output_tokens
+        room = context - prompt_tokens
+        fix = f"reduce max_output_tokens to at most {room}" if room > 0 else "shorten the prompt"
+        super().__init__(
+            f"{model}'s maximum context length is {context:,} tokens, but the request asks for "
+            f"{prompt_tokens + output_tokens:,} ({prompt_tokens:,} in the prompt, "
+            f"{output_tokens:,} of output): {fix}"
+        )
+
+    def __reduce__(self) -> tuple[type[ContextLengthExceeded], tuple[str, int, int, int]]:
+        # Rebuilt from its fields (a process pool or a pickled result carries it as they are).
+        return type(self), (self.model, self.context, self.prompt_tokens, self.output_tokens)
+
+
+def check_context(model: str, context: int, prompt_tokens: int, output_tokens: int) -> None:
+    """Raise `ContextLengthExceeded` unless ``prompt_tokens + output_tokens <= context``.
+
+    Example:
+        >>> check_context("m", 100, 40, 60)
+        >>> check_context("m", 100, 40, 61)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        substrates.emulated.ContextLengthExceeded: m's maximum context length is 100 tokens, ...\
+reduce max_output_tokens to at most 60
+    """
+    if prompt_tokens + output_tokens > context:
+        raise ContextLengthExceeded(model, context, prompt_tokens, output_tokens)
 
 
 @final
@@ -131,8 +171,13 @@ class EmulatedEngine:
         self.name = name or deployment.hardware.name
         self.model = deployment.model.name
         self.chips = deployment.chips
+        #: Prompt plus output tokens one request may hold (the model's context window).
+        self.context_length_tokens = deployment.model.context_length_tokens
         self._content = content or SyntheticContent(seed=seed)
         service = PerfServiceModel(deployment)
+        #: Prompt plus output tokens one request's KV cache may hold on this deployment (can be
+        #: less than the context window: a request beyond it raises `DoesNotFitError`).
+        self.kv_capacity_tokens = int(service.kv_capacity_tokens)
         one_iteration = service.decode_iter([deployment.reserved_context_tokens]).total_s
         self._scheduler = Scheduler(
             service,
@@ -174,13 +219,13 @@ class EmulatedEngine:
 
     async def infer(self, request: InferenceRequest) -> InferenceResult:
         """Serve one request on the emulated engine, on the run's clock."""
-        prompt, text, tokens, priority = self._prepare(request)
+        prompt, content, priority = self._prepare(request)
         clock = current_clock()
         t0 = clock.current_time()
         if not self._loaded:
             await self._wait_loaded()
         loaded = clock.current_time()
-        record = await self._scheduler.submit(prompt, tokens, priority=priority)
+        record = await self._scheduler.submit(prompt, content.tokens, priority=priority)
         # The whole round trip is waited after the server's work rather than half before and
         # half after: every request of this engine has the same network time, so submitting
         # half a round trip early only translates the server's schedule in time (same order,
@@ -189,7 +234,8 @@ class EmulatedEngine:
         if self._network_s > 0:
             await anyio.sleep(self._network_s)
         cold = max(0.0, loaded - t0)
-        return self._result(request, text, record, cold_s=cold, elapsed_s=clock.current_time() - t0)
+        elapsed = clock.current_time() - t0
+        return self._result(request, content.text(), record, cold_s=cold, elapsed_s=elapsed)
 
     def stream(self, request: InferenceRequest) -> AbstractAsyncContextManager[_EngineStream]:
         """Stream tokens as the engine emits them: the first at TTFT, then the per-token gaps."""
@@ -197,15 +243,15 @@ class EmulatedEngine:
 
     @asynccontextmanager
     async def _stream(self, request: InferenceRequest) -> AsyncIterator[_EngineStream]:
-        prompt, text, tokens, priority = self._prepare(request)
+        prompt, content, priority = self._prepare(request)
         clock = current_clock()
         t0 = clock.current_time()
         await self._wait_loaded()
         cold = max(0.0, clock.current_time() - t0)
         # As in `infer`: the server's schedule is translated by half a round trip, so each token
         # reaches the client a whole round trip after the engine emits it.
-        async with self._scheduler.stream(prompt, tokens, priority=priority) as served:
-            stream = _EngineStream(self, request, text, tokens, served, self._network_s, cold, t0)
+        async with self._scheduler.stream(prompt, content.tokens, priority=priority) as served:
+            stream = _EngineStream(self, request, content, served, self._network_s, cold, t0)
             yield stream
 
     async def warm_up(self) -> None:
@@ -224,16 +270,19 @@ class EmulatedEngine:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _prepare(self, request: InferenceRequest) -> tuple[int, str, int, int]:
+    def _prepare(self, request: InferenceRequest) -> tuple[int, LazyText, int]:
         if request.model is not None and request.model != self.model:
             raise BadResponse(
                 f"this {self.name} engine serves {self.model}, not {request.model}; build one "
                 f"with --model {request.model}"
             )
         prompt = max(1, request.estimated_prompt_tokens())
-        text, tokens = self._content.text_for(request, request.max_output_tokens)
+        # Before any text exists: a request beyond the context window fails at once, whatever
+        # max_output_tokens it names (as a real server answers 400).
+        check_context(self.model, self.context_length_tokens, prompt, request.max_output_tokens)
+        content = content_for(self._content, request, request.max_output_tokens)
         priority = request.priority + (1 if request.slo in _INTERACTIVE else 0)
-        return prompt, text, max(1, tokens), priority
+        return prompt, content, priority
 
     async def _wait_loaded(self) -> None:
         # The first caller loads the weights; the others wait for it. If the loader is
@@ -313,8 +362,7 @@ class _EngineStream:
         self,
         engine: EmulatedEngine,
         request: InferenceRequest,
-        text: str,
-        tokens: int,
+        content: LazyText,
         served: object,
         network_s: float,
         cold_s: float,
@@ -322,8 +370,7 @@ class _EngineStream:
     ) -> None:
         self._engine = engine
         self._request = request
-        self._pieces = split_tokens(text, tokens)
-        self._text = text
+        self._content = content  # pieces are cut as they leave: memory stays one chunk
         self._served = served
         self._delay = network_s
         self._cold = cold_s
@@ -346,12 +393,12 @@ class _EngineStream:
                 delay = due - clock.current_time()
                 if delay > 0:
                     await anyio.sleep(delay)
-                piece = self._pieces[index] if index < len(self._pieces) else ""
+                piece = self._content.piece(index)
                 yield TokenChunk(text=piece, index=index, t_s=clock.current_time())
         record = await served.wait()
         elapsed = clock.current_time() - self._t0
         self._result = self._engine._result(
-            self._request, self._text, record, cold_s=self._cold, elapsed_s=elapsed
+            self._request, self._content.text(), record, cold_s=self._cold, elapsed_s=elapsed
         )
 
     def result(self) -> InferenceResult:

@@ -6,22 +6,32 @@ goes to the one engine, so concurrent requests batch and queue as they would on 
 tokens leave when the engine emits them (first at its TTFT, then its per-token gaps).
 
 A ``traceparent`` header is honoured: the ``chat {model}`` SERVER span joins the caller's trace.
-Bad JSON or a bad request answers 400, a body over ``max_body_bytes`` 413, and a request beyond
+Bad JSON or a bad request answers 400 (also a prompt plus ``max_tokens`` beyond the model's
+context window, as vLLM does), a body over ``max_body_bytes`` 413, and a request beyond
 ``max_concurrency`` 429 with Retry-After; error bodies are OpenAI's
 ``{"error": {"message", "type", "param", "code"}}``.
+
+Connections are guarded (`ConnectionLimits`): a request head must arrive within a timeout, idle
+keep-alive connections close after another, and the number of open connections stays below the
+process's descriptor limit, the oldest idle or half-open connection making room for a new one.
 
 Needs the ``serve`` extra (``pip install agentrt[serve]``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import json
+import resource
+import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import anyio
 import typer
@@ -43,7 +53,17 @@ from agentrt.substrate import (
 )
 from agentrt.telemetry import semconv as sc
 
-__all__ = ["ChatCompletionRequest", "create_app", "serve_command", "serve_in_thread"]
+if TYPE_CHECKING:
+    import uvicorn
+
+__all__ = [
+    "ChatCompletionRequest",
+    "ConnectionLimits",
+    "create_app",
+    "default_max_connections",
+    "serve_command",
+    "serve_in_thread",
+]
 
 _SCOPE = "agentrt.serve"
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
@@ -146,6 +166,8 @@ class _App:
         self.default_max_tokens = default_max_tokens
         self.active = 0
         self.created = int(time.time())
+        self.context = _positive_int(getattr(engine, "context_length_tokens", None))
+        self.kv_capacity = _positive_int(getattr(engine, "kv_capacity_tokens", None))
         provider = tracer_provider or trace.get_tracer_provider()
         self.tracer = provider.get_tracer(_SCOPE)
 
@@ -194,6 +216,40 @@ class _App:
                 param="model",
                 code="model_not_found",
             )
+        request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        infer = chat.to_inference(request_id, default_max_tokens=self.default_max_tokens)
+        if self.context is not None:
+            # Checked before any work (and before the headers of a stream are sent), in vLLM's
+            # words: a request that cannot fit gets 400 at once, never a gigantic generation.
+            prompt = max(1, infer.estimated_prompt_tokens())
+            output = infer.max_output_tokens
+            if chat.max_completion_tokens is None and chat.max_tokens is None:
+                output = min(output, max(1, self.context - prompt))  # the default fits if it can
+                infer = infer.model_copy(update={"max_output_tokens": output})
+            if prompt + output > self.context:
+                return _error(
+                    400,
+                    f"This model's maximum context length is {self.context} tokens. However, "
+                    f"you requested {prompt + output} tokens ({prompt} in the messages, {output} "
+                    "in the completion). Please reduce the length of the messages or completion.",
+                    param="messages",
+                    code="context_length_exceeded",
+                )
+        if self.kv_capacity is not None:
+            # Fits the model, not this deployment's KV cache: checked here too, because a
+            # stream's headers are sent before the engine would refuse it.
+            prompt = max(1, infer.estimated_prompt_tokens())
+            output = infer.max_output_tokens
+            if prompt + output > self.kv_capacity:
+                return _error(
+                    400,
+                    f"This deployment's KV cache holds {self.kv_capacity} tokens per request. "
+                    f"However, you requested {prompt + output} tokens ({prompt} in the messages, "
+                    f"{output} in the completion). Please reduce the length of the messages or "
+                    "completion, or serve a deployment with more memory.",
+                    param="messages",
+                    code="kv_capacity_exceeded",
+                )
         if self.active >= self.max_concurrency:
             return _error(
                 429,
@@ -211,8 +267,6 @@ class _App:
                 released = True
                 self.active -= 1
 
-        request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        infer = chat.to_inference(request_id, default_max_tokens=self.default_max_tokens)
         parent = propagate.extract(dict(request.headers))
         span = self.tracer.start_span(
             sc.CHAT_SPAN.format(model=self.model),
@@ -235,7 +289,9 @@ class _App:
                 events,
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Request-Id": request_id},
-                background=BackgroundTask(release),
+                # For a stream that never started (its `finally` never runs). A coroutine, not a
+                # plain function: starlette would run that in a worker thread, a hop per request.
+                background=BackgroundTask(_as_coroutine(release)),
             )
         try:
             result = await self.engine.infer(infer)
@@ -261,20 +317,24 @@ class _App:
         created = int(time.time())
         head = {"id": request_id, "object": "chat.completion.chunk", "created": created,
                 "model": self.model}  # fmt: skip
+        # Every content chunk but the first differs only in its text: frame it once, encode
+        # only the text per token (the same bytes as encoding the whole chunk).
+        opened = _dumps(head)[:-1]
+        before = b"data: " + opened + b',"choices":[{"index":0,"delta":{"content":'
+        after = b'},"finish_reason":null}]}\n\n'
         result: InferenceResult | None = None
         error: BaseException | None = None
         try:
             async with self.engine.stream(infer) as chunks:
                 first = True
                 async for chunk in chunks:
-                    delta = (
-                        {"role": "assistant", "content": chunk.text}
-                        if first
-                        else {"content": chunk.text}
-                    )
-                    first = False
-                    choice = {"index": 0, "delta": delta, "finish_reason": None}
-                    yield _sse({**head, "choices": [choice]})
+                    if first:
+                        first = False
+                        delta = {"role": "assistant", "content": chunk.text}
+                        choice = {"index": 0, "delta": delta, "finish_reason": None}
+                        yield _sse({**head, "choices": [choice]})
+                    else:
+                        yield before + _json_str(chunk.text).encode() + after
             result = chunks.result()
             last = {"index": 0, "delta": {}, "finish_reason": result.finish_reason}
             yield _sse({**head, "choices": [last]})
@@ -311,8 +371,27 @@ class _App:
         }
 
 
+#: ``json.dumps`` of one string (the C encoder, without building an encoder per call).
+_json_str: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+
+def _as_coroutine(function: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+    async def call() -> None:
+        function()
+
+    return call
+
+
+def _positive_int(value: object) -> int | None:
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _dumps(data: object) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
 def _sse(data: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + _dumps(data) + b"\n\n"
 
 
 def _usage(result: InferenceResult) -> dict[str, int]:
@@ -384,14 +463,198 @@ def create_app(
     return Starlette(routes=routes)
 
 
+#: Descriptors kept free for everything but client connections (the listening socket, the event
+#: loop, logs and trace files, imports): an eighth of the limit, at least this many (at most
+#: half of a tiny limit).
+_FD_HEADROOM = 64
+#: No more connections than this whatever the descriptor limit (``ulimit -n`` may be a million).
+_MAX_CONNECTIONS_CAP = 65536
+
+
+def default_max_connections() -> int:
+    """Open connections allowed by default: the soft ``RLIMIT_NOFILE`` less headroom.
+
+    Example:
+        >>> import resource
+        >>> default_max_connections() < resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        True
+    """
+    soft = _fd_limit()
+    headroom = max(soft // 8, min(_FD_HEADROOM, soft // 2))
+    return max(1, min(soft - headroom, _MAX_CONNECTIONS_CAP))
+
+
+def _fd_limit() -> int:
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 20 if soft == resource.RLIM_INFINITY else int(soft)
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """How ``agentrt serve`` guards its connections against slow or idle clients (slowloris).
+
+    A connection must deliver a complete request head within ``header_timeout_s`` of opening (or,
+    on a kept-alive connection, of the first byte of its next request), else it is closed. An
+    idle kept-alive connection closes after ``keep_alive_timeout_s``. At most ``max_connections``
+    are open: a new one beyond that closes the oldest connection that has no request in progress
+    (half-open or idle), or, when every connection is serving a request, is answered 503 and
+    closed. Request heads are limited to ``max_head_bytes`` (h11's incomplete-event limit).
+
+    Example:
+        >>> ConnectionLimits(max_connections=100).resolved_max_connections()
+        100
+
+    Args:
+        max_connections: open connections at most; default `default_max_connections`.
+        header_timeout_s: seconds for a request head to arrive.
+        keep_alive_timeout_s: seconds an idle kept-alive connection stays open.
+        max_head_bytes: largest request head (request line and headers).
+    """
+
+    max_connections: int | None = None
+    header_timeout_s: float = 10.0
+    keep_alive_timeout_s: float = 5.0
+    max_head_bytes: int = 16 * 1024
+
+    def resolved_max_connections(self) -> int:
+        """``max_connections``, or the default derived from the descriptor limit."""
+        return default_max_connections() if self.max_connections is None else self.max_connections
+
+
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    b"connection: close\r\nretry-after: 1\r\ncontent-length: %d\r\n\r\n%s"
+)
+
+
+def _busy_response() -> bytes:
+    body = _dumps(
+        {
+            "error": {
+                "message": "too many open connections; retry shortly",
+                "type": "server_error",
+                "param": None,
+                "code": "too_many_connections",
+            }
+        }
+    )
+    return _BUSY % (len(body), body)
+
+
+def _guarded_protocol(limits: ConnectionLimits) -> type[asyncio.Protocol]:
+    """The h11 protocol of uvicorn with a request-head timeout and a connection limit.
+
+    uvicorn has no header-read timeout: a client that opens a connection and never finishes its
+    request head holds a descriptor forever, until the process cannot accept anyone. Each
+    server gets its own class, so its waiting connections are its own.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    max_connections = limits.resolved_max_connections()
+    header_timeout = limits.header_timeout_s
+    busy = _busy_response()
+    # Connections without a request in progress, oldest first: the ones to close for room.
+    waiting: dict[H11Protocol, None] = {}
+
+    class GuardedH11Protocol(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # type: ignore[arg-type]
+            if len(self.connections) > max_connections and not _evict_one():
+                transport.write(busy)  # type: ignore[attr-defined]
+                transport.close()
+                return
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self._head_timer is None and self.conn.their_state is h11.IDLE:
+                self._arm()  # the next request on a kept-alive connection has begun
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:
+                self._disarm()  # the head is in: the request is the application's now
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+                waiting[self] = None  # idle between requests: first to go when full
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            waiting[self] = None
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(header_timeout, self._head_timed_out)
+
+        def _disarm(self) -> None:
+            waiting.pop(self, None)
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            waiting.pop(self, None)
+            if not self.transport.is_closing():
+                self.transport.close()
+
+    def _evict_one() -> bool:
+        for victim in waiting:
+            del waiting[victim]
+            victim._disarm()  # type: ignore[attr-defined]
+            victim.transport.close()
+            return True
+        return False
+
+    return GuardedH11Protocol
+
+
+def _uvicorn_config(
+    app: Starlette,
+    *,
+    host: str,
+    port: int,
+    limits: ConnectionLimits,
+    log_level: str,
+) -> uvicorn.Config:
+    import uvicorn
+
+    max_connections = limits.resolved_max_connections()
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=_guarded_protocol(limits),
+        log_level=log_level,
+        lifespan="off",
+        access_log=False,
+        timeout_keep_alive=max(1, round(limits.keep_alive_timeout_s)),
+        h11_max_incomplete_event_size=limits.max_head_bytes,
+        # asyncio accepts up to `backlog` sockets per wake-up, and a connection is counted (and
+        # an idle one closed for it) a few loop iterations later: keep those in flight well
+        # within the spare descriptors. The kernel's queue stays long (`_ListeningSocket`).
+        backlog=max(4, min(128, (_fd_limit() - max_connections) // 8)),
+        timeout_graceful_shutdown=1,
+    )
+
+
 @contextmanager
 def serve_in_thread(
-    app: Starlette, *, host: str = "127.0.0.1", port: int = 0, timeout_s: float = 10.0
+    app: Starlette,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    timeout_s: float = 10.0,
+    limits: ConnectionLimits | None = None,
 ) -> Iterator[str]:
     """Run ``app`` under uvicorn in a thread (own event loop) and yield its base URL.
 
     For tests, benchmarks and notebooks: ``port=0`` picks a free port. Leaving the block stops the
-    server (open streams get up to a second to finish) and joins the thread.
+    server (open streams get up to a second to finish) and joins the thread. Connections are
+    guarded as by ``agentrt serve`` (``limits``, default `ConnectionLimits`).
 
     Example:
         >>> from substrates.presets import build_engine
@@ -401,65 +664,192 @@ def serve_in_thread(
     """
     import uvicorn
 
-    config = uvicorn.Config(
-        app, host=host, port=port, log_level="critical", lifespan="off",
-        timeout_graceful_shutdown=1, access_log=False,
-    )  # fmt: skip
+    config = _uvicorn_config(
+        app, host=host, port=port, limits=limits or ConnectionLimits(), log_level="critical"
+    )
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"agentrt-serve-{port}", daemon=True)
+    sock = _bind(host, port)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name=f"agentrt-serve-{port}", daemon=True
+    )
     thread.start()
     deadline = time.monotonic() + timeout_s
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             server.should_exit = True
             thread.join(timeout_s)
+            sock.close()
             raise RuntimeError(f"uvicorn did not start on {host}:{port}")
         time.sleep(0.005)
-    bound = server.servers[0].sockets[0].getsockname()[1]
+    bound = sock.getsockname()[1]
     try:
         yield f"http://{host}:{bound}"
     finally:
         server.should_exit = True
         thread.join(timeout_s)
+        sock.close()
+
+
+def _fail(message: str) -> typer.Exit:
+    """One line on stderr and exit status 2, as the rest of the CLI reports bad input."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
+
+
+class _ListeningSocket(socket.socket):
+    """A listening socket whose kernel queue is always long.
+
+    asyncio passes one number as both the ``listen()`` queue and the connections it accepts per
+    wake-up; the second must be small (see `_uvicorn_config`), the first need not be: a burst
+    of clients waits in the kernel's queue, costing no descriptor, instead of being refused.
+    """
+
+    def listen(self, backlog: int = 0) -> None:  # the argument is deliberately ignored
+        super().listen(_KERNEL_BACKLOG)
+
+
+_KERNEL_BACKLOG = 2048
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (the first address ``host`` resolves to).
+
+    Raises:
+        OSError: the address cannot be resolved (`socket.gaierror`) or bound.
+    """
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = _ListeningSocket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """`_bind`, or `_fail` with what to do instead."""
+    try:
+        return _bind(host, port)
+    except (socket.gaierror, UnicodeError) as exc:
+        msg = f"cannot listen on host {host!r} ({exc}); pass an address with --host"
+        raise _fail(msg) from None
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise _fail(f"port {port} is in use; pick another with --port") from None
+        if exc.errno == errno.EACCES:
+            raise _fail(
+                f"no permission to listen on port {port} (ports below 1024 need root); "
+                "pick another with --port"
+            ) from None
+        raise _fail(f"cannot listen on {host}:{port} ({exc.strerror}); check --host") from None
 
 
 def serve_command(
     substrate: Annotated[
-        str, typer.Option("--substrate", "-s", help="An emulated engine: wse3, h100, h200, b200.")
+        str,
+        typer.Option(
+            "--substrate",
+            "-s",
+            help="Any engine preset (wse3, h100, b200, tpu-v6e, groq-lpu, ...): see "
+            "`agentrt substrates`.",
+        ),
     ],
     model: Annotated[str | None, typer.Option(help="Model profile name.")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    port: Annotated[int, typer.Option(help="Port to listen on (0-65535; 0 = any free).")] = 8000,
     option: Annotated[
         list[str] | None,
-        typer.Option("--option", "-o", help="Engine option KEY=VALUE (repeatable)."),
+        typer.Option("--option", "-o", metavar="KEY=VALUE", help="Engine option (repeatable)."),
     ] = None,
-    max_concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight.")] = 1024,
-    max_body_bytes: Annotated[int, typer.Option(min=1, help="Largest request body.")] = 1 << 20,
-    log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
+    max_concurrency: Annotated[int, typer.Option(help="Requests in flight; beyond: 429.")] = 1024,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body; beyond: 413.")] = (
+        1 << 20
+    ),
+    max_connections: Annotated[
+        int | None,
+        typer.Option(
+            help="Open connections; default the descriptor limit (ulimit -n) less an eighth.",
+            show_default=False,
+        ),
+    ] = None,
+    header_timeout: Annotated[
+        float, typer.Option(help="Seconds for a request head to arrive.")
+    ] = 10.0,
+    keep_alive_timeout: Annotated[
+        float, typer.Option(help="Seconds an idle kept-alive connection stays open.")
+    ] = 5.0,
+    log_level: Annotated[
+        str, typer.Option(help="uvicorn's log level: critical, error, warning, info, debug.")
+    ] = "info",
 ) -> None:
     """Serve an emulated engine as an OpenAI-compatible API (POST /v1/chat/completions)."""
     try:
         import uvicorn
     except ImportError:  # pragma: no cover - depends on the installation
-        msg = "agentrt serve needs the serve extra: pip install agentrt[serve]"
-        raise typer.BadParameter(msg) from None
+        raise _fail("agentrt serve needs the serve extra: pip install 'agentrt[serve]'") from None
     from agentrt.registry import default_registry
 
+    if not 0 <= port <= 65535:
+        raise _fail(f"--port must be between 0 and 65535, got {port}")
+    for flag, count in (("--max-concurrency", max_concurrency),
+                        ("--max-body-bytes", max_body_bytes)):  # fmt: skip
+        if count < 1:
+            raise _fail(f"{flag} must be at least 1, got {count}")
+    for flag, seconds in (("--header-timeout", header_timeout),
+                          ("--keep-alive-timeout", keep_alive_timeout)):  # fmt: skip
+        if not 0 < seconds < 86400:  # also refuses nan and inf
+            raise _fail(
+                f"{flag} must be a number of seconds above 0 and below 86400, got {seconds}"
+            )
+    fd_limit = _fd_limit()
+    if max_connections is not None and not 1 <= max_connections < fd_limit:
+        raise _fail(
+            f"--max-connections must be between 1 and the descriptor limit ({fd_limit}, "
+            f"ulimit -n) less some headroom, got {max_connections}; raise `ulimit -n` first"
+        )
+    levels = ("critical", "error", "warning", "info", "debug", "trace")
+    if log_level.lower() not in levels:
+        raise _fail(f"--log-level must be one of {', '.join(levels)}, got {log_level!r}")
     options: dict[str, Any] = {}
     for pair in option or []:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"--option expects KEY=VALUE, got {pair!r}")
+        if not sep or not key.strip():
+            raise _fail(f"-o expects KEY=VALUE, got {pair!r}")
         options[key.strip().replace("-", "_")] = value.strip()
     if model is not None:
         options["model"] = model
     try:
         engine = default_registry().substrate(substrate, **options)
-    except AgentrtError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    except (AgentrtError, ValueError, TypeError) as exc:
+        raise _fail(str(exc).replace("\n", " ")) from None
     if not isinstance(engine, StreamingSubstrate):
-        raise typer.BadParameter(f"substrate {substrate!r} cannot stream, so it cannot be served")
+        raise _fail(
+            f"substrate {substrate!r} cannot stream, so it cannot be served; pick an engine "
+            "preset (see `agentrt substrates`)"
+        )
+    limits = ConnectionLimits(
+        max_connections=max_connections,
+        header_timeout_s=header_timeout,
+        keep_alive_timeout_s=keep_alive_timeout,
+    )
+    sock = _listen(host, port)
     app = create_app(engine, max_body_bytes=max_body_bytes, max_concurrency=max_concurrency)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
-    anyio.run(engine.aclose)
+    config = _uvicorn_config(app, host=host, port=port, limits=limits, log_level=log_level.lower())
+    server = uvicorn.Server(config)
+    bound = sock.getsockname()
+    where = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else str(bound[0])
+    served = getattr(engine, "model", None) or engine.name
+    typer.echo(
+        f"serving {served} on {engine.name} at http://{where}:{bound[1]}/v1 "
+        f"(at most {limits.resolved_max_connections()} connections; Ctrl-C stops)",
+        err=True,
+    )
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+        anyio.run(engine.aclose)
