@@ -44,6 +44,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from agentrt import cli_options as opt
 from agentrt.errors import AgentrtError
 from agentrt.substrate import (
     InferenceRequest,
@@ -692,8 +693,7 @@ def serve_in_thread(
 
 def _fail(message: str) -> typer.Exit:
     """One line on stderr and exit status 2, as the rest of the CLI reports bad input."""
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(2)
+    return opt.fail(message)
 
 
 class _ListeningSocket(socket.socket):
@@ -754,36 +754,50 @@ def serve_command(
         typer.Option(
             "--substrate",
             "-s",
+            metavar="NAME",
             help="Any engine preset (wse3, h100, b200, tpu-v6e, groq-lpu, ...): see "
             "`agentrt substrates`.",
         ),
     ],
-    model: Annotated[str | None, typer.Option(help="Model profile name.")] = None,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on (0-65535; 0 = any free).")] = 8000,
-    option: Annotated[
-        list[str] | None,
-        typer.Option("--option", "-o", metavar="KEY=VALUE", help="Engine option (repeatable)."),
-    ] = None,
-    max_concurrency: Annotated[int, typer.Option(help="Requests in flight; beyond: 429.")] = 1024,
-    max_body_bytes: Annotated[int, typer.Option(help="Largest request body; beyond: 413.")] = (
-        1 << 20
-    ),
+    model: opt.Model = None,
+    chips: opt.Chips = None,
+    tp: opt.Tp = None,
+    pp: opt.Pp = None,
+    precision: opt.Precision = None,
+    max_batch: opt.MaxBatch = None,
+    network_rtt_ms: opt.NetworkRttMs = None,
+    spec_decode: opt.SpecDecode = None,
+    option: opt.Options = None,
+    seed: opt.Seed = opt.SEED_DEFAULT,
+    host: Annotated[str, typer.Option(metavar="ADDR", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(metavar="N", help="Port to listen on (0-65535; 0 = any free).")
+    ] = 8000,
+    max_concurrency: Annotated[
+        int, typer.Option(metavar="N", help="Requests in flight; beyond: 429.")
+    ] = 1024,
+    max_body_bytes: Annotated[
+        int, typer.Option(metavar="BYTES", help="Largest request body; beyond: 413.")
+    ] = (1 << 20),
     max_connections: Annotated[
         int | None,
         typer.Option(
+            metavar="N",
             help="Open connections; default the descriptor limit (ulimit -n) less an eighth.",
             show_default=False,
         ),
     ] = None,
     header_timeout: Annotated[
-        float, typer.Option(help="Seconds for a request head to arrive.")
+        float, typer.Option(metavar="S", help="Seconds for a request head to arrive.")
     ] = 10.0,
     keep_alive_timeout: Annotated[
-        float, typer.Option(help="Seconds an idle kept-alive connection stays open.")
+        float, typer.Option(metavar="S", help="Seconds an idle kept-alive connection stays open.")
     ] = 5.0,
     log_level: Annotated[
-        str, typer.Option(help="uvicorn's log level: critical, error, warning, info, debug.")
+        str,
+        typer.Option(
+            metavar="LEVEL", help="uvicorn's log level: critical, error, warning, info, debug."
+        ),
     ] = "info",
 ) -> None:
     """Serve an emulated engine as an OpenAI-compatible API (POST /v1/chat/completions)."""
@@ -814,16 +828,22 @@ def serve_command(
     levels = ("critical", "error", "warning", "info", "debug", "trace")
     if log_level.lower() not in levels:
         raise _fail(f"--log-level must be one of {', '.join(levels)}, got {log_level!r}")
-    options: dict[str, Any] = {}
-    for pair in option or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise _fail(f"-o expects KEY=VALUE, got {pair!r}")
-        options[key.strip().replace("-", "_")] = value.strip()
-    if model is not None:
-        options["model"] = model
     try:
-        engine = default_registry().substrate(substrate, **options)
+        options = opt.engine_options(
+            option,
+            model=model,
+            chips=chips,
+            tp=tp,
+            pp=pp,
+            precision=precision,
+            max_batch=max_batch,
+            network_rtt_ms=network_rtt_ms,
+            spec_decode=spec_decode,
+        )
+    except AgentrtError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        engine = default_registry().substrate(substrate, seed=seed, **options)
     except (AgentrtError, ValueError, TypeError) as exc:
         raise _fail(str(exc).replace("\n", " ")) from None
     if not isinstance(engine, StreamingSubstrate):

@@ -167,12 +167,16 @@ def test_huge_max_tokens_is_400_at_once_and_health_still_answers() -> None:
     [
         (["--port", "99999"], "--port must be between 0 and 65535"),
         (["--model", "nope"], "unknown model profile 'nope'"),
-        (["-o", "nonsense"], "-o expects KEY=VALUE"),
+        (["-o", "nonsense"], "--option expects KEY=VALUE"),
         (["-o", "jitter=abc"], "jitter='abc'"),
         (["-o", "chips=-1"], "chips"),
         (["--header-timeout", "nan"], "--header-timeout must be"),
         (["--max-connections", "100000000"], "--max-connections must be between 1 and"),
         (["--host", "no such host.invalid"], "cannot listen on host"),
+        # the engine options every command shares (agentrt.cli_options)
+        (["--tp", "0"], "--tp must be at least 1, not 0"),
+        (["--network-rtt-ms", "inf"], "--network-rtt-ms must be a finite number"),
+        (["--seed", "x"], "Invalid value for '--seed'"),
     ],
 )
 def test_bad_serve_options_are_one_line_exit_2(args: list[str], message: str) -> None:
