@@ -24,6 +24,8 @@ Cancellation is never an `AgentrtError`: it is anyio's cancellation exception an
 
 from __future__ import annotations
 
+import difflib
+
 __all__ = [
     "AgentrtError",
     "BadResponse",
@@ -89,7 +91,9 @@ class UnknownNameError(ConfigError, LookupError):
         self.name = name
         self.known = tuple(sorted(known))
         listing = ", ".join(self.known) if self.known else "(none registered)"
-        super().__init__(f"unknown {kind} {name!r}; known {kind}s: {listing}")
+        close = difflib.get_close_matches(name, self.known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        super().__init__(f"unknown {kind} {name!r}{hint}; known {kind}s: {listing}")
 
     def __str__(self) -> str:
         # LookupError's str() would quote the message like a KeyError; keep it readable.

@@ -289,7 +289,8 @@ def test_an_unknown_tool_names_the_available_ones(tmp_path: Path) -> None:
     with pytest.raises(PlanError) as info:
         load_plan(path, tools=echo_tools)
     assert str(info.value) == (
-        f"{path}:4: step 'a' uses an unknown tool: unknown tool 'ehco'; known tools: echo"
+        f"{path}:4: step 'a' uses an unknown tool: unknown tool 'ehco' (did you mean 'echo'?); "
+        "known tools: echo"
     )
 
 

@@ -44,6 +44,12 @@ def test_the_builtin_fixed_substrate_is_registered() -> None:
     assert sub.latency_s == 0.2
 
 
+def test_a_near_miss_gets_a_did_you_mean() -> None:
+    hint = r"unknown substrate 'fixd' \(did you mean 'fixed'\?\)"
+    with pytest.raises(UnknownNameError, match=hint):
+        Registry().substrate("fixd")
+
+
 def test_unknown_names_list_the_known_ones() -> None:
     with pytest.raises(
         UnknownNameError, match="unknown substrate 'nope'; known substrates: .*fixed"
