@@ -196,8 +196,9 @@ class _Mounts:
     mounts the tmpfs at ``PRIVATE/scratch`` and an overlay at ``scratch/merged``: the working
     directory below, read-only, the run's writes above, in the tmpfs; it copies the inputs in
     ``PRIVATE/out`` (pytest's empty config) into the tmpfs. The command's own mount namespace
-    covers ``/tmp``, ``/var/tmp`` and ``/dev/shm`` with directories of the tmpfs (unless the
-    interpreter or a ``PATH`` entry lives there), binds ``scratch/{home,tmp,out}`` and the
+    covers ``/tmp``, ``/var/tmp`` and ``/dev/shm`` with directories of the tmpfs (the top-level
+    folder there of the interpreter or of a ``PATH`` entry, say a checkout under ``/tmp``, is bound
+    back read-only), binds ``scratch/{home,tmp,out}`` and the
     overlay over ``PRIVATE/{home,tmp,out}`` and the working directory, and makes every other
     mount read-only. So everything the run writes is in the tmpfs, whose size is the disk
     limit. Afterwards the init copies pytest's report out and, for a working directory used in
@@ -212,17 +213,28 @@ class _Mounts:
         self.overlaid = False
         needed = [argv[0], os.path.realpath(argv[0])]
         needed += os.environ.get("PATH", "").split(os.pathsep)
-        self.shared = [
+        needed = [os.path.abspath(p) for p in needed if p]
+        covered = [
             (path, sub)
             for path, sub in (
                 ("/tmp", "shared-tmp"),
                 ("/var/tmp", "shared-tmp"),
                 ("/dev/shm", "shm"),
             )
-            if os.path.isdir(path)
-            and not os.path.islink(path)
-            and not any(_is_under(os.path.abspath(p), path) for p in needed if p)
+            if os.path.isdir(path) and not os.path.islink(path)
         ]
+        # A directory that is itself needed (PATH=/tmp) stays as it is.
+        self.shared = [(path, sub) for path, sub in covered if path not in needed]
+        # What the command needs below a covered directory (an interpreter in a checkout under
+        # /tmp, a PATH entry there) comes back read-only: its top-level folder, bound again.
+        self.kept = sorted(
+            {
+                os.path.join(path, os.path.relpath(p, path).split(os.sep)[0])
+                for p in needed
+                for path, _ in self.shared
+                if p != path and _is_under(p, path) and os.path.exists(p)
+            }
+        )
 
     def make(self, disk_bytes: int) -> None:
         """As the init of the new namespaces: fresh /proc, the tmpfs, the overlay."""
@@ -253,7 +265,9 @@ class _Mounts:
             f"{self.scratch}/merged" if self.overlaid else self.workdir,
             os.O_PATH | os.O_DIRECTORY,
         )
+        kept = [(os.open(path, os.O_PATH | os.O_DIRECTORY), path) for path in self.kept]
         binds = [(f"/proc/self/fd/{scratch}/{sub}", path) for path, sub in self.shared]
+        binds += [(f"/proc/self/fd/{fd}", path) for fd, path in kept]
         binds += [
             (f"/proc/self/fd/{scratch}/{sub}", f"{self.private}/{sub}")
             for sub in ("home", "tmp", "out")
@@ -265,9 +279,12 @@ class _Mounts:
             _mount(source, target, None, _MS_BIND)
         os.close(scratch)
         os.close(work)
+        for fd, _ in kept:
+            os.close(fd)
         _set_readonly("/", True, recursive=True)
         for _, target in binds:
-            _set_readonly(target, False)
+            if target not in self.kept:
+                _set_readonly(target, False)
         # The working directory was opened before the mounts: look it up again.
         os.chdir(self.workdir)
 
