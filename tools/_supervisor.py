@@ -211,7 +211,9 @@ class _Mounts:
         self.workdir = config["workdir"]
         self.in_place = not config["overlay"]
         self.overlaid = False
-        needed = [argv[0], os.path.realpath(argv[0])]
+        # A bare command name is found on PATH, as exec will find it (not in the cwd).
+        command = argv[0] if os.sep in argv[0] else (shutil.which(argv[0]) or "")
+        needed = [command, os.path.realpath(command)] if command else []
         needed += os.environ.get("PATH", "").split(os.pathsep)
         needed = [os.path.abspath(p) for p in needed if p]
         covered = [

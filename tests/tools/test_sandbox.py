@@ -294,7 +294,7 @@ def test_as_a_non_root_user_a_user_namespace_gives_the_same_isolation() -> None:
         }  # fmt: skip
         script = (
             "grep CapEff /proc/self/status; cat a.txt; echo new > new.txt; "
-            "head -c 20000000 /dev/zero > big; echo x > /tmp/esc-$$; "
+            "head -c 20000000 /dev/zero > big; echo x > /var/lib/esc-$$; echo y > /tmp/esc-$$; "
             f"(setsid sh -c 'sleep 300; : {marker}' &) ; sleep 0.2"
         )
         done = subprocess.run(
