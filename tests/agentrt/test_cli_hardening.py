@@ -276,17 +276,19 @@ def test_a_run_over_the_table_limit_prints_totals_and_its_slowest_steps(tmp_path
 # --- item 5: help ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["run", "compare", "load", "predict", "report", "demo"])
+@pytest.mark.parametrize(
+    "command", ["run", "compare", "load", "predict", "serve", "report", "demo"]
+)
 def test_help_shows_no_type_placeholders_and_fits_100_columns(command: str) -> None:
     proc = agentrt_cli(command, "--help", env={"COLUMNS": "100"})
     assert proc.returncode == 0, proc.stderr
     assert "<bool>" not in proc.stdout
     assert "<list[str]>" not in proc.stdout
     assert max(len(line) for line in proc.stdout.splitlines()) <= 100
-    if command in ("run", "compare", "load", "predict", "demo"):
+    if command in ("run", "compare", "load", "predict", "serve", "demo"):
         seed = proc.stdout[proc.stdout.index("--seed") :]
         assert "[default: 0]" in seed[:400]
-    if command in ("run", "compare", "load"):
+    if command in ("run", "compare", "load", "serve"):
         assert "KEY=VALUE" in proc.stdout
         assert "--model" in proc.stdout
 
