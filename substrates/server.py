@@ -156,6 +156,7 @@ class _App:
         *,
         model: str,
         max_body_bytes: int,
+        body_timeout_s: float,
         max_concurrency: int,
         default_max_tokens: int,
         tracer_provider: trace.TracerProvider | None,
@@ -163,6 +164,7 @@ class _App:
         self.engine = engine
         self.model = model
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
         self.max_concurrency = max_concurrency
         self.default_max_tokens = default_max_tokens
         self.active = 0
@@ -185,11 +187,20 @@ class _App:
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             return self._too_large()
         body = bytearray()
-        async for piece in request.stream():
-            body += piece
-            if len(body) > self.max_body_bytes:
-                return self._too_large()
-        return bytes(body)
+        # A client that sends its head and then trickles the body holds a connection and a
+        # request slot: it gets until body_timeout_s, then 408 and the connection is closed.
+        with anyio.move_on_after(self.body_timeout_s):
+            async for piece in request.stream():
+                body += piece
+                if len(body) > self.max_body_bytes:
+                    return self._too_large()
+            return bytes(body)
+        return _error(
+            408,
+            f"the request body did not arrive within {self.body_timeout_s:g} s",
+            code="request_timeout",
+            headers={"Connection": "close"},
+        )
 
     def _too_large(self) -> Response:
         return _error(
@@ -427,6 +438,7 @@ def create_app(
     *,
     model: str | None = None,
     max_body_bytes: int = 1 << 20,
+    body_timeout_s: float = 30.0,
     max_concurrency: int = 1024,
     default_max_tokens: int = 256,
     tracer_provider: trace.TracerProvider | None = None,
@@ -443,6 +455,8 @@ def create_app(
         engine: a streaming substrate (any emulated engine); all requests share it.
         model: the model name clients must send; default the engine's ``model`` attribute.
         max_body_bytes: larger request bodies get 413.
+        body_timeout_s: a request body not complete this many seconds after its head gets 408
+            and the connection is closed (a slow-body client cannot hold a slot).
         max_concurrency: requests in flight beyond this get 429 with ``Retry-After: 1``.
         default_max_tokens: output length when a request sets no ``max_tokens``.
         tracer_provider: where SERVER spans go; default the global provider.
@@ -452,6 +466,7 @@ def create_app(
         engine,
         model=served,
         max_body_bytes=max_body_bytes,
+        body_timeout_s=body_timeout_s,
         max_concurrency=max_concurrency,
         default_max_tokens=default_max_tokens,
         tracer_provider=tracer_provider,
@@ -790,6 +805,9 @@ def serve_command(
     header_timeout: Annotated[
         float, typer.Option(metavar="S", help="Seconds for a request head to arrive.")
     ] = 10.0,
+    body_timeout: Annotated[
+        float, typer.Option(metavar="S", help="Seconds for a request body to arrive; beyond: 408.")
+    ] = 30.0,
     keep_alive_timeout: Annotated[
         float, typer.Option(metavar="S", help="Seconds an idle kept-alive connection stays open.")
     ] = 5.0,
@@ -814,6 +832,7 @@ def serve_command(
         if count < 1:
             raise _fail(f"{flag} must be at least 1, got {count}")
     for flag, seconds in (("--header-timeout", header_timeout),
+                          ("--body-timeout", body_timeout),
                           ("--keep-alive-timeout", keep_alive_timeout)):  # fmt: skip
         if not 0 < seconds < 86400:  # also refuses nan and inf
             raise _fail(
@@ -857,7 +876,12 @@ def serve_command(
         keep_alive_timeout_s=keep_alive_timeout,
     )
     sock = _listen(host, port)
-    app = create_app(engine, max_body_bytes=max_body_bytes, max_concurrency=max_concurrency)
+    app = create_app(
+        engine,
+        max_body_bytes=max_body_bytes,
+        body_timeout_s=body_timeout,
+        max_concurrency=max_concurrency,
+    )
     config = _uvicorn_config(app, host=host, port=port, limits=limits, log_level=log_level.lower())
     server = uvicorn.Server(config)
     bound = sock.getsockname()

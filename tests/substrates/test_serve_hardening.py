@@ -361,3 +361,34 @@ async def test_a_long_legal_stream_holds_little_server_memory() -> None:
             tracemalloc.stop()
     assert received.startswith(b"HTTP/1.1 200")
     assert peak < 3_000_000, peak
+
+
+async def test_a_slow_body_gets_408_and_frees_its_connection() -> None:
+    import anyio
+
+    from substrates.presets import build_engine
+    from substrates.server import ConnectionLimits, create_app, serve_in_thread
+
+    engine = build_engine("h100", model=MODEL, jitter=0, stall_prob=0)
+    app = create_app(engine, body_timeout_s=0.5)
+    with serve_in_thread(app, limits=ConnectionLimits(max_connections=2)) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with anyio.fail_after(30):
+            # Two clients send a head promising 1,000 bytes, then one byte: they hold both
+            # connections with a request in progress until the body timeout answers them.
+            slow = [await anyio.connect_tcp("127.0.0.1", port) for _ in range(2)]
+            for conn in slow:
+                await conn.send(
+                    b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+                )
+            for conn in slow:
+                answer = b""
+                with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                    while True:
+                        answer += await conn.receive()
+                await conn.aclose()
+                assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+                assert b'"code":"request_timeout"' in answer
+            async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+                assert (await http.get("/health")).status_code == 200
