@@ -727,7 +727,7 @@ _KERNEL_BACKLOG = 2048
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host:port`` (the first address ``host`` resolves to).
+    """A TCP socket bound to ``host:port`` (the first address ``host`` resolves to), listening.
 
     Raises:
         OSError: the address cannot be resolved (`socket.gaierror`) or bound.
@@ -739,6 +739,9 @@ def _bind(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
+        # Listening from here on: a client that connects as soon as "serving ... at URL" is
+        # printed waits in the kernel's queue until uvicorn starts, instead of being refused.
+        sock.listen()
     except BaseException:
         sock.close()
         raise
