@@ -72,7 +72,7 @@ async def _drive(substrate: object, workload: list[tuple[float, InferenceRequest
         try:
             res = await substrate.infer(req)  # type: ignore[attr-defined]
             results[i] = res.model_dump_json()
-        except Exception as exc:  # noqa: BLE001 - the error is part of the fingerprint
+        except Exception as exc:  # the error is part of the fingerprint
             results[i] = f"{type(exc).__name__}: {exc}"
 
     async with anyio.create_task_group() as tg:
@@ -82,10 +82,8 @@ async def _drive(substrate: object, workload: list[tuple[float, InferenceRequest
 
 
 async def _stream(engine: object, req: InferenceRequest) -> list[str]:
-    out = []
     async with engine.stream(req) as s:  # type: ignore[attr-defined]
-        async for chunk in s:
-            out.append(repr(chunk))
+        out = [repr(chunk) async for chunk in s]
         out.append(s.result().model_dump_json())
     return out
 
@@ -94,7 +92,9 @@ def engines() -> list[str]:
     lines: list[str] = []
     for k, (name, options) in enumerate(ENGINES):
 
-        async def main(name: str = name, options: dict[str, object] = options) -> list[str]:
+        async def main(
+            name: str = name, options: dict[str, object] = options, k: int = k
+        ) -> list[str]:
             engine = build_engine(name, seed=7, **options)  # type: ignore[arg-type]
             out = [repr(engine), engine.deployment.describe()]
             out += await _drive(engine, _requests(k, 40))
@@ -102,9 +102,8 @@ def engines() -> list[str]:
             out.append(repr(engine.statistics()))
             return out
 
-        lines += [f"## {name} {sorted(options.items())}"] + agentrt.run(
-            main, clock=agentrt.VirtualClock()
-        )
+        lines.append(f"## {name} {sorted(options.items())}")
+        lines += agentrt.run(main, clock=agentrt.VirtualClock())
     return lines
 
 
@@ -115,9 +114,7 @@ def fleet() -> list[str]:
 
         least = Router(pair(1), policy="least-time")  # type: ignore[arg-type]
         slo = Router(pair(2), policy="slo", by_slo={"interactive": "fast", "batch": "gpu"})  # type: ignore[arg-type]
-        faulty = FaultInjector(
-            build_engine("h100", seed=3), error_rate=0.2, spike_rate=0.1, seed=5
-        )
+        faulty = FaultInjector(build_engine("h100", seed=3), error_rate=0.2, spike_rate=0.1, seed=5)
         return (
             await _drive(least, _requests(100, 60))
             + await _drive(slo, _requests(102, 60))
@@ -161,20 +158,77 @@ CLI_RUNS: list[tuple[str, ...]] = [
     ("predict", "-s", "wse3", "--json"),
     ("predict", "-s", "h100", "--model", "llama-3.1-405b", "--concurrency", "16", "--json"),
     ("predict", "-s", "b200", "--model", "gpt-oss-120b", "--precision", "fp4", "--json"),
-    ("load", "examples/plans/research.yaml", "-s", "wse3", "--virtual", "--agents", "30",
-     "--arrival-rate", "2", "--json"),
-    ("load", "examples/plans/research.yaml", "-s", "h100", "--virtual", "--agents", "30",
-     "--arrival-rate", "2", "--faults", "errors=0.1", "--slo-s", "20", "--json"),
-    ("load", "examples/plans/research.yaml", "-s", "wse3,h100", "--virtual", "--agents", "20",
-     "--sweep", "--json"),
-    ("load", "examples/plans/research.yaml", "-s", "route:scripts/fingerprint_fleet.yaml",
-     "--virtual", "--agents", "30", "--arrival-rate", "3", "--json"),
-    ("run", "examples/plans/fix-bug.yaml", "-s", "route:scripts/fingerprint_fleet.yaml",
-     "--virtual", "--json"),
+    (
+        "load",
+        "examples/plans/research.yaml",
+        "-s",
+        "wse3",
+        "--virtual",
+        "--agents",
+        "30",
+        "--arrival-rate",
+        "2",
+        "--json",
+    ),
+    (
+        "load",
+        "examples/plans/research.yaml",
+        "-s",
+        "h100",
+        "--virtual",
+        "--agents",
+        "30",
+        "--arrival-rate",
+        "2",
+        "--faults",
+        "errors=0.1",
+        "--slo-s",
+        "20",
+        "--json",
+    ),
+    (
+        "load",
+        "examples/plans/research.yaml",
+        "-s",
+        "wse3,h100",
+        "--virtual",
+        "--agents",
+        "20",
+        "--sweep",
+        "--json",
+    ),
+    (
+        "load",
+        "examples/plans/research.yaml",
+        "-s",
+        "route:scripts/fingerprint_fleet.yaml",
+        "--virtual",
+        "--agents",
+        "30",
+        "--arrival-rate",
+        "3",
+        "--json",
+    ),
+    (
+        "run",
+        "examples/plans/fix-bug.yaml",
+        "-s",
+        "route:scripts/fingerprint_fleet.yaml",
+        "--virtual",
+        "--json",
+    ),
     ("run", "examples/plans/research.yaml", "-s", "wse3", "--virtual", "--json"),
     ("run", "examples/plans/research.yaml", "-s", "h100", "--virtual", "--json", "--seed", "3"),
-    ("compare", "examples/plans/research.yaml", "--substrates", "wse3,h100,b200", "--trials", "5",
-     "--virtual", "--json"),
+    (
+        "compare",
+        "examples/plans/research.yaml",
+        "--substrates",
+        "wse3,h100,b200",
+        "--trials",
+        "5",
+        "--virtual",
+        "--json",
+    ),
 ]
 
 
