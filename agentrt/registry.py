@@ -124,7 +124,7 @@ class Registry:
         """Wrap ``substrate`` with the wrapper registered as ``name`` (group ``agentrt.wrappers``).
 
         A wrapper factory is called as ``factory(substrate, spec, seed=seed)``, e.g.
-        ``faults = "substrates.faults:wrap"`` for ``--faults SPEC``.
+        ``faults = "substrates.fleet.faults:wrap"`` for ``--faults SPEC``.
         """
         made = self.factory("agentrt.wrappers", name)(substrate, spec, seed=seed)
         if not isinstance(made, Substrate):

@@ -16,7 +16,7 @@ from _common import chain, logging_off, print_table
 
 from agentrt import VirtualClock, run
 from agentrt.testing import FixedLatencySubstrate
-from substrates.load import run_load
+from substrates.fleet.load import run_load
 
 
 def peak_rss_mb() -> float:

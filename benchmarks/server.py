@@ -34,7 +34,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from agentrt import InferenceRequest, InferenceResult, Timing, TokenChunk, Usage
-from substrates.server import create_app, serve_in_thread
+from substrates.http.server import create_app, serve_in_thread
 
 TARGET_ADDED_MS = 10.0
 COLUMNS = ["server", "streams", "requests", "req/s", "tokens/s", "TTFT p50 ms", "added p50 ms",

@@ -178,7 +178,7 @@ def make_substrate(name: str, *, seed: int | None = None, **options: Any) -> Sub
     """A registered substrate whose patch step answers with the scripted fix."""
     registry = default_registry()
     if name in ("wse3", "h100", "h200", "b200"):
-        from substrates.content import ScriptedContent
+        from substrates.emulated.content import ScriptedContent
 
         return registry.substrate(name, seed=seed, content=ScriptedContent(SCRIPT), **options)
     return ScriptedText(registry.substrate(name, seed=seed, **options), SCRIPT)

@@ -14,15 +14,19 @@ Example:
 
 from __future__ import annotations
 
-from substrates.calibration import Calibration, calibrate
-from substrates.deployment import Deployment, size_deployment
-from substrates.emulated import EmulatedEngine
-from substrates.faults import FaultInjector
-from substrates.openai_http import OpenAIHTTPSubstrate
-from substrates.presets import PRESETS, build_engine
-from substrates.route_spec import RouteSpec, load_route_spec
-from substrates.router import Router
-from substrates.scheduler import IterCost, Scheduler
+from substrates.emulated import (
+    PRESETS,
+    Calibration,
+    Deployment,
+    EmulatedEngine,
+    IterCost,
+    Scheduler,
+    build_engine,
+    calibrate,
+    size_deployment,
+)
+from substrates.fleet import FaultInjector, Router, RouteSpec, load_route_spec
+from substrates.http import OpenAIHTTPSubstrate
 
 __all__ = [
     "PRESETS",

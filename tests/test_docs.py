@@ -608,7 +608,7 @@ def test_every_inference_request_field_is_in_the_plugin_docs() -> None:
 
 
 def test_the_calibration_table_in_the_docs_is_current() -> None:
-    from substrates.calibration import calibrate, format_table
+    from substrates.emulated.calibration import calibrate, format_table
 
     shown = next(
         b.text for b in of("") if b.doc == "performance-model.md" and "scored points:" in b.text

@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from agentrt import Agent, InferenceRequest, Plan, Step
 from agentrt.log import configure_logging, get_logger
 from agentrt.testing import FunctionSubstrate
-from substrates.openai_http import OpenAIHTTPSubstrate
+from substrates.http.client import OpenAIHTTPSubstrate
 
 ROOT = Path(__file__).resolve().parent.parent
 USER_KEY = "sk-userinfo-1111aaaa"  # the password of base_url (sent as HTTP Basic auth)

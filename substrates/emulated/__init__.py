@@ -1,0 +1,52 @@
+"""The emulated engines: the performance model and the engine that plays it on a clock.
+
+The model: profiles, deployments, perfmodel, calibration. The engine: scheduler, content
+sources, `EmulatedEngine`, presets.
+
+Example:
+    >>> from substrates.emulated import build_engine
+    >>> build_engine("h100", model="llama-3.1-8b").deployment.describe()
+    'h100 x1 (--tp 1 --pp 1, bf16)'
+"""
+
+from __future__ import annotations
+
+from substrates.emulated.calibration import Calibration, calibrate
+from substrates.emulated.content import (
+    ContentSource,
+    ReplayContent,
+    ScriptedContent,
+    SyntheticContent,
+)
+from substrates.emulated.deployment import Deployment, SpecDecode, check_fits, size_deployment
+from substrates.emulated.engine import ContextLengthExceeded, EmulatedEngine
+from substrates.emulated.perfmodel import predict_request
+from substrates.emulated.presets import DEFAULT_MODEL, PRESETS, build_deployment, build_engine
+from substrates.emulated.profiles import HardwareProfile, ModelProfile, load_hardware, load_model
+from substrates.emulated.scheduler import IterCost, Scheduler
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "PRESETS",
+    "Calibration",
+    "ContentSource",
+    "ContextLengthExceeded",
+    "Deployment",
+    "EmulatedEngine",
+    "HardwareProfile",
+    "IterCost",
+    "ModelProfile",
+    "ReplayContent",
+    "Scheduler",
+    "ScriptedContent",
+    "SpecDecode",
+    "SyntheticContent",
+    "build_deployment",
+    "build_engine",
+    "calibrate",
+    "check_fits",
+    "load_hardware",
+    "load_model",
+    "predict_request",
+    "size_deployment",
+]

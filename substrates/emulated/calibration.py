@@ -1,0 +1,324 @@
+"""Calibration of the performance model: every published point with its prediction and error."""
+
+from __future__ import annotations
+
+import csv
+import math
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from agentrt.errors import ConfigError
+from substrates.emulated.perfmodel import (
+    Deployment,
+    closed_loop,
+    parse_precision,
+    predict_request,
+    size_deployment,
+)
+from substrates.emulated.profiles import ProfileCatalog, load_catalog
+
+__all__ = [
+    "DATA_FILE",
+    "FAMILY_TOLERANCE",
+    "TOLERANCE",
+    "Calibration",
+    "CalibrationPoint",
+    "Use",
+    "calibrate",
+    "format_table",
+    "predict_point",
+]
+
+#: The published points, with agentrt's columns (use, scenario, note) after the source columns.
+DATA_FILE = Path(__file__).resolve().parent / "data" / "published_tuning.csv"
+
+#: Largest relative error accepted on a fitted or checked point of a GPU or a wafer.
+TOLERANCE = 0.15
+
+#: Wider tolerance by hardware kind: the LPU and RDU points are hosted-API speeds of
+#: deployments whose chip count, precision and software are only partly published, and the
+#: other families have no points yet (docs/performance-model.md, "Other architecture families").
+FAMILY_TOLERANCE: dict[str, float] = {"hbm": 0.25, "lpu": 0.25, "rdu": 0.25, "fpga": 0.25}
+
+#: ``fit``: a parameter was fitted to it; ``check``: predicted without fitting to it;
+#: ``excluded``: cannot be predicted by a physical model (the note says why); ``input``: a
+#: published number used as data (a price), not predicted.
+Use = Literal["fit", "check", "excluded", "input"]
+_USES: tuple[Use, ...] = ("fit", "check", "excluded", "input")
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationPoint:
+    """One published measurement next to the model's prediction.
+
+    Attributes:
+        row: the ``row`` id in the CSV (stable across copies of the table).
+        system: who measured or served it.
+        chip: hardware as published.
+        model: model as published.
+        metric: what was measured (``output_tokens_per_s_per_user``, ``ttft_s``, ...).
+        unit: its unit.
+        measured: the published value.
+        predicted: the model's value, or None when the point cannot be predicted.
+        use: how the point is used.
+        source: where it was published.
+        note: what the point fitted, what was assumed, or why it is excluded.
+        tolerance: largest accepted relative error for this point (by hardware kind).
+    """
+
+    row: int
+    system: str
+    chip: str
+    model: str
+    metric: str
+    unit: str
+    measured: float
+    predicted: float | None
+    use: Use
+    source: str
+    note: str
+    tolerance: float = TOLERANCE
+
+    @property
+    def relative_error(self) -> float | None:
+        """``(predicted - measured) / measured``, or None without a prediction."""
+        if self.predicted is None:
+            return None
+        return (self.predicted - self.measured) / self.measured
+
+    @property
+    def scored(self) -> bool:
+        """Whether the point counts towards the tolerance (fitted or checked)."""
+        return self.use in ("fit", "check") and self.predicted is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """The whole calibration table.
+
+    Attributes:
+        points: every row of the table, in file order.
+        tolerance: largest accepted relative error on GPU and wafer points (each point carries
+            its own, wider for the families in `FAMILY_TOLERANCE`).
+    """
+
+    points: tuple[CalibrationPoint, ...]
+    tolerance: float
+
+    @property
+    def scored(self) -> tuple[CalibrationPoint, ...]:
+        """Fitted and checked points with a prediction."""
+        return tuple(p for p in self.points if p.scored)
+
+    @property
+    def largest_error(self) -> CalibrationPoint | None:
+        """The scored point with the largest absolute relative error."""
+        return max(self.scored, key=lambda p: abs(p.relative_error or 0.0), default=None)
+
+    @property
+    def failures(self) -> tuple[CalibrationPoint, ...]:
+        """Scored points outside their tolerance."""
+        return tuple(p for p in self.scored if abs(p.relative_error or 0.0) > p.tolerance)
+
+
+def _scenario(text: str) -> dict[str, str]:
+    pairs = [item.split("=", 1) for item in text.split()]
+    if any(len(p) != 2 for p in pairs):
+        raise ConfigError(f"bad scenario {text!r}: expected key=value items")
+    return dict(pairs)
+
+
+def _deployment(spec: dict[str, str], catalog: ProfileCatalog) -> Deployment:
+    hardware = catalog.get_hardware(spec["hw"])
+    model = catalog.get_model(spec["model"])
+    precision = parse_precision(spec.get("precision", model.native_precision))
+    max_batch = int(spec.get("max_batch", "256"))
+    if "tp" in spec or "pp" in spec:
+        layout = int(spec.get("tp", "1")) * int(spec.get("pp", "1"))
+        dep = size_deployment(
+            hardware, model, precision=precision, max_batch=max_batch, chips=layout
+        )
+        if (dep.tp, dep.pp) != (int(spec.get("tp", "1")), int(spec.get("pp", "1"))):
+            raise ConfigError(f"scenario layout tp/pp cannot be arranged: {spec}")
+        return dep
+    return size_deployment(hardware, model, precision=precision, max_batch=max_batch)
+
+
+def predict_point(metric: str, scenario: str, catalog: ProfileCatalog) -> float:
+    """Predict one published metric under a scenario of the calibration table.
+
+    Args:
+        metric: the CSV ``metric`` (``output_tokens_per_s_per_user``, ``ttft_s``, ``tpot_ms``,
+            ``throughput_tokens_per_s`` or ``energy_j_per_token``).
+        scenario: ``key=value`` items: ``hw``, ``model``, optional ``tp``, ``pp``,
+            ``precision``, ``max_batch``, ``in``, ``out``, ``c`` (clients, or ``max``) and
+            ``metric=e2e_per_output`` for latencies derived as end-to-end / output tokens.
+        catalog: where to find the profiles.
+
+    Returns:
+        The predicted value in the metric's unit.
+
+    Raises:
+        ConfigError: the scenario or metric is not understood.
+    """
+    spec = _scenario(scenario)
+    dep = _deployment(spec, catalog)
+    prompt, output = int(spec.get("in", "1000")), int(spec.get("out", "500"))
+    clients = None if spec.get("c", "1") == "max" else int(spec.get("c", "1"))
+    if metric == "output_tokens_per_s_per_user":
+        return predict_request(dep, prompt, output).output_tokens_per_s
+    if metric == "ttft_s" and clients == 1:
+        return predict_request(dep, prompt, output).ttft_s
+    point = closed_loop(dep, prompt, output, clients)
+    if metric == "ttft_s":
+        return point.ttft_s
+    if metric == "tpot_ms":
+        if spec.get("metric") == "e2e_per_output":
+            return 1000.0 * point.e2e_s / output
+        return 1000.0 * point.tpot_s
+    if metric == "throughput_tokens_per_s":
+        return point.throughput_tokens_per_s
+    if metric == "energy_j_per_token":
+        busy_per_token = 1.0 / point.throughput_tokens_per_s
+        return dep.chips * dep.hardware.power_w * busy_per_token
+    raise ConfigError(f"calibration metric {metric!r} is not modelled")
+
+
+def _use(text: str) -> Use:
+    for use in _USES:
+        if text == use:
+            return use
+    raise ConfigError(f"agentrt_use must be one of {', '.join(_USES)}, got {text!r}")
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the calibration table: {exc}") from exc
+
+
+def calibrate(*, path: Path | None = None, catalog: ProfileCatalog | None = None) -> Calibration:
+    """Predict every published point of the calibration table and measure the error.
+
+    Args:
+        path: the CSV; default the table shipped with agentrt (`DATA_FILE`).
+        catalog: the profiles to use; default the built-in ones (plus ``$AGENTRT_PROFILE_PATH``).
+
+    Returns:
+        Every point with measured and predicted values, and the largest error.
+
+    Raises:
+        ConfigError: the table is malformed (the message names the row).
+    """
+    table = path or DATA_FILE
+    profiles = catalog or load_catalog()
+    points = []
+    for record in _read_rows(table):
+        row = record.get("row", "?")
+        try:
+            use = _use(record["agentrt_use"])
+            scenario = record["agentrt_scenario"].strip()
+            measured = float(record["value"])
+            predicted = (
+                predict_point(record["metric"], scenario, profiles)
+                if scenario and use != "input"
+                else None
+            )
+            if use in ("fit", "check") and predicted is None:
+                raise ConfigError(f"a {use} point needs a scenario")
+            if predicted is not None and not math.isfinite(predicted):
+                raise ConfigError(f"prediction is not finite: {predicted}")
+            hw = _scenario(scenario).get("hw") if scenario else None
+            kind = profiles.get_hardware(hw).kind if hw else "gpu"
+            points.append(
+                CalibrationPoint(
+                    row=int(row),
+                    system=record["system"],
+                    chip=record["chip"],
+                    model=record["model"],
+                    metric=record["metric"],
+                    unit=record["unit"],
+                    measured=measured,
+                    predicted=predicted,
+                    use=use,
+                    source=record["source_url"],
+                    note=record["agentrt_note"],
+                    tolerance=FAMILY_TOLERANCE.get(kind, TOLERANCE),
+                )
+            )
+        except (ConfigError, KeyError, ValueError) as exc:
+            raise ConfigError(f"{table}: row {row}: {exc}") from exc
+    return Calibration(points=tuple(points), tolerance=TOLERANCE)
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value == 0 or 0.01 <= abs(value) < 100_000:
+        return f"{value:.4g}"
+    return f"{value:.3g}"
+
+
+def _family_tolerances() -> str:
+    """``+/-25% for fpga, hbm, lpu, rdu``: the wider tolerances, grouped."""
+    groups: dict[float, list[str]] = {}
+    for kind, tol in sorted(FAMILY_TOLERANCE.items()):
+        groups.setdefault(tol, []).append(kind)
+    return "; ".join(f"+/-{tol:.0%} for {', '.join(kinds)}" for tol, kinds in groups.items())
+
+
+def format_table(calibration: Calibration, *, include_unscored: bool = True) -> str:
+    """Render the calibration as plain text, one line per point, then the largest error.
+
+    Args:
+        calibration: the result of `calibrate`.
+        include_unscored: also list excluded and input points (with their reasons).
+
+    Returns:
+        The table.
+    """
+    # Columns as wide as their longest value: a model or metric name is never cut.
+    shown = [p for p in calibration.points if include_unscored or p.scored]
+    chip_w = max([len("chip"), *(len(p.chip) for p in shown)])
+    model_w = max([len("model"), *(len(p.model) for p in shown)])
+    metric_w = max([len("metric"), *(len(p.metric) for p in shown)])
+    header = (
+        f"{'row':>4}  {'use':<8} {'chip':<{chip_w}} {'model':<{model_w}} {'metric':<{metric_w}} "
+        f"{'measured':>9} {'predicted':>9} {'error':>7}"
+    )
+    lines = [header, "-" * len(header)]
+    for p in shown:
+        err = p.relative_error
+        error = "-" if err is None else f"{err:+.1%}"
+        lines.append(
+            f"{p.row:>4}  {p.use:<8} {p.chip:<{chip_w}} {p.model:<{model_w}} "
+            f"{p.metric:<{metric_w}} {_fmt(p.measured):>9} {_fmt(p.predicted):>9} {error:>7}"
+        )
+        if p.use == "excluded":
+            lines.append(
+                textwrap.fill(
+                    p.note,
+                    width=len(header),
+                    initial_indent=" " * 6 + "why: ",
+                    subsequent_indent=" " * 11,
+                )
+            )
+    worst = calibration.largest_error
+    scored = calibration.scored
+    lines.append("-" * len(header))
+    if worst is None or worst.relative_error is None:
+        lines.append("no scored points")
+    else:
+        lines.append(
+            f"scored points: {len(scored)} (fit {sum(p.use == 'fit' for p in scored)}, "
+            f"check {sum(p.use == 'check' for p in scored)}); within "
+            f"+/-{calibration.tolerance:.0%} ({_family_tolerances()}): "
+            f"{len(scored) - len(calibration.failures)}; "
+            f"largest error: row {worst.row} {worst.relative_error:+.1%} "
+            f"({worst.model}, {worst.metric})"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,298 @@
+"""Commands the emulated engines add to ``agentrt`` (entry points ``agentrt.commands``).
+
+``agentrt predict``, ``agentrt calibrate`` and ``agentrt substrates``. They live here, not in the
+kernel's CLI, because the kernel does not import this package.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from typing import Annotated, Any
+
+import anyio
+import typer
+from rich.console import Console
+
+from agentrt import InferenceRequest, InferenceResult, VirtualClock, run
+from agentrt import cli_options as opt
+from agentrt.errors import AgentrtError, DoesNotFitError
+from agentrt.registry import default_registry
+from agentrt.render import Column, print_table, terminal_console
+from substrates.emulated.calibration import Calibration, calibrate, format_table
+from substrates.emulated.perfmodel import size_deployment
+from substrates.emulated.presets import PRESETS, build_engine
+from substrates.emulated.profiles import hardware_names, load_hardware, load_model, model_names
+
+__all__ = ["calibrate_command", "predict_command", "substrates_command"]
+
+_out = terminal_console(piped_width=160)
+_err = Console(stderr=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    return opt.fail(message)
+
+
+def predict_command(
+    substrate: Annotated[
+        str,
+        typer.Option(
+            "--substrate",
+            "-s",
+            metavar="NAME",
+            help="Any emulated preset: " + ", ".join(PRESETS) + ".",
+        ),
+    ],
+    model: opt.Model = None,
+    prompt_tokens: Annotated[int, typer.Option(min=1, metavar="N", help="Prompt length.")] = 1000,
+    output_tokens: Annotated[
+        int, typer.Option(min=1, metavar="N", help="Tokens to generate.")
+    ] = 500,
+    concurrency: Annotated[
+        int, typer.Option(min=1, metavar="N", help="Identical requests arriving together.")
+    ] = 1,
+    chips: opt.Chips = None,
+    tp: opt.Tp = None,
+    pp: opt.Pp = None,
+    precision: opt.Precision = None,
+    max_batch: opt.MaxBatch = None,
+    network_rtt_ms: opt.NetworkRttMs = None,
+    spec_decode: opt.SpecDecode = None,
+    seed: opt.Seed = opt.SEED_DEFAULT,
+    as_json: opt.AsJson = False,
+) -> None:
+    """Predict one request's latency, speed, cost and energy on an emulated engine.
+
+    With --concurrency C, C identical requests arrive together and the figures are medians.
+    """
+    if substrate not in PRESETS:
+        raise _fail(
+            f"predict works on the emulated presets ({', '.join(PRESETS)}), not {substrate!r}"
+        )
+    try:
+        options = opt.engine_options(
+            model=model,
+            chips=chips,
+            tp=tp,
+            pp=pp,
+            precision=precision,
+            max_batch=max_batch,
+            network_rtt_ms=network_rtt_ms,
+            spec_decode=spec_decode,
+        )
+        engine = build_engine(substrate, seed=seed, **options)
+        model = engine.model
+    except AgentrtError as exc:
+        raise _fail(str(exc)) from None
+
+    async def serve() -> list[InferenceResult]:
+        results: list[InferenceResult] = []
+
+        async def one(i: int) -> None:
+            request = InferenceRequest.from_prompt(
+                "predict",
+                prompt_tokens=prompt_tokens,
+                max_output_tokens=output_tokens,
+                step_id=f"predict-{i}",
+            )
+            results.append(await engine.infer(request))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(concurrency):
+                tg.start_soon(one, i)
+        return results
+
+    results = run(serve, clock=VirtualClock())
+
+    def median(field: str) -> float:
+        return float(statistics.median(getattr(r.timing, field) for r in results))
+
+    tpot = median("tpot_s")
+    e2e = statistics.median(r.timing.e2e_s for r in results)
+    data: dict[str, Any] = {
+        "substrate": substrate,
+        "model": model,
+        "deployment": engine.deployment.describe(),
+        "chips": engine.chips,
+        "concurrency": concurrency,
+        "prompt_tokens": prompt_tokens,
+        "output_tokens": output_tokens,
+        "ttft_s": median("ttft_s"),
+        "tpot_s": tpot,
+        "output_tokens_per_s": 1.0 / tpot if tpot > 0 else None,
+        "e2e_s": e2e,
+        "cost_usd": statistics.median(r.cost_usd for r in results),
+        "energy_j": statistics.median(r.energy_j for r in results),
+        **{k: median(k) for k in ("queue_s", "network_s", "prefill_s", "decode_s", "comm_s")},
+    }
+    if as_json:
+        _out.print_json(json.dumps(data))
+        return
+    rows = []
+    for key in (
+        "ttft_s",
+        "tpot_s",
+        "output_tokens_per_s",
+        "e2e_s",
+        "queue_s",
+        "network_s",
+        "prefill_s",
+        "decode_s",
+        "comm_s",
+        "cost_usd",
+        "energy_j",
+    ):
+        value = data[key]
+        rows.append([key, "-" if value is None else f"{value:.6g}"])
+    print_table(
+        _out,
+        [Column("measure", "left"), Column("value")],
+        rows,
+        title=f"{model} on {engine.deployment.describe()} · {concurrency} concurrent",
+    )
+
+
+def calibrate_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    scored_only: Annotated[
+        bool, typer.Option("--scored-only", help="Hide excluded and input rows.")
+    ] = False,
+) -> None:
+    """Every published point in the calibration table: measured, predicted, relative error."""
+    calibration = calibrate()
+    if as_json:
+        worst = calibration.largest_error
+        payload = {
+            "tolerance": calibration.tolerance,
+            "points": [
+                {
+                    "row": p.row,
+                    "system": p.system,
+                    "chip": p.chip,
+                    "model": p.model,
+                    "metric": p.metric,
+                    "unit": p.unit,
+                    "measured": p.measured,
+                    "predicted": p.predicted,
+                    "relative_error": p.relative_error,
+                    "use": p.use,
+                    "source": p.source,
+                    "note": p.note,
+                }
+                for p in calibration.points
+                if p.scored or not scored_only
+            ],
+            "largest_error": None
+            if worst is None
+            else {
+                "row": worst.row,
+                "relative_error": worst.relative_error,
+            },
+            "failures": [p.row for p in calibration.failures],
+        }
+        _out.print_json(json.dumps(payload))
+    else:
+        _print_calibration(calibration, scored_only=scored_only)
+    if calibration.failures:
+        raise typer.Exit(1)
+
+
+def substrates_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Registered substrates; per emulated preset: chips, memory, bandwidth, what fits."""
+    try:
+        registry = default_registry()
+        names = registry.names("agentrt.substrates")
+        tools = registry.names("agentrt.tools")
+    except AgentrtError as exc:
+        raise _fail(str(exc)) from None
+    presets: list[dict[str, Any]] = []
+    for name in names:
+        if name not in PRESETS:
+            continue
+        hw = load_hardware(PRESETS[name])
+        fits: dict[str, str] = {}
+        for model_name in model_names():
+            model = load_model(model_name)
+            try:
+                dep = size_deployment(hw, model)
+                fits[model_name] = f"{dep.chips} ({dep.precision})"
+            except DoesNotFitError:
+                fits[model_name] = "does not fit"
+        presets.append(
+            {
+                "name": name,
+                "hardware": hw.display_name,
+                "kind": hw.kind,
+                "memory_gb_per_chip": hw.memory_gb,
+                "memory_bandwidth_tb_per_s": hw.memory_bandwidth_tb_per_s,
+                "chips_per_node": hw.chips_per_node,
+                "power_w_per_chip": hw.power_w,
+                "models": fits,
+            }
+        )
+    others = [n for n in names if n not in PRESETS]
+    if as_json:
+        _out.print_json(
+            json.dumps(
+                {
+                    "presets": presets,
+                    "substrates": names,
+                    "tools": tools,
+                    "hardware_profiles": list(hardware_names()),
+                }
+            )
+        )
+        return
+    models = list(model_names())
+    rows = [
+        [
+            p["name"],
+            p["hardware"],
+            f"{p['memory_gb_per_chip']:g} GB",
+            f"{p['memory_bandwidth_tb_per_s']:g} TB/s",
+            f"{p['power_w_per_chip']:g} W",
+            *(p["models"][m] for m in models),
+        ]
+        for p in presets
+    ]
+    print_table(
+        _out,
+        [
+            *(Column(c, "left") for c in ("preset", "hardware")),
+            *(Column(c) for c in ("memory/chip", "bandwidth/chip", "power/chip", *models)),
+        ],
+        rows,
+        title="emulated presets · chips needed per model (smallest deployment that fits)",
+    )
+    if others:
+        _out.print("other substrates: " + ", ".join(others), highlight=False)
+    _out.print("tools: " + (", ".join(tools) or "none registered"), highlight=False)
+
+
+def _print_calibration(calibration: Calibration, *, scored_only: bool) -> None:
+    """The calibration table (ids and numbers whole at any width), the reasons, the summary."""
+    shown = [p for p in calibration.points if p.scored or not scored_only]
+    rows = [
+        [
+            str(p.row),
+            p.use,
+            p.chip,
+            p.model,
+            p.metric.replace("_", " "),
+            f"{p.measured:.4g}",
+            "-" if p.predicted is None else f"{p.predicted:.4g}",
+            "-" if p.relative_error is None else f"{p.relative_error:+.1%}",
+        ]
+        for p in shown
+    ]
+    columns = [Column("row"), *(Column(h, "left", wrap=True) for h in ("use", "chip", "model"))]
+    columns.append(Column("metric", "left", wrap=True))
+    columns += [Column("measured"), Column("predicted"), Column("error")]
+    print_table(_out, columns, rows, title="published points: measured, predicted, error")
+    for p in shown:
+        if p.use == "excluded":
+            _out.print(f"row {p.row} excluded: {p.note}", highlight=False)
+    _out.print(format_table(calibration).splitlines()[-1], highlight=False)

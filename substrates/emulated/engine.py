@@ -1,0 +1,407 @@
+"""`EmulatedEngine`: the performance model and the scheduler behind the `Substrate` protocol."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import final
+
+import anyio
+
+from agentrt import current_clock
+from agentrt.errors import BadResponse
+from agentrt.substrate import InferenceRequest, InferenceResult, TokenChunk, Usage
+from substrates.emulated.content import ContentSource, LazyText, SyntheticContent, content_for
+from substrates.emulated.deployment import weight_bytes
+from substrates.emulated.perfmodel import (
+    Deployment,
+    check_fits,
+    cost_usd,
+    decode_iteration,
+    energy_j,
+    kv_capacity_tokens,
+    network_s,
+    prefill,
+)
+from substrates.emulated.scheduler import IterCost, Scheduler, SchedulerStatistics, ServiceRecord
+
+__all__ = ["ContextLengthExceeded", "EmulatedEngine", "PerfServiceModel", "check_context"]
+
+#: Seeded noise on every engine pass (lognormal sigma) and rare stalls: honest tails.
+#: Assumptions, not measurements: 2% per-pass jitter; one pass in 5,000 stalls for 20
+#: single-request iterations (a preemption, a GC pause, a slow collective).
+DEFAULT_JITTER = 0.02
+DEFAULT_STALL_PROB = 2e-4
+_STALL_ITERATIONS = 20.0
+#: An SLO class worth a higher priority in the engine's queue.
+_INTERACTIVE = frozenset({"interactive", "latency-critical", "realtime"})
+
+
+class ContextLengthExceeded(BadResponse):
+    """The prompt plus the requested output do not fit in the model's context window.
+
+    Not retryable: the same request fails the same way. ``context``, ``prompt_tokens`` and
+    ``output_tokens`` say by how much.
+    """
+
+    def __init__(self, model: str, context: int, prompt_tokens: int, output_tokens: int) -> None:
+        self.model = model
+        self.context = context
+        self.prompt_tokens = prompt_tokens
+        self.output_tokens = output_tokens
+        room = context - prompt_tokens
+        fix = f"reduce max_output_tokens to at most {room}" if room > 0 else "shorten the prompt"
+        super().__init__(
+            f"{model}'s maximum context length is {context:,} tokens, but the request asks for "
+            f"{prompt_tokens + output_tokens:,} ({prompt_tokens:,} in the prompt, "
+            f"{output_tokens:,} of output): {fix}"
+        )
+
+    def __reduce__(self) -> tuple[type[ContextLengthExceeded], tuple[str, int, int, int]]:
+        # Rebuilt from its fields (a process pool or a pickled result carries it as they are).
+        return type(self), (self.model, self.context, self.prompt_tokens, self.output_tokens)
+
+
+def check_context(model: str, context: int, prompt_tokens: int, output_tokens: int) -> None:
+    """Raise `ContextLengthExceeded` unless ``prompt_tokens + output_tokens <= context``.
+
+    Example:
+        >>> check_context("m", 100, 40, 60)
+        >>> check_context("m", 100, 40, 61)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        substrates.emulated.engine.ContextLengthExceeded: m's maximum context length is 100 \
+tokens, ... reduce max_output_tokens to at most 60
+    """
+    if prompt_tokens + output_tokens > context:
+        raise ContextLengthExceeded(model, context, prompt_tokens, output_tokens)
+
+
+@final
+class PerfServiceModel:
+    """The scheduler's cost model for one deployment, priced by `substrates.emulated.perfmodel`.
+
+    A speculative step yields several tokens; the scheduler counts one token per iteration, so
+    an iteration here costs the step's time divided by its expected tokens.
+    """
+
+    __slots__ = ("_cache", "_prefill_cache", "deployment", "kv_capacity_tokens", "max_batch")
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.deployment = deployment
+        self.max_batch = deployment.max_batch
+        self.kv_capacity_tokens = kv_capacity_tokens(deployment)
+        self._cache: dict[tuple[int, int], IterCost] = {}
+        self._prefill_cache: dict[tuple[int, ...], IterCost] = {}
+
+    def prefill(self, prompt_tokens: Sequence[int]) -> IterCost:
+        """One prefill pass over these prompts."""
+        key = tuple(prompt_tokens)
+        cost = self._prefill_cache.get(key)
+        if cost is None:
+            step = prefill(self.deployment, prompt_tokens)
+            cost = IterCost(step.work_s, step.comm_s)
+            if len(self._prefill_cache) < 4096:
+                self._prefill_cache[key] = cost
+        return cost
+
+    def decode_iter(self, contexts: Sequence[int]) -> IterCost:
+        """One decode token for every request of the batch."""
+        # Iteration cost is affine in the attended context: key on batch size and total context
+        # (rounded to 64 tokens) so a steady batch prices each distinct state once.
+        key = (len(contexts), sum(contexts) >> 6)
+        cost = self._cache.get(key)
+        if cost is None:
+            step = decode_iteration(self.deployment, contexts)
+            gain = step.tokens_per_request or 1.0
+            cost = IterCost(step.work_s / gain, step.comm_s / gain)
+            if len(self._cache) < 65536:
+                self._cache[key] = cost
+        return cost
+
+
+@final
+class EmulatedEngine:
+    """An emulated inference engine (wafer-scale or GPU) that implements `Substrate`.
+
+    Requests share the engine through an iteration-level continuous-batching scheduler on the
+    run's clock; each pass is priced by the calibrated performance model. Works in real time
+    (responses are paced by the engine) and in virtual time (instant, same timings).
+
+    Example:
+        >>> import agentrt
+        >>> engine = EmulatedEngine.from_profile("wse3", "llama-3.1-70b", seed=1, jitter=0)
+        >>> req = agentrt.InferenceRequest.from_prompt("hi", prompt_tokens=1000,
+        ...                                           max_output_tokens=200)
+        >>> result = agentrt.run(engine.infer, req, clock=agentrt.VirtualClock())
+        >>> result.usage.output_tokens, result.chips
+        (200, 4)
+
+    Args:
+        deployment: the model on its chips (see `substrates.emulated.perfmodel.size_deployment`).
+        name: the substrate name in results and traces; default the hardware's name.
+        content: where the text comes from; default synthetic text of the requested length.
+        seed: seeds jitter, stalls and synthetic text.
+        warm: True = weights already loaded; False = the first request waits for the load.
+        cold_start_s: load time when not warm; default the weights streamed over the chips'
+            network links (a floor: real engines add process start and compilation).
+        jitter: lognormal sigma of per-pass noise (0 = deterministic).
+        stall_prob: probability that a pass stalls.
+        stall_s: stall length; default 20 single-request decode iterations.
+    """
+
+    provider = "agentrt.emulated"
+    remote = False
+
+    def __init__(
+        self,
+        deployment: Deployment,
+        *,
+        name: str | None = None,
+        content: ContentSource | None = None,
+        seed: int | None = None,
+        warm: bool = True,
+        cold_start_s: float | None = None,
+        jitter: float = DEFAULT_JITTER,
+        stall_prob: float = DEFAULT_STALL_PROB,
+        stall_s: float | None = None,
+    ) -> None:
+        check_fits(deployment)
+        self.deployment = deployment
+        self.name = name or deployment.hardware.name
+        self.model = deployment.model.name
+        self.chips = deployment.chips
+        #: Prompt plus output tokens one request may hold (the model's context window).
+        self.context_length_tokens = deployment.model.context_length_tokens
+        self._content = content or SyntheticContent(seed=seed)
+        service = PerfServiceModel(deployment)
+        #: Prompt plus output tokens one request's KV cache may hold on this deployment (can be
+        #: less than the context window: a request beyond it raises `DoesNotFitError`).
+        self.kv_capacity_tokens = int(service.kv_capacity_tokens)
+        one_iteration = service.decode_iter([deployment.reserved_context_tokens]).total_s
+        self._scheduler = Scheduler(
+            service,
+            seed=seed or 0,
+            jitter=jitter,
+            stall_prob=stall_prob,
+            stall_s=_STALL_ITERATIONS * one_iteration if stall_s is None else stall_s,
+        )
+        load_bandwidth = deployment.hardware.scale_out_bandwidth_gb_per_s * 1e9 * deployment.chips
+        self.cold_start_s = (
+            weight_bytes(deployment.model, deployment.precision) / load_bandwidth
+            if cold_start_s is None
+            else cold_start_s
+        )
+        self._loaded = warm
+        self._loading: anyio.Event | None = None
+        self._network_s = network_s(deployment)
+        self._described = deployment.describe()
+        # Usage is immutable and requests repeat a few shapes: validate each shape once.
+        self._usage: dict[tuple[int, int], Usage] = {}
+
+    @classmethod
+    def from_profile(
+        cls,
+        hardware: str,
+        model: str = "llama-3.1-70b",
+        **options: object,
+    ) -> EmulatedEngine:
+        """An engine on the smallest deployment of ``hardware`` that fits ``model``.
+
+        ``options`` are those of `substrates.emulated.presets.build_engine` (chips, tp, pp,
+        precision, max_batch, network_rtt_ms, spec_decode, seed, warm, jitter, ...).
+        """
+        from substrates.emulated.presets import build_engine
+
+        return build_engine(hardware, model=model, **options)  # type: ignore[arg-type]
+
+    # -- the Substrate protocol ------------------------------------------------------------
+
+    async def infer(self, request: InferenceRequest) -> InferenceResult:
+        """Serve one request on the emulated engine, on the run's clock."""
+        prompt, content, priority = self._prepare(request)
+        clock = current_clock()
+        t0 = clock.current_time()
+        if not self._loaded:
+            await self._wait_loaded()
+        loaded = clock.current_time()
+        record = await self._scheduler.submit(prompt, content.tokens, priority=priority)
+        # The whole round trip is waited after the server's work rather than half before and
+        # half after: every request of this engine has the same network time, so submitting
+        # half a round trip early only translates the server's schedule in time (same order,
+        # same batches, same draws) and the client sees every token at the same moment. It
+        # saves one clock wait per request.
+        if self._network_s > 0:
+            await anyio.sleep(self._network_s)
+        cold = max(0.0, loaded - t0)
+        elapsed = clock.current_time() - t0
+        return self._result(request, content.text(), record, cold_s=cold, elapsed_s=elapsed)
+
+    def stream(self, request: InferenceRequest) -> AbstractAsyncContextManager[_EngineStream]:
+        """Stream tokens as the engine emits them: the first at TTFT, then the per-token gaps."""
+        return self._stream(request)
+
+    @asynccontextmanager
+    async def _stream(self, request: InferenceRequest) -> AsyncIterator[_EngineStream]:
+        prompt, content, priority = self._prepare(request)
+        clock = current_clock()
+        t0 = clock.current_time()
+        await self._wait_loaded()
+        cold = max(0.0, clock.current_time() - t0)
+        # As in `infer`: the server's schedule is translated by half a round trip, so each token
+        # reaches the client a whole round trip after the engine emits it.
+        async with self._scheduler.stream(prompt, content.tokens, priority=priority) as served:
+            stream = _EngineStream(self, request, content, served, self._network_s, cold, t0)
+            yield stream
+
+    async def warm_up(self) -> None:
+        """Load the weights now, so that no request pays the cold start."""
+        await self._wait_loaded()
+
+    def statistics(self) -> SchedulerStatistics:
+        """A snapshot of the engine's scheduler (queue, batch, KV use, busy time, events)."""
+        return self._scheduler.statistics()
+
+    async def aclose(self) -> None:
+        """Nothing to release (the scheduler has no background task)."""
+
+    def __repr__(self) -> str:
+        return f"EmulatedEngine({self.name!r}, {self.deployment.describe()})"
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _prepare(self, request: InferenceRequest) -> tuple[int, LazyText, int]:
+        if request.model is not None and request.model != self.model:
+            raise BadResponse(
+                f"this {self.name} engine serves {self.model}, not {request.model}; build one "
+                f"with --model {request.model}"
+            )
+        prompt = max(1, request.estimated_prompt_tokens())
+        # Before any text exists: a request beyond the context window fails at once, whatever
+        # max_output_tokens it names (as a real server answers 400).
+        check_context(self.model, self.context_length_tokens, prompt, request.max_output_tokens)
+        content = content_for(self._content, request, request.max_output_tokens)
+        priority = request.priority + (1 if request.slo in _INTERACTIVE else 0)
+        return prompt, content, priority
+
+    async def _wait_loaded(self) -> None:
+        # The first caller loads the weights; the others wait for it. If the loader is
+        # cancelled, a waiter takes over, so a cancelled request never leaves the engine stuck.
+        while not self._loaded:
+            loading = self._loading
+            if loading is not None:
+                await loading.wait()
+                continue
+            loading = self._loading = anyio.Event()
+            try:
+                await anyio.sleep(self.cold_start_s)
+                self._loaded = True
+            finally:
+                self._loading = None
+                loading.set()
+
+    def _result(
+        self,
+        request: InferenceRequest,
+        text: str,
+        record: ServiceRecord,
+        *,
+        cold_s: float,
+        elapsed_s: float,
+    ) -> InferenceResult:
+        dep = self.deployment
+        queue = max(0.0, record.queue_s) + cold_s
+        # Whatever the scheduler's parts do not cover (float rounding) lands in decode, so the
+        # timing accounts for exactly the time that passed.
+        decode = max(0.0, elapsed_s - self._network_s - queue - record.prefill_s - record.comm_s)
+        ttft = self._network_s + cold_s + record.ttft_s
+        n = record.output_tokens
+        busy = record.busy_share_s
+        price = cost_usd(dep, busy_s=busy, input_tokens=record.prompt_tokens, output_tokens=n)
+        usage = self._usage.get((record.prompt_tokens, n))
+        if usage is None:
+            usage = Usage(input_tokens=record.prompt_tokens, output_tokens=n)
+            if len(self._usage) < 4096:
+                self._usage[record.prompt_tokens, n] = usage
+        # One validation of the whole result, the timing included as a mapping: the same
+        # checks as building the `Timing` first, in one pass instead of two.
+        return InferenceResult.model_validate(
+            {
+                "text": text,
+                "usage": usage,
+                "timing": {
+                    "queue_s": queue,
+                    "network_s": self._network_s,
+                    "prefill_s": record.prefill_s,
+                    "decode_s": decode,
+                    "comm_s": record.comm_s,
+                    "ttft_s": min(ttft, elapsed_s),
+                    "tpot_s": record.tpot_s if n > 1 else 0.0,
+                },
+                "substrate": self.name,
+                "model": self.model,
+                "finish_reason": "length" if n >= request.max_output_tokens else "stop",
+                "cost_usd": price or 0.0,
+                "energy_j": energy_j(dep, busy),
+                "chips": dep.chips,
+                "attributes": {
+                    "agentrt.deployment": self._described,
+                    "agentrt.precision": dep.precision,
+                    "agentrt.engine.busy_s": busy,
+                    "agentrt.engine.cold_start_s": cold_s,
+                },
+            }
+        )
+
+
+@final
+class _EngineStream:
+    """A `TokenStream` over a scheduler stream, delayed by the response's network time."""
+
+    def __init__(
+        self,
+        engine: EmulatedEngine,
+        request: InferenceRequest,
+        content: LazyText,
+        served: object,
+        network_s: float,
+        cold_s: float,
+        t0: float,
+    ) -> None:
+        self._engine = engine
+        self._request = request
+        self._content = content  # pieces are cut as they leave: memory stays one chunk
+        self._served = served
+        self._delay = network_s
+        self._cold = cold_s
+        self._t0 = t0
+        self._result: InferenceResult | None = None
+
+    def __aiter__(self) -> AsyncIterator[TokenChunk]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[TokenChunk]:
+        from substrates.emulated.scheduler import ServiceStream
+
+        served = self._served
+        assert isinstance(served, ServiceStream)
+        clock = current_clock()
+        async for arrivals in served.arrivals(max_tokens=1):
+            for offset, t in enumerate(arrivals.times_s):
+                index = arrivals.index + offset
+                due = t + self._delay
+                delay = due - clock.current_time()
+                if delay > 0:
+                    await anyio.sleep(delay)
+                piece = self._content.piece(index)
+                yield TokenChunk(text=piece, index=index, t_s=clock.current_time())
+        record = await served.wait()
+        elapsed = clock.current_time() - self._t0
+        self._result = self._engine._result(
+            self._request, self._content.text(), record, cold_s=self._cold, elapsed_s=elapsed
+        )
+
+    def result(self) -> InferenceResult:
+        if self._result is None:
+            raise BadResponse("the stream was not read to the end; its result is not known yet")
+        return self._result
