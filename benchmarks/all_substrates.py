@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 from agentrt import Plan, Step, VirtualClock, run
 from agentrt.compare import Comparison, compare
 from agentrt.log import configure_logging
-from substrates.emulated.presets import PRESETS, build_engine
+from substrates.emulated import PRESETS, build_engine
 from substrates.emulated.profiles import load_hardware
 
 ROOT = Path(__file__).resolve().parents[1]

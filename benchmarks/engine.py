@@ -23,7 +23,7 @@ import anyio
 from _common import logging_off, print_table
 
 from agentrt import InferenceRequest, VirtualClock, current_clock, run
-from substrates.emulated.presets import build_engine
+from substrates.emulated import build_engine
 from substrates.emulated.scheduler import IterCost, Scheduler
 
 TARGET_PER_WALL_S = 10_000

@@ -18,12 +18,19 @@ from substrates.emulated.content import (
     ScriptedContent,
     SyntheticContent,
 )
-from substrates.emulated.deployment import Deployment, SpecDecode, check_fits, size_deployment
-from substrates.emulated.engine import ContextLengthExceeded, EmulatedEngine
+from substrates.emulated.deployment import Deployment, SpecDecode
+from substrates.emulated.engine import EmulatedEngine, build_engine
 from substrates.emulated.perfmodel import predict_request
-from substrates.emulated.presets import DEFAULT_MODEL, PRESETS, build_deployment, build_engine
+from substrates.emulated.presets import PRESETS
 from substrates.emulated.profiles import HardwareProfile, ModelProfile, load_hardware, load_model
 from substrates.emulated.scheduler import IterCost, Scheduler
+from substrates.emulated.sizing import (
+    DEFAULT_MODEL,
+    ContextLengthExceeded,
+    build_deployment,
+    check_fits,
+    size_deployment,
+)
 
 __all__ = [
     "DEFAULT_MODEL",

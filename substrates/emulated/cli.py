@@ -19,10 +19,10 @@ from agentrt import cli_options as opt
 from agentrt.errors import AgentrtError, DoesNotFitError
 from agentrt.registry import default_registry
 from agentrt.render import Column, print_table, terminal_console
+from substrates.emulated import PRESETS, build_engine
 from substrates.emulated.calibration import Calibration, calibrate, format_table
-from substrates.emulated.perfmodel import size_deployment
-from substrates.emulated.presets import PRESETS, build_engine
 from substrates.emulated.profiles import hardware_names, load_hardware, load_model, model_names
+from substrates.emulated.sizing import size_deployment
 
 __all__ = ["calibrate_command", "predict_command", "substrates_command"]
 

@@ -17,10 +17,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import yaml
+
 from agentrt.errors import BadResponse, ConfigError
 from agentrt.substrate import InferenceRequest
 
 __all__ = [
+    "parse_content",
     "ContentSource",
     "LazyContentSource",
     "LazyText",
@@ -331,3 +334,25 @@ class ReplayContent:
             )
         text, tokens = recorded
         return text, max(1, min(tokens or count_tokens(text), max_tokens))
+
+
+def parse_content(spec: str, *, seed: int | None = None) -> ContentSource:
+    """Content from ``synthetic``, ``scripted:FILE`` (YAML: step -> answer) or ``replay:RUN.json``.
+
+    Raises:
+        ConfigError: an unknown form or an unreadable file.
+    """
+    kind, _, rest = spec.partition(":")
+    if kind == "synthetic" and not rest:
+        return SyntheticContent(seed=seed)
+    if kind == "replay" and rest:
+        return ReplayContent(Path(rest))
+    if kind == "scripted" and rest:
+        try:
+            answers = yaml.safe_load(Path(rest).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{rest}: cannot read scripted answers ({exc})") from exc
+        if not isinstance(answers, dict):
+            raise ConfigError(f"{rest}: scripted answers are a mapping of step id -> text")
+        return ScriptedContent({str(k): v for k, v in answers.items()}, seed=seed)
+    raise ConfigError(f"unknown content {spec!r}; use synthetic, scripted:FILE or replay:RUN.json")

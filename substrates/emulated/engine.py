@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import final
 
@@ -11,21 +11,30 @@ import anyio
 from agentrt import current_clock
 from agentrt.errors import BadResponse
 from agentrt.substrate import InferenceRequest, InferenceResult, TokenChunk, Usage
-from substrates.emulated.content import ContentSource, LazyText, SyntheticContent, content_for
-from substrates.emulated.deployment import weight_bytes
-from substrates.emulated.perfmodel import (
-    Deployment,
-    check_fits,
-    cost_usd,
-    decode_iteration,
-    energy_j,
-    kv_capacity_tokens,
-    network_s,
-    prefill,
+from substrates.emulated.content import (
+    ContentSource,
+    LazyText,
+    SyntheticContent,
+    content_for,
+    parse_content,
 )
-from substrates.emulated.scheduler import IterCost, Scheduler, SchedulerStatistics, ServiceRecord
+from substrates.emulated.deployment import Deployment, weight_bytes
+from substrates.emulated.perfmodel import cost_usd, energy_j, network_s
+from substrates.emulated.scheduler import Scheduler, SchedulerStatistics, ServiceRecord
+from substrates.emulated.service import PerfServiceModel
+from substrates.emulated.sizing import (
+    DEFAULT_MODEL,
+    build_deployment,
+    check_context,
+    check_fits,
+)
 
-__all__ = ["ContextLengthExceeded", "EmulatedEngine", "PerfServiceModel", "check_context"]
+__all__ = [
+    "DEFAULT_JITTER",
+    "DEFAULT_STALL_PROB",
+    "EmulatedEngine",
+    "build_engine",
+]
 
 #: Seeded noise on every engine pass (lognormal sigma) and rare stalls: honest tails.
 #: Assumptions, not measurements: 2% per-pass jitter; one pass in 5,000 stalls for 20
@@ -35,89 +44,6 @@ DEFAULT_STALL_PROB = 2e-4
 _STALL_ITERATIONS = 20.0
 #: An SLO class worth a higher priority in the engine's queue.
 _INTERACTIVE = frozenset({"interactive", "latency-critical", "realtime"})
-
-
-class ContextLengthExceeded(BadResponse):
-    """The prompt plus the requested output do not fit in the model's context window.
-
-    Not retryable: the same request fails the same way. ``context``, ``prompt_tokens`` and
-    ``output_tokens`` say by how much.
-    """
-
-    def __init__(self, model: str, context: int, prompt_tokens: int, output_tokens: int) -> None:
-        self.model = model
-        self.context = context
-        self.prompt_tokens = prompt_tokens
-        self.output_tokens = output_tokens
-        room = context - prompt_tokens
-        fix = f"reduce max_output_tokens to at most {room}" if room > 0 else "shorten the prompt"
-        super().__init__(
-            f"{model}'s maximum context length is {context:,} tokens, but the request asks for "
-            f"{prompt_tokens + output_tokens:,} ({prompt_tokens:,} in the prompt, "
-            f"{output_tokens:,} of output): {fix}"
-        )
-
-    def __reduce__(self) -> tuple[type[ContextLengthExceeded], tuple[str, int, int, int]]:
-        # Rebuilt from its fields (a process pool or a pickled result carries it as they are).
-        return type(self), (self.model, self.context, self.prompt_tokens, self.output_tokens)
-
-
-def check_context(model: str, context: int, prompt_tokens: int, output_tokens: int) -> None:
-    """Raise `ContextLengthExceeded` unless ``prompt_tokens + output_tokens <= context``.
-
-    Example:
-        >>> check_context("m", 100, 40, 60)
-        >>> check_context("m", 100, 40, 61)  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        substrates.emulated.engine.ContextLengthExceeded: m's maximum context length is 100 \
-tokens, ... reduce max_output_tokens to at most 60
-    """
-    if prompt_tokens + output_tokens > context:
-        raise ContextLengthExceeded(model, context, prompt_tokens, output_tokens)
-
-
-@final
-class PerfServiceModel:
-    """The scheduler's cost model for one deployment, priced by `substrates.emulated.perfmodel`.
-
-    A speculative step yields several tokens; the scheduler counts one token per iteration, so
-    an iteration here costs the step's time divided by its expected tokens.
-    """
-
-    __slots__ = ("_cache", "_prefill_cache", "deployment", "kv_capacity_tokens", "max_batch")
-
-    def __init__(self, deployment: Deployment) -> None:
-        self.deployment = deployment
-        self.max_batch = deployment.max_batch
-        self.kv_capacity_tokens = kv_capacity_tokens(deployment)
-        self._cache: dict[tuple[int, int], IterCost] = {}
-        self._prefill_cache: dict[tuple[int, ...], IterCost] = {}
-
-    def prefill(self, prompt_tokens: Sequence[int]) -> IterCost:
-        """One prefill pass over these prompts."""
-        key = tuple(prompt_tokens)
-        cost = self._prefill_cache.get(key)
-        if cost is None:
-            step = prefill(self.deployment, prompt_tokens)
-            cost = IterCost(step.work_s, step.comm_s)
-            if len(self._prefill_cache) < 4096:
-                self._prefill_cache[key] = cost
-        return cost
-
-    def decode_iter(self, contexts: Sequence[int]) -> IterCost:
-        """One decode token for every request of the batch."""
-        # Iteration cost is affine in the attended context: key on batch size and total context
-        # (rounded to 64 tokens) so a steady batch prices each distinct state once.
-        key = (len(contexts), sum(contexts) >> 6)
-        cost = self._cache.get(key)
-        if cost is None:
-            step = decode_iteration(self.deployment, contexts)
-            gain = step.tokens_per_request or 1.0
-            cost = IterCost(step.work_s / gain, step.comm_s / gain)
-            if len(self._cache) < 65536:
-                self._cache[key] = cost
-        return cost
 
 
 @final
@@ -208,11 +134,9 @@ class EmulatedEngine:
     ) -> EmulatedEngine:
         """An engine on the smallest deployment of ``hardware`` that fits ``model``.
 
-        ``options`` are those of `substrates.emulated.presets.build_engine` (chips, tp, pp,
-        precision, max_batch, network_rtt_ms, spec_decode, seed, warm, jitter, ...).
+        ``options`` are those of `build_engine` (chips, tp, pp, precision, max_batch,
+        network_rtt_ms, spec_decode, seed, warm, jitter, ...).
         """
-        from substrates.emulated.presets import build_engine
-
         return build_engine(hardware, model=model, **options)  # type: ignore[arg-type]
 
     # -- the Substrate protocol ------------------------------------------------------------
@@ -352,6 +276,56 @@ class EmulatedEngine:
                 },
             }
         )
+
+
+def build_engine(
+    hardware: str,
+    *,
+    model: str = DEFAULT_MODEL,
+    chips: int | None = None,
+    tp: int | None = None,
+    pp: int | None = None,
+    precision: str | None = None,
+    max_batch: int = 256,
+    network_rtt_ms: float = 0.0,
+    spec_decode: str | None = None,
+    seed: int | None = None,
+    warm: bool = True,
+    cold_start_s: float | None = None,
+    jitter: float = DEFAULT_JITTER,
+    stall_prob: float = DEFAULT_STALL_PROB,
+    content: str | ContentSource = "synthetic",
+    name: str | None = None,
+) -> EmulatedEngine:
+    """An `EmulatedEngine` for a preset; every keyword is also a command-line option.
+
+    Example:
+        >>> engine = build_engine("h100", model="llama-3.1-8b", precision="fp8")
+        >>> engine.deployment.describe()
+        'h100 x1 (--tp 1 --pp 1, fp8)'
+    """
+    dep = build_deployment(
+        hardware,
+        model=model,
+        chips=chips,
+        tp=tp,
+        pp=pp,
+        precision=precision,
+        max_batch=max_batch,
+        network_rtt_ms=network_rtt_ms,
+        spec_decode=spec_decode,
+    )
+    source = parse_content(content, seed=seed) if isinstance(content, str) else content
+    return EmulatedEngine(
+        dep,
+        name=name or hardware,
+        content=source,
+        seed=seed,
+        warm=warm,
+        cold_start_s=cold_start_s,
+        jitter=jitter,
+        stall_prob=stall_prob,
+    )
 
 
 @final

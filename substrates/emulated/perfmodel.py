@@ -16,22 +16,24 @@ from substrates.emulated.deployment import (
     BYTES_PER_VALUE,
     DEFAULT_CONTEXT_TOKENS,
     Deployment,
-    MemoryNeed,
     SpecDecode,
     attended_positions,
-    check_fits,
     kv_bytes,
     kv_bytes_per_token,
-    kv_capacity_bytes,
-    kv_capacity_tokens,
     kv_shards,
-    max_concurrent_requests,
-    memory_need,
     parse_precision,
-    size_deployment,
     weight_bytes,
 )
 from substrates.emulated.profiles import HardwareProfile
+from substrates.emulated.sizing import (
+    MemoryNeed,
+    check_fits,
+    kv_capacity_bytes,
+    kv_capacity_tokens,
+    max_concurrent_requests,
+    memory_need,
+    size_deployment,
+)
 
 __all__ = [
     "ACTIVATION_BYTES",

@@ -294,7 +294,7 @@ def test_help_shows_no_type_placeholders_and_fits_100_columns(command: str) -> N
 
 
 def test_predict_help_lists_every_preset() -> None:
-    from substrates.emulated.presets import PRESETS
+    from substrates.emulated import PRESETS
 
     proc = agentrt_cli("predict", "--help", env={"COLUMNS": "200"})
     for name in PRESETS:

@@ -6,6 +6,7 @@ import re
 import pytest
 
 from agentrt.errors import ConfigError
+from substrates.emulated import Deployment, predict_request, size_deployment
 from substrates.emulated.calibration import (
     DATA_FILE,
     TOLERANCE,
@@ -13,7 +14,6 @@ from substrates.emulated.calibration import (
     format_table,
     predict_point,
 )
-from substrates.emulated.perfmodel import Deployment, predict_request, size_deployment
 from substrates.emulated.profiles import load_catalog, load_hardware, load_model
 
 SOURCE_COLUMNS = [

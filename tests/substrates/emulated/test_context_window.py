@@ -12,6 +12,7 @@ import pytest
 
 import agentrt
 from agentrt import Agent, BadResponse, InferenceRequest, Plan, Step
+from substrates.emulated import ContextLengthExceeded, build_engine
 from substrates.emulated.content import (
     ReplayContent,
     ScriptedContent,
@@ -19,8 +20,6 @@ from substrates.emulated.content import (
     content_for,
     split_tokens,
 )
-from substrates.emulated.engine import ContextLengthExceeded
-from substrates.emulated.presets import build_engine
 from substrates.emulated.profiles import load_model, model_names
 
 MODELS = Path(__file__).resolve().parents[3] / "substrates" / "emulated" / "profiles" / "models"

@@ -27,6 +27,7 @@ from agentrt import (
 )
 from agentrt.registry import Registry
 from agentrt.testing import check_substrate
+from substrates.emulated import PRESETS, build_deployment, build_engine
 from substrates.emulated.calibration import FAMILY_TOLERANCE
 from substrates.emulated.content import (
     ReplayContent,
@@ -37,7 +38,6 @@ from substrates.emulated.content import (
 )
 from substrates.emulated.engine import EmulatedEngine
 from substrates.emulated.perfmodel import decode_floor_s, predict_request, prefill_floor_s
-from substrates.emulated.presets import PRESETS, build_deployment, build_engine
 
 ROOT = Path(__file__).resolve().parents[3]
 

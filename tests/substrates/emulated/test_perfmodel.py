@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentrt.errors import ConfigError, DoesNotFitError
+from substrates.emulated import PRESETS
 from substrates.emulated.perfmodel import (
     BYTES_PER_VALUE,
     Deployment,
@@ -31,7 +32,6 @@ from substrates.emulated.perfmodel import (
     wafer_pipeline,
     weight_bytes,
 )
-from substrates.emulated.presets import PRESETS
 from substrates.emulated.profiles import load_catalog, load_hardware, load_model
 
 CATALOG = load_catalog()

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentrt.errors import DoesNotFitError
-from substrates.emulated import families
+from substrates.emulated import DEFAULT_MODEL, PRESETS, build_deployment, build_engine, families
 from substrates.emulated.perfmodel import (
     Deployment,
     closed_loop,
@@ -26,7 +26,6 @@ from substrates.emulated.perfmodel import (
     prefill_floor_s,
     size_deployment,
 )
-from substrates.emulated.presets import DEFAULT_MODEL, PRESETS, build_deployment, build_engine
 from substrates.emulated.profiles import load_hardware, load_model
 
 ALL = sorted(PRESETS)

@@ -1,0 +1,56 @@
+"""The scheduler's cost model for one deployment: each pass priced by the performance model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import final
+
+from substrates.emulated.deployment import Deployment
+from substrates.emulated.perfmodel import decode_iteration, prefill
+from substrates.emulated.scheduler import IterCost
+from substrates.emulated.sizing import kv_capacity_tokens
+
+__all__ = ["PerfServiceModel"]
+
+
+@final
+class PerfServiceModel:
+    """The scheduler's cost model for one deployment, priced by `substrates.emulated.perfmodel`.
+
+    A speculative step yields several tokens; the scheduler counts one token per iteration, so
+    an iteration here costs the step's time divided by its expected tokens.
+    """
+
+    __slots__ = ("_cache", "_prefill_cache", "deployment", "kv_capacity_tokens", "max_batch")
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.deployment = deployment
+        self.max_batch = deployment.max_batch
+        self.kv_capacity_tokens = kv_capacity_tokens(deployment)
+        self._cache: dict[tuple[int, int], IterCost] = {}
+        self._prefill_cache: dict[tuple[int, ...], IterCost] = {}
+
+    def prefill(self, prompt_tokens: Sequence[int]) -> IterCost:
+        """One prefill pass over these prompts."""
+        key = tuple(prompt_tokens)
+        cost = self._prefill_cache.get(key)
+        if cost is None:
+            step = prefill(self.deployment, prompt_tokens)
+            cost = IterCost(step.work_s, step.comm_s)
+            if len(self._prefill_cache) < 4096:
+                self._prefill_cache[key] = cost
+        return cost
+
+    def decode_iter(self, contexts: Sequence[int]) -> IterCost:
+        """One decode token for every request of the batch."""
+        # Iteration cost is affine in the attended context: key on batch size and total context
+        # (rounded to 64 tokens) so a steady batch prices each distinct state once.
+        key = (len(contexts), sum(contexts) >> 6)
+        cost = self._cache.get(key)
+        if cost is None:
+            step = decode_iteration(self.deployment, contexts)
+            gain = step.tokens_per_request or 1.0
+            cost = IterCost(step.work_s / gain, step.comm_s / gain)
+            if len(self._cache) < 65536:
+                self._cache[key] = cost
+        return cost
