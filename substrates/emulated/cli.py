@@ -7,22 +7,19 @@ kernel's CLI, because the kernel does not import this package.
 from __future__ import annotations
 
 import json
-import statistics
-from typing import Annotated, Any
+from typing import Annotated
 
-import anyio
 import typer
 from rich.console import Console
 
-from agentrt import InferenceRequest, InferenceResult, VirtualClock, run
 from agentrt import cli_options as opt
-from agentrt.errors import AgentrtError, DoesNotFitError
+from agentrt.errors import AgentrtError
 from agentrt.registry import default_registry
 from agentrt.render import Column, print_table, terminal_console
 from substrates.emulated import PRESETS, build_engine
 from substrates.emulated.calibration import Calibration, calibrate, format_table
-from substrates.emulated.profiles import hardware_names, load_hardware, load_model, model_names
-from substrates.emulated.sizing import size_deployment
+from substrates.emulated.profiles import hardware_names, model_names
+from substrates.emulated.survey import predict_shape, preset_fits
 
 __all__ = ["calibrate_command", "predict_command", "substrates_command"]
 
@@ -85,46 +82,9 @@ def predict_command(
         model = engine.model
     except AgentrtError as exc:
         raise _fail(str(exc)) from None
-
-    async def serve() -> list[InferenceResult]:
-        results: list[InferenceResult] = []
-
-        async def one(i: int) -> None:
-            request = InferenceRequest.from_prompt(
-                "predict",
-                prompt_tokens=prompt_tokens,
-                max_output_tokens=output_tokens,
-                step_id=f"predict-{i}",
-            )
-            results.append(await engine.infer(request))
-
-        async with anyio.create_task_group() as tg:
-            for i in range(concurrency):
-                tg.start_soon(one, i)
-        return results
-
-    results = run(serve, clock=VirtualClock())
-
-    def median(field: str) -> float:
-        return float(statistics.median(getattr(r.timing, field) for r in results))
-
-    tpot = median("tpot_s")
-    e2e = statistics.median(r.timing.e2e_s for r in results)
-    data: dict[str, Any] = {
+    data = {
         "substrate": substrate,
-        "model": model,
-        "deployment": engine.deployment.describe(),
-        "chips": engine.chips,
-        "concurrency": concurrency,
-        "prompt_tokens": prompt_tokens,
-        "output_tokens": output_tokens,
-        "ttft_s": median("ttft_s"),
-        "tpot_s": tpot,
-        "output_tokens_per_s": 1.0 / tpot if tpot > 0 else None,
-        "e2e_s": e2e,
-        "cost_usd": statistics.median(r.cost_usd for r in results),
-        "energy_j": statistics.median(r.energy_j for r in results),
-        **{k: median(k) for k in ("queue_s", "network_s", "prefill_s", "decode_s", "comm_s")},
+        **predict_shape(engine, prompt_tokens, output_tokens, concurrency),
     }
     if as_json:
         _out.print_json(json.dumps(data))
@@ -208,31 +168,7 @@ def substrates_command(
         tools = registry.names("agentrt.tools")
     except AgentrtError as exc:
         raise _fail(str(exc)) from None
-    presets: list[dict[str, Any]] = []
-    for name in names:
-        if name not in PRESETS:
-            continue
-        hw = load_hardware(PRESETS[name])
-        fits: dict[str, str] = {}
-        for model_name in model_names():
-            model = load_model(model_name)
-            try:
-                dep = size_deployment(hw, model)
-                fits[model_name] = f"{dep.chips} ({dep.precision})"
-            except DoesNotFitError:
-                fits[model_name] = "does not fit"
-        presets.append(
-            {
-                "name": name,
-                "hardware": hw.display_name,
-                "kind": hw.kind,
-                "memory_gb_per_chip": hw.memory_gb,
-                "memory_bandwidth_tb_per_s": hw.memory_bandwidth_tb_per_s,
-                "chips_per_node": hw.chips_per_node,
-                "power_w_per_chip": hw.power_w,
-                "models": fits,
-            }
-        )
+    presets = preset_fits([name for name in names if name in PRESETS])
     others = [n for n in names if n not in PRESETS]
     if as_json:
         _out.print_json(

@@ -16,107 +16,27 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from agentrt import VirtualClock, run
 from agentrt import cli_options as opt
 from agentrt.errors import AgentrtError, ConfigError
 from agentrt.interrupts import Interrupted, raise_on_signals
 from agentrt.log import configure_logging
-from agentrt.plan import Plan, load_plan
+from agentrt.plan import load_plan
 from agentrt.registry import default_registry
 from agentrt.render import Column, print_table, terminal_console
-from agentrt.substrate import Substrate
-from agentrt.tool import Tool
-from substrates.fleet.faults import wrap
-from substrates.fleet.load import LoadReport, run_load
+from substrates.fleet.study import SWEEP_POINTS, LoadInterrupted, run_load_study
+from substrates.fleet.sweep import plot_curves, print_curves, sweep_rates
 
-__all__ = ["build_substrate", "load_command", "main"]
+__all__ = ["load_command", "main"]
 
 _out = terminal_console(piped_width=160)
 _err = Console(stderr=True)
 
 # Signals that cancel a load run: it unwinds, kills what it started, prints the partial report.
 _CANCEL_ON = (signal.SIGINT, signal.SIGTERM)
-#: Multiples of --arrival-rate that --sweep visits.
-SWEEP_POINTS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 
 
 def _fail(message: str) -> typer.Exit:
     return opt.fail(message)
-
-
-def build_substrate(
-    name: str, *, seed: int | None, faults: str | None, options: dict[str, Any]
-) -> Substrate:
-    """Build ``name`` (``route:FILE.yaml`` for a router) through the registry, with faults."""
-    registry = default_registry()
-    if name.startswith("route:") and "route" not in registry.names("agentrt.substrates"):
-        # Before the entry point is installed, build routers directly.
-        from substrates.fleet.spec import route
-
-        sub: Substrate = route(spec=name.removeprefix("route:"), seed=seed)
-    else:
-        sub = registry.substrate(name, seed=seed, **options)
-    if faults:
-        sub = wrap(sub, faults, seed=seed)
-    return sub
-
-
-def _tools_for(plan: Plan, *, virtual: bool) -> list[Tool]:
-    registry = default_registry()
-    known = set(registry.names("agentrt.tools"))
-    tools = []
-    for name in sorted({s.tool for s in plan.steps if s.tool}):
-        twin = f"{name}-twin"
-        tools.append(registry.tool(twin if virtual and twin in known else name))
-    return tools
-
-
-def _one(
-    plan: Plan,
-    name: str,
-    *,
-    agents: int,
-    rate: float,
-    duration_s: float | None,
-    virtual: bool,
-    seed: int | None,
-    faults: str | None,
-    slo_s: float | None,
-    options: dict[str, Any],
-) -> LoadReport:
-    sub = build_substrate(name, seed=seed, faults=faults, options=options)
-    tools = _tools_for(plan, virtual=virtual)
-    report = LoadReport()
-
-    async def main() -> LoadReport:
-        try:
-            return await run_load(
-                plan,
-                sub,
-                agents=agents,
-                arrival_rate=rate,
-                duration_s=duration_s,
-                seed=seed,
-                slo_s=slo_s,
-                tools=tools,
-                report=report,
-            )
-        finally:
-            await sub.aclose()
-
-    try:
-        return run(main, clock=VirtualClock() if virtual else None, cancel_on=_CANCEL_ON)
-    except Interrupted as exc:
-        raise _LoadInterrupted(exc, report) from None
-
-
-class _LoadInterrupted(Exception):
-    """A signal cancelled a load run; carries what it counted until then."""
-
-    def __init__(self, interrupted: Interrupted, report: LoadReport) -> None:
-        super().__init__(str(interrupted))
-        self.interrupted = interrupted
-        self.report = report
 
 
 def _fmt(value: Any, unit: str = "") -> str:
@@ -236,19 +156,17 @@ def load_command(
             "options": options,
         }
         if not sweep:
-            report = _one(plan, substrate, rate=arrival_rate, **common).to_dict()
+            report = run_load_study(plan, substrate, rate=arrival_rate, **common).to_dict()
             report["substrate"] = substrate
         else:
-            from substrates.fleet.sweep import sweep_rates
-
             curves = sweep_rates(
-                partial(_one, plan, **common),
+                partial(run_load_study, plan, **common),
                 [n.strip() for n in substrate.split(",") if n.strip()],
                 [arrival_rate * f for f in SWEEP_POINTS],
             )
     except AgentrtError as exc:
         raise _fail(str(exc).replace("\n", " ")) from None
-    except _LoadInterrupted as cancelled:
+    except LoadInterrupted as cancelled:
         raise _interrupted(cancelled, substrate, as_json=as_json, sweep=sweep) from None
     if not sweep:
         if as_json:
@@ -258,8 +176,6 @@ def load_command(
         if report["lost"]:
             raise typer.Exit(1)
         return
-    from substrates.fleet.sweep import plot_curves, print_curves
-
     if as_json:
         _out.print_json(json.dumps(curves))
     else:
@@ -270,7 +186,7 @@ def load_command(
 
 
 def _interrupted(
-    cancelled: _LoadInterrupted, substrate: str, *, as_json: bool, sweep: bool
+    cancelled: LoadInterrupted, substrate: str, *, as_json: bool, sweep: bool
 ) -> typer.Exit:
     """Print the partial report (single runs) and one line; exit 128 + the signal."""
     exc, report = cancelled.interrupted, cancelled.report
