@@ -12,8 +12,15 @@ import pytest
 from pydantic import ValidationError
 
 from agentrt import ToolError, ToolResult, current_clock
-from tools.debug import DebugArgs, DebugReport, DebugTool, SandboxLimits
-from tools.twins import DebugLatency, DebugOutcome, DebugTwin
+from tools.debug import (
+    DebugArgs,
+    DebugLatency,
+    DebugOutcome,
+    DebugReport,
+    DebugTool,
+    DebugTwin,
+    SandboxLimits,
+)
 
 CALC = "def add(a, b):\n    return a - b\n\n\ndef mul(a, b):\n    return a * b\n"
 CALC_FIXED = CALC.replace("a - b", "a + b")

@@ -9,7 +9,7 @@ from typing import Any, cast
 import anyio
 import pytest
 
-import tools.search as search_mod
+import tools.search.query as query_mod
 from agentrt import (
     ConfigError,
     RetryableToolError,
@@ -21,14 +21,17 @@ from agentrt import (
 )
 from tools.search import (
     CACHE_DIR_ENV,
+    SEARCH_LATENCY,
     SearchArgs,
+    SearchLatency,
     SearchTool,
+    SearchTwin,
     check_query,
     default_cache_dir,
     fts5_available,
     make_search,
+    make_search_twin,
 )
-from tools.twins import SEARCH_LATENCY, SearchLatency, SearchTwin, make_search_twin
 
 DOCS = {
     "retries.md": "# Retries\n\nRetry failed calls with exponential backoff and jitter.\n",
@@ -254,7 +257,7 @@ async def test_slow_query_times_out_and_is_interrupted(
         "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
         "SELECT ?, ?, 0.0, '' FROM c WHERE x < 0"
     )
-    monkeypatch.setattr(search_mod, "_QUERY_SQL", endless)
+    monkeypatch.setattr(query_mod, "_QUERY_SQL", endless)
     with anyio.fail_after(5), pytest.raises(RetryableToolError, match="longer than 0.2 s"):
         await tool.search("retries")
     monkeypatch.undo()
