@@ -136,9 +136,8 @@ def copy_project(into: str | Path | None = None) -> Path:
 
 def make_tools(*, virtual: bool, seed: int | None = None) -> list[Tool]:
     """The real debug and search tools, or their emulated twins for virtual time."""
-    from tools.debug import DebugTool
-    from tools.search import SearchTool
-    from tools.twins import DebugOutcome, DebugTwin, SearchTwin
+    from tools.debug import DebugOutcome, DebugTool, DebugTwin
+    from tools.search import SearchTool, SearchTwin
 
     if virtual:
         debug_script = {"tests/": [DebugOutcome(failing=FAILING, passed=2), DebugOutcome(passed=4)]}

@@ -581,7 +581,7 @@ def test_the_fleet_spec_in_the_docs_loads(tmp_path: Path) -> None:
 
 
 def test_the_search_twin_script_in_the_docs_loads(tmp_path: Path) -> None:
-    from tools.twins import make_search_twin
+    from tools.search import make_search_twin
 
     path = tmp_path / "hits.yaml"
     path.write_text(_yaml_block("tools.md", "backoff:"))

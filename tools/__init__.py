@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from tools.debug import DebugArgs, DebugTool, SandboxLimits
-from tools.search import SearchArgs, SearchHit, SearchTool
-from tools.twins import DebugOutcome, DebugTwin, SearchTwin
+from tools.debug import DebugArgs, DebugOutcome, DebugTool, DebugTwin, SandboxLimits
+from tools.search import SearchArgs, SearchHit, SearchTool, SearchTwin
 
 __all__ = [
     "DebugArgs",

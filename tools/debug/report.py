@@ -9,12 +9,16 @@ from xml.etree import ElementTree
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tools.debug.args import DebugArgs, SandboxLimits
+from tools.debug.sandbox import SandboxRun
+
 __all__ = [
     "DebugReport",
     "ExceptionInfo",
     "FailedTest",
     "LimitName",
     "TestSummary",
+    "build_report",
     "infer_limit",
     "parse_exception",
     "parse_junit",
@@ -333,3 +337,47 @@ def infer_limit(
         if any(pattern.search(text) for text in texts):
             return name
     return None
+
+
+def build_report(
+    args: DebugArgs,
+    command: list[str],
+    run: SandboxRun,
+    tests: TestSummary | None,
+    limits: SandboxLimits,
+    workdir: Path,
+) -> DebugReport:
+    """The report of a finished run: its outcome, output, exception, tests and the limit hit."""
+    stderr = run.stderr.text()
+    exception = parse_exception(stderr, code=args.code, workdir=workdir)
+    return DebugReport(
+        mode=args.mode,
+        target=args.target,
+        command=command,
+        exit_code=run.exit_code,
+        signal=run.signal,
+        limit=infer_limit(
+            supervisor_limit=run.limit,
+            signal=run.signal,
+            exit_code=run.exit_code,
+            cpu_time_s=run.cpu_time_s,
+            cpu_limit_s=limits.cpu_s,
+            stderr=stderr,
+            exception=exception,
+            tests=tests,
+        ),
+        duration_s=run.duration_s,
+        stdout_tail=run.stdout.text(),
+        stderr_tail=stderr,
+        stdout_bytes=run.stdout.total,
+        stderr_bytes=run.stderr.total,
+        exception=exception,
+        tests=tests if args.mode == "pytest" else None,
+        failing_tests=[t.name for t in tests.failing] if tests and args.mode == "pytest" else [],
+        limits=limits.model_dump(),
+        cpu_time_s=run.cpu_time_s,
+        max_rss_mib=None if run.max_rss_kib is None else run.max_rss_kib / 1024,
+        peak_processes=run.peak_processes,
+        leftover_processes=run.leftover_processes,
+        isolation=run.isolation,
+    )

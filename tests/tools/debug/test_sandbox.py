@@ -268,7 +268,7 @@ async def test_a_non_python_writer_filling_the_disk_is_reported() -> None:
     assert "STOPPED by the disk limit (16 MiB written in all)" in data["output"]
 
 
-SUPERVISOR = Path(__file__).resolve().parents[2] / "tools" / "_supervisor.py"
+SUPERVISOR = Path(__file__).resolve().parents[3] / "tools" / "debug" / "supervisor.py"
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 

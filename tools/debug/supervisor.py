@@ -1,8 +1,14 @@
 """The in-sandbox supervisor: starts one command under rlimits, polices it, reaps everything.
 
-Run by `tools._sandbox` as ``python -I -S _supervisor.py CONFIG_JSON -- COMMAND...`` in a new
-session. Standard library only (it runs without site-packages), no output on stdout/stderr (those
-belong to the command); the outcome goes to the JSON status file named in the config.
+Run by `tools.debug.sandbox` as ``python -I -S supervisor.py CONFIG_JSON -- COMMAND...`` in a
+new session. Standard library only (it runs without site-packages), no output on stdout/stderr
+(those belong to the command); the outcome goes to the JSON status file named in the config.
+
+Why one module of ~680 lines: it is one program, run by path in a bare interpreter (``-I -S``:
+no site-packages, no script directory on ``sys.path``; the tests also run it as ``nobody`` with
+the system Python), so it cannot import siblings, not even from this package, without adding
+path machinery to the sandbox's most trusted process. Its parts (the /proc process table, the
+namespace and mount set-up, the policing loop) serve that one program and nothing else.
 
 Why a supervisor instead of ``exec``-ing the command directly: it makes itself a *child
 subreaper* (``prctl(PR_SET_CHILD_SUBREAPER)``), so every orphaned descendant is re-parented to it
@@ -601,7 +607,7 @@ def _write_status(config: dict[str, Any], outcome: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    """Entry point: ``_supervisor.py CONFIG_JSON -- COMMAND...``."""
+    """Entry point: ``supervisor.py CONFIG_JSON -- COMMAND...``."""
     config = json.loads(sys.argv[1])
     supervisor = _Supervisor(config, sys.argv[3:])
     # Blocked from the start (and so in the init forked below, which ignores signals it has no

@@ -1,4 +1,4 @@
-"""Running one command in a fresh session under the supervisor, with bounded output capture."""
+"""Running one command in a fresh session under the supervisor: environment, rlimits, output."""
 
 from __future__ import annotations
 
@@ -22,10 +22,19 @@ import anyio.to_thread
 from anyio.abc import ByteReceiveStream, Process
 
 from agentrt.interrupts import on_forced_exit
+from tools.debug.args import MIB, SandboxLimits
 
-__all__ = ["Isolation", "SandboxRun", "Tail", "remove_tree", "run_sandboxed"]
+__all__ = [
+    "Isolation",
+    "SandboxRun",
+    "Tail",
+    "environment_for",
+    "remove_tree",
+    "rlimits_for",
+    "run_sandboxed",
+]
 
-_SUPERVISOR = Path(__file__).with_name("_supervisor.py")
+_SUPERVISOR = Path(__file__).with_name("supervisor.py")
 # The supervisor enforces the timeout; the parent steps in only if the supervisor itself hangs.
 _BACKSTOP_S = 5.0
 # Once the supervisor has exited every writer is dead, so the pipes end at once; bound it anyway.
@@ -96,6 +105,43 @@ class SandboxRun:
     cpu_time_s: float | None = None
     max_rss_kib: int | None = None
     isolation: str = ""
+
+
+def environment_for(private: Path, python: str, extra: dict[str, str]) -> dict[str, str]:
+    """An allow-list environment: nothing of the caller's leaks in but PATH."""
+    path = os.environ.get("PATH", os.defpath)
+    env = {
+        "PATH": f"{Path(python).parent}{os.pathsep}{path}",
+        "HOME": str(private / "home"),
+        "TMPDIR": str(private / "tmp"),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONHASHSEED": "0",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONNOUSERSITE": "1",
+        # glibc reserves 64 MiB of address space per malloc arena; under RLIMIT_AS that is waste.
+        "MALLOC_ARENA_MAX": "2",
+        "NO_COLOR": "1",
+    }
+    env.update(extra)
+    return env
+
+
+def rlimits_for(limits: SandboxLimits) -> dict[str, tuple[int, int]]:
+    """The rlimits (soft, hard) the supervisor sets on the command, by ``resource`` name."""
+    memory = limits.memory_mib * MIB
+    file_size = limits.file_size_mib * MIB
+    return {
+        # SIGXCPU at the soft limit, SIGKILL one second later if it is caught or ignored.
+        "RLIMIT_CPU": (limits.cpu_s, limits.cpu_s + 1),
+        "RLIMIT_AS": (memory, memory),
+        "RLIMIT_FSIZE": (file_size, file_size),
+        "RLIMIT_NOFILE": (limits.max_open_files, limits.max_open_files),
+        # Not enforced for root (the supervisor's count is); the supervisor adjusts it otherwise.
+        "RLIMIT_NPROC": (limits.max_processes, limits.max_processes),
+        "RLIMIT_CORE": (0, 0),
+    }
 
 
 async def run_sandboxed(
