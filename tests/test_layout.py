@@ -9,8 +9,6 @@ still a cycle. Imports under ``if TYPE_CHECKING:`` do not (they never run).
 from __future__ import annotations
 
 import ast
-import importlib
-import inspect
 import re
 from pathlib import Path
 
@@ -139,31 +137,6 @@ def test_modules_are_small_or_say_why(name: str) -> None:
         f"{path.relative_to(ROOT)} has {lines} lines: split it by concern, or say at its top "
         "why it is one piece (a paragraph starting 'Why one module')"
     )
-
-
-def _isort_style(name: str) -> tuple[int, str]:
-    """Constants, then classes, then functions (the order ruff's RUF022 sorts by)."""
-    return (0 if name.isupper() else 1 if name[:1].isupper() else 2, name)
-
-
-PUBLIC = sorted(
-    name
-    for name, path in MODULES.items()
-    if path.name == "__init__.py" and not any(p.startswith("_") for p in name.split("."))
-)
-
-
-@pytest.mark.parametrize("name", PUBLIC)
-def test_packages_export_documented_nouns(name: str) -> None:
-    module = importlib.import_module(name)
-    assert module.__doc__, f"{name} has no docstring"
-    exported = getattr(module, "__all__", None)
-    assert exported is not None, f"{name} has no __all__"
-    assert list(exported) == sorted(set(exported), key=_isort_style), f"{name}.__all__ unsorted"
-    for noun in exported:
-        obj = getattr(module, noun)
-        if inspect.isclass(obj) or inspect.isfunction(obj):
-            assert inspect.getdoc(obj), f"{name}.{noun} has no docstring"
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
