@@ -12,13 +12,8 @@ import typer
 from agentrt import cli_options as opt
 from agentrt.errors import AgentrtError
 from agentrt.substrate import StreamingSubstrate
-from substrates.http.server import (
-    ConnectionLimits,
-    _bind,
-    _fd_limit,
-    _uvicorn_config,
-    create_app,
-)
+from substrates.http.connections import ConnectionLimits, bind, fd_limit, uvicorn_config
+from substrates.http.server import create_app
 
 __all__ = ["serve_command"]
 
@@ -29,9 +24,9 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _listen(host: str, port: int) -> socket.socket:
-    """`_bind`, or `_fail` with what to do instead."""
+    """`bind`, or `_fail` with what to do instead."""
     try:
-        return _bind(host, port)
+        return bind(host, port)
     except (socket.gaierror, UnicodeError) as exc:
         msg = f"cannot listen on host {host!r} ({exc}); pass an address with --host"
         raise _fail(msg) from None
@@ -121,10 +116,10 @@ def serve_command(
             raise _fail(
                 f"{flag} must be a number of seconds above 0 and below 86400, got {seconds}"
             )
-    fd_limit = _fd_limit()
-    if max_connections is not None and not 1 <= max_connections < fd_limit:
+    limit = fd_limit()
+    if max_connections is not None and not 1 <= max_connections < limit:
         raise _fail(
-            f"--max-connections must be between 1 and the descriptor limit ({fd_limit}, "
+            f"--max-connections must be between 1 and the descriptor limit ({limit}, "
             f"ulimit -n) less some headroom, got {max_connections}; raise `ulimit -n` first"
         )
     levels = ("critical", "error", "warning", "info", "debug", "trace")
@@ -165,7 +160,7 @@ def serve_command(
         body_timeout_s=body_timeout,
         max_concurrency=max_concurrency,
     )
-    config = _uvicorn_config(app, host=host, port=port, limits=limits, log_level=log_level.lower())
+    config = uvicorn_config(app, host=host, port=port, limits=limits, log_level=log_level.lower())
     server = uvicorn.Server(config)
     bound = sock.getsockname()
     where = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else str(bound[0])

@@ -28,50 +28,28 @@ header in its error body cannot make agentrt print the key.
 
 from __future__ import annotations
 
-import email.utils
-import json
 import logging
 import os
 import random
-import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Final, final
+from typing import Any, Final
 
 import anyio
 import httpx
 from opentelemetry import propagate
 
-from agentrt.clock import Clock, current_clock
-from agentrt.errors import (
-    BadResponse,
-    ConfigError,
-    RateLimited,
-    RetryableError,
-    SubstrateTimeout,
-    SubstrateUnavailable,
-)
+from agentrt.clock import current_clock
+from agentrt.errors import ConfigError, RetryableError, SubstrateTimeout, SubstrateUnavailable
 from agentrt.plan import RetryPolicy
 from agentrt.redact import redact, register_secret
 from agentrt.retry import backoff_s
-from agentrt.substrate import (
-    FinishReason,
-    InferenceRequest,
-    InferenceResult,
-    Timing,
-    TokenChunk,
-    Usage,
-)
+from agentrt.substrate import InferenceRequest, InferenceResult
+from substrates.http._errors import status_error
+from substrates.http._stream import HTTPStream
 
 __all__ = ["OpenAIHTTPSubstrate", "openai_http"]
 
-_FINISH: Final[dict[str, FinishReason]] = {
-    "stop": "stop",
-    "length": "length",
-    "tool_calls": "tool_call",
-    "function_call": "tool_call",
-    "content_filter": "content_filter",
-}
 _KNOWN_PROVIDERS: Final = {
     "api.openai.com": "openai",
     "api.cerebras.ai": "cerebras",
@@ -84,21 +62,6 @@ _KNOWN_PROVIDERS: Final = {
 def _provider_from(url: httpx.URL) -> str:
     host = url.host or ""
     return next((p for h, p in _KNOWN_PROVIDERS.items() if host.endswith(h)), "openai")
-
-
-def _retry_after_s(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None if absent/bad."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 class _RedactingFilter(logging.Filter):
@@ -137,16 +100,6 @@ def _parse_base_url(base_url: str) -> httpx.URL:
             "use e.g. base_url=http://localhost:8000/v1"
         )
     return url
-
-
-def _error_message(body: bytes) -> str:
-    """The ``error.message`` of an OpenAI-style error body, else the body's start."""
-    try:
-        data = json.loads(body)
-        message = data["error"]["message"] if isinstance(data.get("error"), dict) else data["error"]
-        return str(message)
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return body[:200].decode("utf-8", "replace").strip() or "(empty body)"
 
 
 class OpenAIHTTPSubstrate:
@@ -265,7 +218,7 @@ class OpenAIHTTPSubstrate:
                 pass
         return chunks.result()
 
-    def stream(self, request: InferenceRequest) -> AbstractAsyncContextManager[_HTTPStream]:
+    def stream(self, request: InferenceRequest) -> AbstractAsyncContextManager[HTTPStream]:
         """Open a token stream; leaving the block early closes the connection (cancels it)."""
         return self._stream(request)
 
@@ -290,7 +243,7 @@ class OpenAIHTTPSubstrate:
         return body
 
     @asynccontextmanager
-    async def _stream(self, request: InferenceRequest) -> AsyncIterator[_HTTPStream]:
+    async def _stream(self, request: InferenceRequest) -> AsyncIterator[HTTPStream]:
         clock = current_clock()
         deadline = clock.current_time() + self.total_timeout_s
         body = self._body(request)
@@ -311,7 +264,7 @@ class OpenAIHTTPSubstrate:
                     raise
                 await anyio.sleep(wait)
         try:
-            yield _HTTPStream(self, request, response, t0, deadline, attempt)
+            yield HTTPStream(self, request, response, t0, deadline, attempt)
         finally:
             with anyio.CancelScope(shield=True):
                 await response.aclose()
@@ -344,235 +297,10 @@ class OpenAIHTTPSubstrate:
                 redact(f"{self.name}: cannot reach {self.shown_url}: {type(exc).__name__}: {exc}")
             ) from exc
         if response.status_code != 200:
-            raise self._status_error(response)
-        return response
-
-    def _status_error(self, response: httpx.Response) -> Exception:
-        status = response.status_code
-        # The body is the server's: it may echo the request's Authorization header or URL.
-        message = f"{self.name}: HTTP {status} from {self.shown_url}: "
-        message += redact(_error_message(response.content))
-        retry_after = _retry_after_s(response.headers.get("retry-after"))
-        if status == 429:
-            return RateLimited(message, retry_after_s=retry_after)
-        if status == 408:
-            return SubstrateTimeout(message)
-        if status >= 500:
-            return SubstrateUnavailable(message, retry_after_s=retry_after)
-        if status in (401, 403):
-            message += f" ({self._key_hint})"
-        return BadResponse(message)
-
-
-@final
-class _HTTPStream:
-    """A `TokenStream` over one SSE response: each content delta is one chunk."""
-
-    def __init__(
-        self,
-        owner: OpenAIHTTPSubstrate,
-        request: InferenceRequest,
-        response: httpx.Response,
-        t0: float,
-        deadline: float,
-        attempts: int,
-    ) -> None:
-        self._owner = owner
-        self._request = request
-        self._response = response
-        self._t0 = t0
-        self._t_headers = current_clock().current_time()
-        self._deadline = deadline
-        self._attempts = attempts
-        self._result: InferenceResult | None = None
-        self._got_token = False
-
-    def __aiter__(self) -> AsyncIterator[TokenChunk]:
-        return self._iterate()
-
-    def result(self) -> InferenceResult:
-        """The complete result; only valid after iteration finished."""
-        if self._result is None:
-            raise BadResponse("the stream was not read to the end; its result is not known yet")
-        return self._result
-
-    async def _lines(self) -> AsyncIterator[tuple[str, bool]]:
-        """SSE lines, each read under the first-token or total deadline; (line, got_token)."""
-        owner = self._owner
-        clock = current_clock()
-        first_deadline = self._t0 + owner.first_token_timeout_s
-        lines = self._response.aiter_lines()
-        try:
-            async for item in self._read(lines, clock, first_deadline):
-                yield item
-        finally:
-            with anyio.CancelScope(shield=True):
-                await lines.aclose()  # type: ignore[attr-defined]
-
-    async def _read(
-        self, lines: AsyncIterator[str], clock: Clock, first_deadline: float
-    ) -> AsyncIterator[tuple[str, bool]]:
-        owner = self._owner
-        while True:
-            now = clock.current_time()
-            deadline = self._deadline if self._got_token else min(self._deadline, first_deadline)
-            try:
-                with anyio.fail_after(max(deadline - now, 0.0)):
-                    line = await lines.__anext__()
-            except StopAsyncIteration:
-                return
-            except TimeoutError as exc:
-                what = "the next token" if self._got_token else "the first token"
-                limit = "total_timeout_s" if deadline == self._deadline else "first_token_timeout_s"
-                raise SubstrateTimeout(
-                    f"{owner.name}: stream from {owner.shown_url} stalled waiting for {what} "
-                    f"({limit}={deadline - self._t0:.3g} s)"
-                ) from exc
-            except httpx.HTTPError as exc:
-                raise BadResponse(
-                    redact(
-                        f"{owner.name}: stream from {owner.shown_url} was cut mid-way: "
-                        f"{type(exc).__name__}: {exc}"
-                    )
-                ) from exc
-            yield line, self._got_token
-
-    async def _iterate(self) -> AsyncIterator[TokenChunk]:
-        owner = self._owner
-        clock = current_clock()
-        content_type = self._response.headers.get("content-type", "")
-        pieces: list[str] = []
-        usage: dict[str, Any] | None = None
-        finish: str | None = None
-        model = self._request.model or owner.model
-        t_first: float | None = None
-        t_last = self._t_headers
-        max_gap = 0.0
-        done = False
-        if content_type.startswith("application/json"):  # the server ignored stream=true
-            data = await self._json_body()
-            choice = (data.get("choices") or [{}])[0]
-            text = str((choice.get("message") or {}).get("content") or "")
-            t_first = t_last = clock.current_time()
-            pieces.append(text)
-            usage, finish, done = data.get("usage"), choice.get("finish_reason"), True
-            model = str(data.get("model") or model)
-            yield TokenChunk(text=text, index=0, t_s=t_first)
-        else:
-            async for line, _ in self._lines():
-                if not line.startswith("data:"):
-                    continue  # blank separators, comments (": ping"), event:/id: fields
-                payload = line[5:].strip()
-                if payload == "[DONE]":
-                    done = True
-                    break
-                event = self._parse(payload)
-                model = str(event.get("model") or model)
-                if isinstance(event.get("usage"), dict):
-                    usage = event["usage"]
-                for choice in event.get("choices") or []:
-                    if not isinstance(choice, dict):
-                        raise BadResponse(
-                            redact(f"{owner.name}: malformed chunk {payload[:200]!r}")
-                        )
-                    finish = choice.get("finish_reason") or finish
-                    delta = (choice.get("delta") or {}).get("content")
-                    if not delta:
-                        continue
-                    now = clock.current_time()
-                    if t_first is None:
-                        t_first = now
-                        self._got_token = True
-                    else:
-                        max_gap = max(max_gap, now - t_last)
-                    t_last = now
-                    pieces.append(str(delta))
-                    yield TokenChunk(text=str(delta), index=len(pieces) - 1, t_s=now)
-            if not done and finish is None:
-                raise BadResponse(
-                    f"{owner.name}: stream from {owner.shown_url} ended before its last chunk "
-                    f"(no finish_reason and no [DONE] after {len(pieces)} chunks): truncated"
-                )
-        self._result = self._finish(pieces, usage, finish, model, t_first, max_gap)
-
-    async def _json_body(self) -> dict[str, Any]:
-        owner = self._owner
-        remaining = self._deadline - current_clock().current_time()
-        try:
-            with anyio.fail_after(max(remaining, 0.0)):
-                raw = await self._response.aread()
-        except TimeoutError as exc:
-            raise SubstrateTimeout(f"{owner.name}: response body stalled") from exc
-        except httpx.HTTPError as exc:
-            raise BadResponse(redact(f"{owner.name}: response body was cut: {exc}")) from exc
-        return self._parse(raw.decode("utf-8", "replace"))
-
-    def _parse(self, payload: str) -> dict[str, Any]:
-        try:
-            event = json.loads(payload)
-        except ValueError as exc:
-            raise BadResponse(
-                redact(
-                    f"{self._owner.name}: invalid JSON from {self._owner.shown_url}: "
-                    f"{payload[:200]!r}"
-                )
-            ) from exc
-        if not isinstance(event, dict):
-            raise BadResponse(
-                redact(f"{self._owner.name}: expected a JSON object, got {payload[:200]!r}")
+            raise status_error(
+                response, name=self.name, shown_url=self.shown_url, key_hint=self._key_hint
             )
-        if "error" in event:
-            raise BadResponse(redact(f"{self._owner.name}: error in stream: {event['error']}"))
-        return event
-
-    def _finish(
-        self,
-        pieces: list[str],
-        usage: dict[str, Any] | None,
-        finish: str | None,
-        model: str,
-        t_first: float | None,
-        max_gap: float,
-    ) -> InferenceResult:
-        t_end = current_clock().current_time()
-        first = t_end if t_first is None else t_first
-        network = max(0.0, self._t_headers - self._t0)
-        prefill = max(0.0, first - max(self._t_headers, self._t0))
-        decode = max(0.0, t_end - first)
-        estimated = usage is None
-        try:
-            input_tokens = int(usage["prompt_tokens"]) if usage else None
-            output_tokens = int(usage["completion_tokens"]) if usage else None
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BadResponse(redact(f"{self._owner.name}: malformed usage {usage!r}")) from exc
-        if input_tokens is None or output_tokens is None:
-            input_tokens = self._request.estimated_prompt_tokens()
-            output_tokens = len(pieces)
-        timing = Timing.build(
-            output_tokens=max(output_tokens, 1),
-            network_s=network,
-            prefill_s=prefill,
-            decode_s=decode,
-        )
-        attributes = dict(self._owner._server)
-        attributes.update(
-            {
-                "agentrt.http.attempts": self._attempts,
-                "agentrt.http.ttfb_s": network,
-                "agentrt.http.max_gap_s": max_gap,
-                "agentrt.http.chunks": len(pieces),
-                "agentrt.http.usage_estimated": estimated,
-            }
-        )
-        return InferenceResult(
-            text="".join(pieces),
-            usage=Usage(input_tokens=input_tokens, output_tokens=output_tokens),
-            timing=timing,
-            substrate=self._owner.name,
-            model=model,
-            finish_reason=_FINISH.get(finish or "stop", "stop"),
-            attributes=attributes,
-        )
+        return response
 
 
 def openai_http(

@@ -14,28 +14,23 @@ context window, as vLLM does), a body over ``max_body_bytes`` 413, and a request
 Connections are guarded (`ConnectionLimits`): a request head must arrive within a timeout, idle
 keep-alive connections close after another, and the number of open connections stays below the
 process's descriptor limit, the oldest idle or half-open connection making room for a new one.
+The guard, uvicorn's config and the listening socket live in `substrates.http.connections`;
+`ConnectionLimits`, `default_max_connections` and `serve_in_thread` are re-exported here.
 
 Needs the ``serve`` extra (``pip install agentrt[serve]``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import resource
-import socket
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import anyio
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -43,16 +38,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from agentrt.errors import AgentrtError
-from agentrt.substrate import (
-    InferenceRequest,
-    InferenceResult,
-    Message,
-    StreamingSubstrate,
-)
+from agentrt.substrate import InferenceRequest, InferenceResult, StreamingSubstrate
 from agentrt.telemetry import semconv as sc
-
-if TYPE_CHECKING:
-    import uvicorn
+from substrates.http._wire import ChatCompletionRequest, dumps, error_response, json_str, sse, usage
+from substrates.http.connections import ConnectionLimits, default_max_connections, serve_in_thread
 
 __all__ = [
     "ChatCompletionRequest",
@@ -63,84 +52,6 @@ __all__ = [
 ]
 
 _SCOPE = "agentrt.serve"
-_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
-          "tool": "tool"}  # fmt: skip
-
-
-class _Part(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    type: str
-    text: str | None = None
-
-
-class _ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[_Part] | None = None
-
-
-class _StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    include_usage: bool = False
-
-
-class ChatCompletionRequest(BaseModel):
-    """The fields of an OpenAI chat completion request that the server reads; others are ignored.
-
-    Example:
-        >>> ChatCompletionRequest.model_validate(
-        ...     {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
-        ... ).output_tokens()
-        5
-    """
-
-    model_config = ConfigDict(extra="allow")
-
-    model: str
-    messages: list[_ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    seed: int | None = None
-    n: int = Field(default=1, ge=1, le=1)
-    stream: bool = False
-    stream_options: _StreamOptions | None = None
-
-    def output_tokens(self, default: int = 256) -> int:
-        """The most tokens to generate: ``max_completion_tokens``, ``max_tokens`` or default."""
-        return self.max_completion_tokens or self.max_tokens or default
-
-    def to_inference(self, request_id: str, *, default_max_tokens: int) -> InferenceRequest:
-        """The agentrt request for this chat request."""
-        messages = []
-        for m in self.messages:
-            content = m.content
-            if isinstance(content, list):
-                content = "".join(p.text or "" for p in content if p.type == "text")
-            messages.append(Message(role=_ROLES[m.role], content=content or ""))  # type: ignore[arg-type]
-        return InferenceRequest(
-            messages=tuple(messages),
-            max_output_tokens=self.output_tokens(default_max_tokens),
-            temperature=self.temperature,
-            seed=self.seed,
-            step_id=request_id,
-        )
-
-
-def _error(
-    status: int,
-    message: str,
-    *,
-    kind: str = "invalid_request_error",
-    param: str | None = None,
-    code: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 class _App:
@@ -191,7 +102,7 @@ class _App:
                 if len(body) > self.max_body_bytes:
                     return self._too_large()
             return bytes(body)
-        return _error(
+        return error_response(
             408,
             f"the request body did not arrive within {self.body_timeout_s:g} s",
             code="request_timeout",
@@ -199,7 +110,7 @@ class _App:
         )
 
     def _too_large(self) -> Response:
-        return _error(
+        return error_response(
             413,
             f"request body exceeds {self.max_body_bytes} bytes",
             code="request_too_large",
@@ -214,11 +125,15 @@ class _App:
         except ValidationError as exc:
             first = exc.errors()[0]
             if first["type"] == "json_invalid":
-                return _error(400, f"invalid JSON body: {first['msg']}", code="invalid_json")
+                return error_response(
+                    400, f"invalid JSON body: {first['msg']}", code="invalid_json"
+                )
             param = ".".join(str(p) for p in first["loc"]) or None
-            return _error(400, f"{param}: {first['msg']}", param=param, code="invalid_value")
+            return error_response(
+                400, f"{param}: {first['msg']}", param=param, code="invalid_value"
+            )
         if chat.model != self.model:
-            return _error(
+            return error_response(
                 404,
                 f"the model {chat.model!r} does not exist; this server serves {self.model!r}",
                 param="model",
@@ -235,7 +150,7 @@ class _App:
                 output = min(output, max(1, self.context - prompt))  # the default fits if it can
                 infer = infer.model_copy(update={"max_output_tokens": output})
             if prompt + output > self.context:
-                return _error(
+                return error_response(
                     400,
                     f"This model's maximum context length is {self.context} tokens. However, "
                     f"you requested {prompt + output} tokens ({prompt} in the messages, {output} "
@@ -249,7 +164,7 @@ class _App:
             prompt = max(1, infer.estimated_prompt_tokens())
             output = infer.max_output_tokens
             if prompt + output > self.kv_capacity:
-                return _error(
+                return error_response(
                     400,
                     f"This deployment's KV cache holds {self.kv_capacity} tokens per request. "
                     f"However, you requested {prompt + output} tokens ({prompt} in the messages, "
@@ -259,7 +174,7 @@ class _App:
                     code="kv_capacity_exceeded",
                 )
         if self.active >= self.max_concurrency:
-            return _error(
+            return error_response(
                 429,
                 f"more than {self.max_concurrency} concurrent requests; retry shortly",
                 kind="rate_limit_error",
@@ -305,7 +220,7 @@ class _App:
             result = await self.engine.infer(infer)
         except AgentrtError as exc:
             _end(span, None, exc)
-            return _error(500, f"{type(exc).__name__}: {exc}", kind="server_error")
+            return error_response(500, f"{type(exc).__name__}: {exc}", kind="server_error")
         except BaseException as exc:
             _end(span, None, exc)
             raise
@@ -327,7 +242,7 @@ class _App:
                 "model": self.model}  # fmt: skip
         # Every content chunk but the first differs only in its text: frame it once, encode
         # only the text per token (the same bytes as encoding the whole chunk).
-        opened = _dumps(head)[:-1]
+        opened = dumps(head)[:-1]
         before = b"data: " + opened + b',"choices":[{"index":0,"delta":{"content":'
         after = b'},"finish_reason":null}]}\n\n'
         result: InferenceResult | None = None
@@ -340,21 +255,21 @@ class _App:
                         first = False
                         delta = {"role": "assistant", "content": chunk.text}
                         choice = {"index": 0, "delta": delta, "finish_reason": None}
-                        yield _sse({**head, "choices": [choice]})
+                        yield sse({**head, "choices": [choice]})
                     else:
-                        yield before + _json_str(chunk.text).encode() + after
+                        yield before + json_str(chunk.text).encode() + after
             result = chunks.result()
             last = {"index": 0, "delta": {}, "finish_reason": result.finish_reason}
-            yield _sse({**head, "choices": [last]})
+            yield sse({**head, "choices": [last]})
             if include_usage:
-                yield _sse({**head, "choices": [], "usage": _usage(result)})
+                yield sse({**head, "choices": [], "usage": usage(result)})
             yield b"data: [DONE]\n\n"
         except AgentrtError as exc:
             error = exc
             # Headers are gone already: report in-band, as OpenAI-compatible servers do.
             body = {"error": {"message": f"{type(exc).__name__}: {exc}", "type": "server_error",
                               "param": None, "code": None}}  # fmt: skip
-            yield _sse(body)
+            yield sse(body)
         except BaseException as exc:  # cancelled (client went away): record, propagate
             error = exc
             raise
@@ -375,12 +290,8 @@ class _App:
                     "finish_reason": result.finish_reason,
                 }
             ],
-            "usage": _usage(result),
+            "usage": usage(result),
         }
-
-
-#: ``json.dumps`` of one string (the C encoder, without building an encoder per call).
-_json_str: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 
 def _as_coroutine(function: Callable[[], None]) -> Callable[[], Awaitable[None]]:
@@ -392,23 +303,6 @@ def _as_coroutine(function: Callable[[], None]) -> Callable[[], Awaitable[None]]
 
 def _positive_int(value: object) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
-
-
-def _dumps(data: object) -> bytes:
-    return json.dumps(data, separators=(",", ":")).encode()
-
-
-def _sse(data: dict[str, Any]) -> bytes:
-    return b"data: " + _dumps(data) + b"\n\n"
-
-
-def _usage(result: InferenceResult) -> dict[str, int]:
-    u = result.usage
-    return {
-        "prompt_tokens": u.input_tokens,
-        "completion_tokens": u.output_tokens,
-        "total_tokens": u.input_tokens + u.output_tokens,
-    }
 
 
 def _end(span: trace.Span, result: InferenceResult | None, error: BaseException | None) -> None:
@@ -473,267 +367,3 @@ def create_app(
         Route("/health", app.health, methods=["GET"]),
     ]
     return Starlette(routes=routes)
-
-
-#: Descriptors kept free for everything but client connections (the listening socket, the event
-#: loop, logs and trace files, imports): an eighth of the limit, at least this many (at most
-#: half of a tiny limit).
-_FD_HEADROOM = 64
-#: No more connections than this whatever the descriptor limit (``ulimit -n`` may be a million).
-_MAX_CONNECTIONS_CAP = 65536
-
-
-def default_max_connections() -> int:
-    """Open connections allowed by default: the soft ``RLIMIT_NOFILE`` less headroom.
-
-    Example:
-        >>> import resource
-        >>> default_max_connections() < resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        True
-    """
-    soft = _fd_limit()
-    headroom = max(soft // 8, min(_FD_HEADROOM, soft // 2))
-    return max(1, min(soft - headroom, _MAX_CONNECTIONS_CAP))
-
-
-def _fd_limit() -> int:
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return 1 << 20 if soft == resource.RLIM_INFINITY else int(soft)
-
-
-@dataclass(frozen=True)
-class ConnectionLimits:
-    """How ``agentrt serve`` guards its connections against slow or idle clients (slowloris).
-
-    A connection must deliver a complete request head within ``header_timeout_s`` of opening (or,
-    on a kept-alive connection, of the first byte of its next request), else it is closed. An
-    idle kept-alive connection closes after ``keep_alive_timeout_s``. At most ``max_connections``
-    are open: a new one beyond that closes the oldest connection that has no request in progress
-    (half-open or idle), or, when every connection is serving a request, is answered 503 and
-    closed. Request heads are limited to ``max_head_bytes`` (h11's incomplete-event limit).
-
-    Example:
-        >>> ConnectionLimits(max_connections=100).resolved_max_connections()
-        100
-
-    Args:
-        max_connections: open connections at most; default `default_max_connections`.
-        header_timeout_s: seconds for a request head to arrive.
-        keep_alive_timeout_s: seconds an idle kept-alive connection stays open.
-        max_head_bytes: largest request head (request line and headers).
-    """
-
-    max_connections: int | None = None
-    header_timeout_s: float = 10.0
-    keep_alive_timeout_s: float = 5.0
-    max_head_bytes: int = 16 * 1024
-
-    def resolved_max_connections(self) -> int:
-        """``max_connections``, or the default derived from the descriptor limit."""
-        return default_max_connections() if self.max_connections is None else self.max_connections
-
-
-_BUSY = (
-    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-    b"connection: close\r\nretry-after: 1\r\ncontent-length: %d\r\n\r\n%s"
-)
-
-
-def _busy_response() -> bytes:
-    body = _dumps(
-        {
-            "error": {
-                "message": "too many open connections; retry shortly",
-                "type": "server_error",
-                "param": None,
-                "code": "too_many_connections",
-            }
-        }
-    )
-    return _BUSY % (len(body), body)
-
-
-def _guarded_protocol(limits: ConnectionLimits) -> type[asyncio.Protocol]:
-    """The h11 protocol of uvicorn with a request-head timeout and a connection limit.
-
-    uvicorn has no header-read timeout: a client that opens a connection and never finishes its
-    request head holds a descriptor forever, until the process cannot accept anyone. Each
-    server gets its own class, so its waiting connections are its own.
-    """
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    max_connections = limits.resolved_max_connections()
-    header_timeout = limits.header_timeout_s
-    busy = _busy_response()
-    # Connections without a request in progress, oldest first: the ones to close for room.
-    waiting: dict[H11Protocol, None] = {}
-
-    class GuardedH11Protocol(H11Protocol):
-        _head_timer: asyncio.TimerHandle | None = None
-
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            super().connection_made(transport)  # type: ignore[arg-type]
-            if len(self.connections) > max_connections and not _evict_one():
-                transport.write(busy)  # type: ignore[attr-defined]
-                transport.close()
-                return
-            self._arm()
-
-        def data_received(self, data: bytes) -> None:
-            if self._head_timer is None and self.conn.their_state is h11.IDLE:
-                self._arm()  # the next request on a kept-alive connection has begun
-            super().data_received(data)
-            if self.conn.their_state is not h11.IDLE:
-                self._disarm()  # the head is in: the request is the application's now
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-                waiting[self] = None  # idle between requests: first to go when full
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-        def _arm(self) -> None:
-            waiting[self] = None
-            if self._head_timer is None:
-                self._head_timer = self.loop.call_later(header_timeout, self._head_timed_out)
-
-        def _disarm(self) -> None:
-            waiting.pop(self, None)
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-
-        def _head_timed_out(self) -> None:
-            self._head_timer = None
-            waiting.pop(self, None)
-            if not self.transport.is_closing():
-                self.transport.close()
-
-    def _evict_one() -> bool:
-        for victim in waiting:
-            del waiting[victim]
-            victim._disarm()  # type: ignore[attr-defined]
-            victim.transport.close()
-            return True
-        return False
-
-    return GuardedH11Protocol
-
-
-def _uvicorn_config(
-    app: Starlette,
-    *,
-    host: str,
-    port: int,
-    limits: ConnectionLimits,
-    log_level: str,
-) -> uvicorn.Config:
-    import uvicorn
-
-    max_connections = limits.resolved_max_connections()
-    return uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        http=_guarded_protocol(limits),
-        log_level=log_level,
-        lifespan="off",
-        access_log=False,
-        timeout_keep_alive=max(1, round(limits.keep_alive_timeout_s)),
-        h11_max_incomplete_event_size=limits.max_head_bytes,
-        # asyncio accepts up to `backlog` sockets per wake-up, and a connection is counted (and
-        # an idle one closed for it) a few loop iterations later: keep those in flight well
-        # within the spare descriptors. The kernel's queue stays long (`_ListeningSocket`).
-        backlog=max(4, min(128, (_fd_limit() - max_connections) // 8)),
-        timeout_graceful_shutdown=1,
-    )
-
-
-@contextmanager
-def serve_in_thread(
-    app: Starlette,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    timeout_s: float = 10.0,
-    limits: ConnectionLimits | None = None,
-) -> Iterator[str]:
-    """Run ``app`` under uvicorn in a thread (own event loop) and yield its base URL.
-
-    For tests, benchmarks and notebooks: ``port=0`` picks a free port. Leaving the block stops the
-    server (open streams get up to a second to finish) and joins the thread. Connections are
-    guarded as by ``agentrt serve`` (``limits``, default `ConnectionLimits`).
-
-    Example:
-        >>> from substrates.emulated.presets import build_engine
-        >>> with serve_in_thread(create_app(build_engine("h100", model="llama-3.1-8b"))) as url:
-        ...     url.startswith("http://127.0.0.1:")
-        True
-    """
-    import uvicorn
-
-    config = _uvicorn_config(
-        app, host=host, port=port, limits=limits or ConnectionLimits(), log_level="critical"
-    )
-    server = uvicorn.Server(config)
-    sock = _bind(host, port)
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name=f"agentrt-serve-{port}", daemon=True
-    )
-    thread.start()
-    deadline = time.monotonic() + timeout_s
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            thread.join(timeout_s)
-            sock.close()
-            raise RuntimeError(f"uvicorn did not start on {host}:{port}")
-        time.sleep(0.005)
-    bound = sock.getsockname()[1]
-    try:
-        yield f"http://{host}:{bound}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout_s)
-        sock.close()
-
-
-class _ListeningSocket(socket.socket):
-    """A listening socket whose kernel queue is always long.
-
-    asyncio passes one number as both the ``listen()`` queue and the connections it accepts per
-    wake-up; the second must be small (see `_uvicorn_config`), the first need not be: a burst
-    of clients waits in the kernel's queue, costing no descriptor, instead of being refused.
-    """
-
-    def listen(self, backlog: int = 0) -> None:  # the argument is deliberately ignored
-        super().listen(_KERNEL_BACKLOG)
-
-
-_KERNEL_BACKLOG = 2048
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host:port`` (the first address ``host`` resolves to), listening.
-
-    Raises:
-        OSError: the address cannot be resolved (`socket.gaierror`) or bound.
-    """
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = _ListeningSocket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        # Listening from here on: a client that connects as soon as "serving ... at URL" is
-        # printed waits in the kernel's queue until uvicorn starts, instead of being refused.
-        sock.listen()
-    except BaseException:
-        sock.close()
-        raise
-    return sock

@@ -397,9 +397,9 @@ async def test_a_slow_body_gets_408_and_frees_its_connection() -> None:
 def test_the_socket_listens_before_serve_says_it_is_serving() -> None:
     # `agentrt serve` prints its URL before uvicorn starts: a client connecting at once must
     # wait in the kernel's queue, not be refused (seen under load as ECONNREFUSED).
-    from substrates.http.server import _bind
+    from substrates.http.connections import bind
 
-    sock = _bind("127.0.0.1", 0)
+    sock = bind("127.0.0.1", 0)
     try:
         port = sock.getsockname()[1]
         clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(20)]
