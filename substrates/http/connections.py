@@ -246,7 +246,7 @@ def serve_in_thread(
     guarded as by ``agentrt serve`` (``limits``, default `ConnectionLimits`).
 
     Example:
-        >>> from substrates.emulated.presets import build_engine
+        >>> from substrates.emulated import build_engine
         >>> from substrates.http.server import create_app
         >>> with serve_in_thread(create_app(build_engine("h100", model="llama-3.1-8b"))) as url:
         ...     url.startswith("http://127.0.0.1:")

@@ -336,7 +336,7 @@ def create_app(
     """An ASGI app serving ``engine`` as an OpenAI-compatible API.
 
     Example:
-        >>> from substrates.emulated.presets import build_engine
+        >>> from substrates.emulated import build_engine
         >>> app = create_app(build_engine("h100", model="llama-3.1-8b"))
         >>> sorted(r.path for r in app.routes)
         ['/health', '/v1/chat/completions', '/v1/models']

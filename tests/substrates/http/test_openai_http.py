@@ -298,7 +298,7 @@ def test_registry_factory_converts_string_options() -> None:
 
 
 async def test_agent_plan_end_to_end_with_one_trace() -> None:
-    from substrates.emulated.presets import build_engine
+    from substrates.emulated import build_engine
     from substrates.http.server import create_app, serve_in_thread
 
     exporter = InMemorySpanExporter()

@@ -240,7 +240,7 @@ async def _stream(port: int, body: dict[str, object], *, hang_up_early: bool) ->
 async def test_many_streams_and_mid_stream_disconnects_leave_it_healthy() -> None:
     import anyio
 
-    from substrates.emulated.presets import build_engine
+    from substrates.emulated import build_engine
     from substrates.http.server import create_app, serve_in_thread
 
     engine = build_engine("wse3", model=MODEL, jitter=0, stall_prob=0)
@@ -274,7 +274,7 @@ async def test_many_streams_and_mid_stream_disconnects_leave_it_healthy() -> Non
 async def test_full_of_busy_connections_answers_503() -> None:
     import anyio
 
-    from substrates.emulated.presets import build_engine
+    from substrates.emulated import build_engine
     from substrates.http.server import ConnectionLimits, create_app, serve_in_thread
 
     engine = build_engine("h100", model=MODEL, jitter=0, stall_prob=0)
@@ -314,7 +314,7 @@ def test_default_connection_limit_leaves_descriptors_spare(limit: int, connectio
 
 
 async def test_a_request_beyond_the_deployments_kv_cache_is_400_before_streaming() -> None:
-    from substrates.emulated.presets import build_engine
+    from substrates.emulated import build_engine
     from substrates.http.server import create_app, serve_in_thread
 
     engine = build_engine("h100", model="llama-3.1-70b", jitter=0, stall_prob=0)
@@ -340,7 +340,7 @@ async def test_a_long_legal_stream_holds_little_server_memory() -> None:
 
     import anyio
 
-    from substrates.emulated.presets import build_engine
+    from substrates.emulated import build_engine
     from substrates.http.server import create_app, serve_in_thread
 
     engine = build_engine("wse3", model=MODEL, jitter=0, stall_prob=0)
@@ -366,7 +366,7 @@ async def test_a_long_legal_stream_holds_little_server_memory() -> None:
 async def test_a_slow_body_gets_408_and_frees_its_connection() -> None:
     import anyio
 
-    from substrates.emulated.presets import build_engine
+    from substrates.emulated import build_engine
     from substrates.http.server import ConnectionLimits, create_app, serve_in_thread
 
     engine = build_engine("h100", model=MODEL, jitter=0, stall_prob=0)
