@@ -20,7 +20,7 @@ from substrates.emulated.content import (
 )
 from substrates.emulated.deployment import Deployment, SpecDecode, check_fits, size_deployment
 from substrates.emulated.engine import ContextLengthExceeded, EmulatedEngine
-from substrates.emulated.perfmodel import predict_request
+from substrates.emulated.predict import predict_request
 from substrates.emulated.presets import DEFAULT_MODEL, PRESETS, build_deployment, build_engine
 from substrates.emulated.profiles import HardwareProfile, ModelProfile, load_hardware, load_model
 from substrates.emulated.scheduler import IterCost, Scheduler

@@ -20,7 +20,7 @@ from agentrt.errors import AgentrtError, DoesNotFitError
 from agentrt.registry import default_registry
 from agentrt.render import Column, print_table, terminal_console
 from substrates.emulated.calibration import Calibration, calibrate, format_table
-from substrates.emulated.perfmodel import size_deployment
+from substrates.emulated.deployment import size_deployment
 from substrates.emulated.presets import PRESETS, build_engine
 from substrates.emulated.profiles import hardware_names, load_hardware, load_model, model_names
 

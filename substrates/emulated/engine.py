@@ -11,18 +11,11 @@ import anyio
 from agentrt import current_clock
 from agentrt.errors import BadResponse
 from agentrt.substrate import InferenceRequest, InferenceResult, TokenChunk, Usage
+from substrates.emulated.comm import network_s
 from substrates.emulated.content import ContentSource, LazyText, SyntheticContent, content_for
-from substrates.emulated.deployment import weight_bytes
-from substrates.emulated.perfmodel import (
-    Deployment,
-    check_fits,
-    cost_usd,
-    decode_iteration,
-    energy_j,
-    kv_capacity_tokens,
-    network_s,
-    prefill,
-)
+from substrates.emulated.deployment import Deployment, check_fits, kv_capacity_tokens, weight_bytes
+from substrates.emulated.perfmodel import decode_iteration, prefill
+from substrates.emulated.predict import cost_usd, energy_j
 from substrates.emulated.scheduler import IterCost, Scheduler, SchedulerStatistics, ServiceRecord
 
 __all__ = ["ContextLengthExceeded", "EmulatedEngine", "PerfServiceModel", "check_context"]

@@ -22,9 +22,14 @@ from substrates.emulated.content import (
     ScriptedContent,
     SyntheticContent,
 )
-from substrates.emulated.deployment import Deployment, SpecDecode, parse_precision
+from substrates.emulated.deployment import (
+    Deployment,
+    SpecDecode,
+    check_fits,
+    parse_precision,
+    size_deployment,
+)
 from substrates.emulated.engine import DEFAULT_JITTER, DEFAULT_STALL_PROB, EmulatedEngine
-from substrates.emulated.perfmodel import check_fits, size_deployment
 from substrates.emulated.profiles import load_hardware, load_model
 
 __all__ = [

@@ -13,7 +13,8 @@ from substrates.emulated.calibration import (
     format_table,
     predict_point,
 )
-from substrates.emulated.perfmodel import Deployment, predict_request, size_deployment
+from substrates.emulated.deployment import Deployment, size_deployment
+from substrates.emulated.predict import predict_request
 from substrates.emulated.profiles import load_catalog, load_hardware, load_model
 
 SOURCE_COLUMNS = [

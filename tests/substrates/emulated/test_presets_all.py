@@ -15,17 +15,15 @@ from hypothesis import strategies as st
 
 from agentrt.errors import DoesNotFitError
 from substrates.emulated import families
+from substrates.emulated.deployment import Deployment, size_deployment
 from substrates.emulated.perfmodel import (
-    Deployment,
-    closed_loop,
     decode_floor_s,
     decode_iteration,
     decode_span,
-    predict_request,
     prefill,
     prefill_floor_s,
-    size_deployment,
 )
+from substrates.emulated.predict import closed_loop, predict_request
 from substrates.emulated.presets import DEFAULT_MODEL, PRESETS, build_deployment, build_engine
 from substrates.emulated.profiles import load_hardware, load_model
 

@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from agentrt import InferenceRequest
-from substrates.emulated.perfmodel import predict_request
+from substrates.emulated.predict import predict_request
 from substrates.emulated.presets import build_engine
 from substrates.http.server import ChatCompletionRequest, create_app, serve_in_thread
 
