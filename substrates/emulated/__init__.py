@@ -20,7 +20,7 @@ from substrates.emulated.content import (
 )
 from substrates.emulated.deployment import Deployment, SpecDecode
 from substrates.emulated.engine import EmulatedEngine, build_engine
-from substrates.emulated.perfmodel import predict_request
+from substrates.emulated.predict import predict_request
 from substrates.emulated.presets import PRESETS
 from substrates.emulated.profiles import HardwareProfile, ModelProfile, load_hardware, load_model
 from substrates.emulated.scheduler import IterCost, Scheduler

@@ -10,14 +10,10 @@ from pathlib import Path
 from typing import Literal
 
 from agentrt.errors import ConfigError
-from substrates.emulated.perfmodel import (
-    Deployment,
-    closed_loop,
-    parse_precision,
-    predict_request,
-    size_deployment,
-)
+from substrates.emulated.deployment import Deployment, parse_precision
+from substrates.emulated.predict import closed_loop, predict_request
 from substrates.emulated.profiles import ProfileCatalog, load_catalog
+from substrates.emulated.sizing import size_deployment
 
 __all__ = [
     "DATA_FILE",

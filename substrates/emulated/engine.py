@@ -11,6 +11,7 @@ import anyio
 from agentrt import current_clock
 from agentrt.errors import BadResponse
 from agentrt.substrate import InferenceRequest, InferenceResult, TokenChunk, Usage
+from substrates.emulated.comm import network_s
 from substrates.emulated.content import (
     ContentSource,
     LazyText,
@@ -19,7 +20,7 @@ from substrates.emulated.content import (
     parse_content,
 )
 from substrates.emulated.deployment import Deployment, weight_bytes
-from substrates.emulated.perfmodel import cost_usd, energy_j, network_s
+from substrates.emulated.predict import cost_usd, energy_j
 from substrates.emulated.scheduler import Scheduler, SchedulerStatistics, ServiceRecord
 from substrates.emulated.service import PerfServiceModel
 from substrates.emulated.sizing import (

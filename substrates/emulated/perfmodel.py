@@ -1,8 +1,13 @@
-"""Pure performance model of emulated GPU and wafer-scale inference: time, cost, energy."""
+"""Pure performance model of one engine pass: prefill, decode iterations and spans, floors.
 
-# Functions of their arguments only: no clock, no I/O, no randomness. The deployment value
-# object, the memory fit check and sizing live in substrates.emulated.deployment and are re-exported
-# here, so the scheduler and the engine import one module.
+The pass skeletons of both families (tensor/pipeline parallel; layers spread over SRAM, with
+its wafer pipeline) and speculative decoding. Communication terms live in
+`substrates.emulated.comm`; request-level price, energy and load summaries in
+`substrates.emulated.predict`; the deployment, memory fit and sizing in
+`substrates.emulated.deployment`.
+"""
+
+# Functions of their arguments only: no clock, no I/O, no randomness.
 
 from __future__ import annotations
 
@@ -12,70 +17,25 @@ from dataclasses import dataclass
 
 from agentrt.errors import ConfigError
 from substrates.emulated import families
+from substrates.emulated.comm import ACTIVATION_BYTES, allreduce_s, hop_s, pipeline_hops_s
 from substrates.emulated.deployment import (
     BYTES_PER_VALUE,
-    DEFAULT_CONTEXT_TOKENS,
     Deployment,
-    SpecDecode,
     attended_positions,
-    kv_bytes,
-    kv_bytes_per_token,
     kv_shards,
-    parse_precision,
-    weight_bytes,
-)
-from substrates.emulated.profiles import HardwareProfile
-from substrates.emulated.sizing import (
-    MemoryNeed,
-    check_fits,
-    kv_capacity_bytes,
-    kv_capacity_tokens,
-    max_concurrent_requests,
-    memory_need,
-    size_deployment,
 )
 
 __all__ = [
-    "ACTIVATION_BYTES",
-    "BYTES_PER_VALUE",
-    "DEFAULT_CONTEXT_TOKENS",
-    "Breakdown",
-    "Deployment",
-    "LoadPoint",
-    "MemoryNeed",
-    "SpecDecode",
     "StepTime",
     "WaferPipeline",
-    "allreduce_s",
-    "check_fits",
-    "closed_loop",
-    "cost_usd",
     "decode_floor_s",
     "decode_iteration",
     "decode_span",
-    "energy_j",
-    "hop_s",
-    "kv_bytes",
-    "kv_bytes_per_token",
-    "kv_capacity_bytes",
-    "kv_capacity_tokens",
-    "max_concurrent_requests",
-    "memory_need",
-    "network_s",
-    "parse_precision",
-    "pipeline_hops_s",
-    "predict_request",
     "prefill",
     "prefill_floor_s",
-    "size_deployment",
     "wafer_pipeline",
-    "weight_bytes",
 ]
 
-#: Activations cross chips in 16-bit.
-ACTIVATION_BYTES = 2.0
-
-_GB = 1e9
 _TERA = 1e12
 
 
@@ -120,118 +80,6 @@ class WaferPipeline:
     hop_s: float
     token_latency_s: float
     token_compute_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class Breakdown:
-    """Where one request's time, money and energy went: the fields of ``Timing``.
-
-    ``queue + network + prefill + decode + comm == e2e`` and ``ttft + (output - 1) * tpot == e2e``.
-
-    Attributes:
-        queue_s: waiting for a batch slot (0 for a request alone).
-        network_s: client-endpoint round trip plus server-side request handling.
-        prefill_s: prompt processing without communication.
-        decode_s: every token after the first, without communication.
-        comm_s: all communication of prefill and decode.
-        ttft_s: time to first token.
-        tpot_s: mean time per output token after the first.
-        e2e_s: end to end.
-        input_tokens: prompt tokens.
-        output_tokens: generated tokens.
-        cost_usd: price of the request, or None when nothing is published to price it.
-        energy_j: energy the chips drew while busy with it.
-    """
-
-    queue_s: float
-    network_s: float
-    prefill_s: float
-    decode_s: float
-    comm_s: float
-    ttft_s: float
-    tpot_s: float
-    e2e_s: float
-    input_tokens: int
-    output_tokens: int
-    cost_usd: float | None
-    energy_j: float
-
-    @property
-    def output_tokens_per_s(self) -> float:
-        """Per-user output speed after the first token (1 / tpot)."""
-        return 1.0 / self.tpot_s if self.tpot_s > 0 else math.inf
-
-
-@dataclass(frozen=True, slots=True)
-class LoadPoint:
-    """Steady state of a closed loop of identical requests (each client resends when done).
-
-    Attributes:
-        batch: requests decoded together.
-        ttft_s: time to first token, waiting for a slot included.
-        tpot_s: time per output token after the first.
-        e2e_s: end to end per request.
-        throughput_tokens_per_s: output tokens per second of the whole deployment.
-    """
-
-    batch: int
-    ttft_s: float
-    tpot_s: float
-    e2e_s: float
-    throughput_tokens_per_s: float
-
-
-# ---------------------------------------------------------------------------- communication
-
-
-def allreduce_s(hardware: HardwareProfile, group: int, message_bytes: float) -> float:
-    """One all-reduce: ``alpha(n) + 2 (n - 1) / n * bytes / bus_bandwidth`` (0 for n = 1).
-
-    ``alpha(n) = alpha_2 + alpha_step * log2(n / 2)``, fitted to vidur's NCCL measurements.
-
-    Args:
-        hardware: the chips.
-        group: chips taking part (the tensor-parallel degree).
-        message_bytes: bytes each chip contributes.
-
-    Returns:
-        Seconds.
-    """
-    if group <= 1:
-        return 0.0
-    eff = hardware.efficiency
-    alpha = eff.allreduce_latency_s + eff.allreduce_latency_per_doubling_s * math.log2(group / 2)
-    ring = 2.0 * (group - 1) / group
-    return alpha + ring * message_bytes / (eff.allreduce_bus_bandwidth_gb_per_s * _GB)
-
-
-def hop_s(hardware: HardwareProfile, message_bytes: float, *, cross_node: bool) -> float:
-    """One point-to-point hand-off (pipeline stage, or wafer to wafer): latency + bytes / bw."""
-    if cross_node:
-        bw, latency = hardware.scale_out_bandwidth_gb_per_s, hardware.scale_out_latency_s
-    else:
-        bw, latency = hardware.scale_up_bandwidth_gb_per_s, hardware.scale_up_latency_s
-    return latency + message_bytes / (bw * _GB)
-
-
-def pipeline_hops_s(dep: Deployment, tokens: float) -> float:
-    """All ``pp - 1`` stage hand-offs of ``tokens`` tokens' activations (0 with one stage)."""
-    if dep.pp <= 1:
-        return 0.0
-    message = tokens * dep.model.hidden_size * ACTIVATION_BYTES
-    hw = dep.hardware
-    if hw.spreads_layers:
-        return families.layer_handoffs(dep) * hop_s(hw, message, cross_node=True)
-    crossing = (dep.pp - 1) // max(1, hw.chips_per_node // dep.tp)
-    inside = dep.pp - 1 - crossing
-    return crossing * hop_s(hw, message, cross_node=True) + inside * hop_s(
-        hw, message, cross_node=False
-    )
-
-
-def network_s(dep: Deployment) -> float:
-    """Client-endpoint round trip plus the server's per-request handling, before prefill."""
-    return dep.network_rtt_s + dep.hardware.efficiency.request_overhead_s
 
 
 # ---------------------------------------------------------------------------------- passes
@@ -454,114 +302,3 @@ def prefill_floor_s(dep: Deployment, prompt_tokens: Sequence[int]) -> float:
     attended = sum(attended_positions(dep.model, 1, s) for s in prompt_tokens)
     t_flop = _flops(dep, tokens, attended) / (flop_rate * dep.chips)
     return max(t_flop, _weights_read_bytes(dep, tokens) / (bw * dep.chips))
-
-
-# -------------------------------------------------------------------------------- requests
-
-
-def cost_usd(
-    dep: Deployment, *, busy_s: float, input_tokens: int, output_tokens: int
-) -> float | None:
-    """Price of a request: a published per-token price, else chip-hours of busy time.
-
-    Args:
-        dep: the deployment.
-        busy_s: chip time the request is charged (its share when batched).
-        input_tokens: prompt tokens.
-        output_tokens: generated tokens.
-
-    Returns:
-        USD, or None when the hardware has neither a token price for the model nor a
-        chip-hour price.
-    """
-    price = dep.hardware.prices.get(dep.model.name)
-    if price is not None:
-        spent = input_tokens * price.input_usd_per_mtok + output_tokens * price.output_usd_per_mtok
-        return spent / 1e6
-    hourly = dep.hardware.price_usd_per_chip_hour
-    return None if hourly is None else dep.chips * hourly * busy_s / 3600.0
-
-
-def energy_j(dep: Deployment, busy_s: float) -> float:
-    """Energy of the deployment's chips over ``busy_s``: chips x power x time."""
-    return dep.chips * dep.hardware.power_w * busy_s
-
-
-def predict_request(dep: Deployment, prompt_tokens: int, output_tokens: int) -> Breakdown:
-    """One request alone on the deployment (no queue, batch of one), fully broken down.
-
-    Args:
-        dep: the deployment.
-        prompt_tokens: tokens in the prompt.
-        output_tokens: tokens to generate (the first comes out of the prefill).
-
-    Returns:
-        The breakdown.
-    """
-    net = network_s(dep)
-    pre = prefill(dep, [prompt_tokens])
-    later = max(output_tokens - 1, 0)
-    dec = decode_span(dep, [prompt_tokens + 1], later)
-    busy = pre.total_s + dec.total_s
-    return Breakdown(
-        queue_s=0.0,
-        network_s=net,
-        prefill_s=pre.work_s,
-        decode_s=dec.work_s,
-        comm_s=pre.comm_s + dec.comm_s,
-        ttft_s=net + pre.total_s,
-        tpot_s=dec.total_s / later if later else 0.0,
-        e2e_s=net + busy,
-        input_tokens=prompt_tokens,
-        output_tokens=output_tokens,
-        cost_usd=cost_usd(
-            dep, busy_s=busy, input_tokens=prompt_tokens, output_tokens=output_tokens
-        ),
-        energy_j=energy_j(dep, busy),
-    )
-
-
-def closed_loop(
-    dep: Deployment, prompt_tokens: int, output_tokens: int, concurrency: int | None
-) -> LoadPoint:
-    """Steady state of ``concurrency`` clients that each send a new request when one ends.
-
-    The batch is the concurrency capped by ``max_batch`` and by the KV cache that fits; the
-    other clients queue. In one cycle every slot prefills one prompt (the batch stalls
-    meanwhile) and decodes ``output_tokens - 1`` tokens. ``None`` means as many clients as fit
-    (an offline maximum-throughput run). The scheduler simulates this in detail; this closed
-    form is what the calibration compares with published load tests.
-
-    Args:
-        dep: the deployment.
-        prompt_tokens: prompt length of every request.
-        output_tokens: output length of every request.
-        concurrency: clients, or None.
-
-    Returns:
-        Per-request latencies and the deployment's throughput.
-
-    Raises:
-        DoesNotFitError: not even one request's KV cache fits.
-    """
-    fit = max_concurrent_requests(dep, prompt_tokens + output_tokens / 2)
-    if fit < 1:
-        check_fits(dep, prompt_tokens + output_tokens)
-        fit = 1
-    batch = fit if concurrency is None else max(1, min(concurrency, fit))
-    clients = batch if concurrency is None else max(1, concurrency)
-    pre = prefill(dep, [prompt_tokens]).total_s
-    later = max(output_tokens - 1, 0)
-    decode = decode_span(dep, [prompt_tokens + 1] * batch, later).total_s
-    cycle = batch * pre + decode
-    queue = (clients - batch) / batch * cycle
-    ttft = network_s(dep) + queue + pre
-    e2e = ttft + cycle - pre
-    throughput = min(batch * output_tokens / cycle, clients * output_tokens / e2e)
-    return LoadPoint(
-        batch=batch,
-        ttft_s=ttft,
-        tpot_s=(cycle - pre) / later if later else 0.0,
-        e2e_s=e2e,
-        throughput_tokens_per_s=throughput,
-    )

@@ -12,9 +12,10 @@ Example:
 
 from __future__ import annotations
 
+from substrates.fleet.breaker import CircuitBreaker
 from substrates.fleet.faults import FaultInjector, parse_faults
 from substrates.fleet.load import LoadReport, run_load
-from substrates.fleet.router import CircuitBreaker, Router
+from substrates.fleet.router import Router
 from substrates.fleet.spec import RouteSpec, load_route_spec
 from substrates.fleet.sweep import sweep_rates
 

@@ -37,7 +37,8 @@ from substrates.emulated.content import (
     split_tokens,
 )
 from substrates.emulated.engine import EmulatedEngine
-from substrates.emulated.perfmodel import decode_floor_s, predict_request, prefill_floor_s
+from substrates.emulated.perfmodel import decode_floor_s, prefill_floor_s
+from substrates.emulated.predict import predict_request
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -8,31 +8,33 @@ from hypothesis import strategies as st
 
 from agentrt.errors import ConfigError, DoesNotFitError
 from substrates.emulated import PRESETS
-from substrates.emulated.perfmodel import (
+from substrates.emulated.comm import allreduce_s, pipeline_hops_s
+from substrates.emulated.deployment import (
     BYTES_PER_VALUE,
     Deployment,
     SpecDecode,
-    allreduce_s,
-    check_fits,
-    closed_loop,
+    kv_bytes,
+    kv_bytes_per_token,
+    parse_precision,
+    weight_bytes,
+)
+from substrates.emulated.perfmodel import (
     decode_floor_s,
     decode_iteration,
     decode_span,
-    kv_bytes,
-    kv_bytes_per_token,
+    prefill,
+    prefill_floor_s,
+    wafer_pipeline,
+)
+from substrates.emulated.predict import closed_loop, predict_request
+from substrates.emulated.profiles import load_catalog, load_hardware, load_model
+from substrates.emulated.sizing import (
+    check_fits,
     kv_capacity_tokens,
     max_concurrent_requests,
     memory_need,
-    parse_precision,
-    pipeline_hops_s,
-    predict_request,
-    prefill,
-    prefill_floor_s,
     size_deployment,
-    wafer_pipeline,
-    weight_bytes,
 )
-from substrates.emulated.profiles import load_catalog, load_hardware, load_model
 
 CATALOG = load_catalog()
 HARDWARE = sorted(CATALOG.hardware)

@@ -15,18 +15,17 @@ from hypothesis import strategies as st
 
 from agentrt.errors import DoesNotFitError
 from substrates.emulated import DEFAULT_MODEL, PRESETS, build_deployment, build_engine, families
+from substrates.emulated.deployment import Deployment
 from substrates.emulated.perfmodel import (
-    Deployment,
-    closed_loop,
     decode_floor_s,
     decode_iteration,
     decode_span,
-    predict_request,
     prefill,
     prefill_floor_s,
-    size_deployment,
 )
+from substrates.emulated.predict import closed_loop, predict_request
 from substrates.emulated.profiles import load_hardware, load_model
+from substrates.emulated.sizing import size_deployment
 
 ALL = sorted(PRESETS)
 SETTINGS = settings(max_examples=25, deadline=None)

@@ -22,8 +22,9 @@ from agentrt import (
 )
 from agentrt.registry import Registry
 from agentrt.testing import FixedLatencySubstrate, FunctionSubstrate
+from substrates.fleet.breaker import CircuitBreaker
 from substrates.fleet.faults import FaultInjector
-from substrates.fleet.router import CircuitBreaker, Router
+from substrates.fleet.router import Router
 from substrates.fleet.spec import route
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from agentrt import InferenceRequest
 from substrates.emulated import build_engine
-from substrates.emulated.perfmodel import predict_request
+from substrates.emulated.predict import predict_request
 from substrates.http.server import ChatCompletionRequest, create_app, serve_in_thread
 
 MODEL = "llama-3.1-8b"
