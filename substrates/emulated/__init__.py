@@ -1,7 +1,7 @@
 """The emulated engines: the performance model and the engine that plays it on a clock.
 
-The model: profiles, deployments, perfmodel, calibration. The engine: scheduler, content
-sources, `EmulatedEngine`, presets.
+The model: profiles, deployments and sizing, the pass model (perfmodel, comm, predict),
+calibration. The engine: scheduler, content sources, `EmulatedEngine`, presets.
 
 Example:
     >>> from substrates.emulated import build_engine
