@@ -103,6 +103,7 @@ class Scheduler(_Driver):
                 f"the service model needs max_batch >= 1 and kv_capacity_tokens >= 1, got "
                 f"{max_batch} and {kv_cap}"
             )
+        # The layers' state; what each attribute holds is said where its layer declares it.
         self._model = model
         self._max_batch = max_batch
         self._kv_cap = kv_cap
