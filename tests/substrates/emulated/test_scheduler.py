@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agentrt import ConfigError, DoesNotFitError, VirtualClock, current_clock, run
-from substrates.emulated import scheduler as scheduler_module
 from substrates.emulated.scheduler import IterCost, Scheduler, ServiceRecord
+from substrates.emulated.scheduler import driver as driver_module
 
 VRun = Callable[..., Any]
 T = TypeVar("T")
@@ -691,8 +691,10 @@ def test_off_asyncio_the_driver_waits_in_a_cancel_scope_with_the_same_timings(
     # backend it is a cancel scope that an arrival cancels. Arrivals interrupt both alike.
     jobs = poisson_jobs(7, 200, rate=0.5)
     on_asyncio = loaded_run(1, jobs)
-    monkeypatch.setattr(scheduler_module, "_asyncio_loop", lambda: None)
+    looked_up: list[int] = []  # the patch must sit where the driver looks the loop up
+    monkeypatch.setattr(driver_module, "_asyncio_loop", lambda: looked_up.append(1))
     assert loaded_run(1, jobs) == on_asyncio
+    assert looked_up
 
 
 def test_under_load_p99_sits_well_above_p50() -> None:
