@@ -65,7 +65,7 @@ class EmulatedEngine:
         (200, 4)
 
     Args:
-        deployment: the model on its chips (see `substrates.emulated.perfmodel.size_deployment`).
+        deployment: the model on its chips (see `substrates.emulated.sizing.size_deployment`).
         name: the substrate name in results and traces; default the hardware's name.
         content: where the text comes from; default synthetic text of the requested length.
         seed: seeds jitter, stalls and synthetic text.
