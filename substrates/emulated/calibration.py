@@ -13,7 +13,7 @@ from agentrt.errors import ConfigError
 from substrates.emulated.deployment import Deployment, parse_precision
 from substrates.emulated.predict import closed_loop, predict_request
 from substrates.emulated.profiles import ProfileCatalog, load_catalog
-from substrates.emulated.sizing import size_deployment
+from substrates.emulated.sizing import check_fits, size_deployment
 
 __all__ = [
     "DATA_FILE",
@@ -127,6 +127,17 @@ def _scenario(text: str) -> dict[str, str]:
 
 
 def _deployment(spec: dict[str, str], catalog: ProfileCatalog) -> Deployment:
+    dep = _layout_deployment(spec, catalog)
+    # moe14: minimal parsing of ep= and adp=1 (stacks14 owns this function; to reconcile).
+    ep, adp = int(spec.get("ep", "1")), spec.get("adp", "0") == "1"
+    if ep == 1 and not adp:
+        return dep
+    dep = Deployment.model_validate({**dict(dep), "ep": ep, "attention_dp": adp})
+    check_fits(dep)
+    return dep
+
+
+def _layout_deployment(spec: dict[str, str], catalog: ProfileCatalog) -> Deployment:
     hardware = catalog.get_hardware(spec["hw"])
     model = catalog.get_model(spec["model"])
     precision = parse_precision(spec.get("precision", model.native_precision))

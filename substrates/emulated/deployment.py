@@ -147,22 +147,62 @@ class Deployment(BaseModel):
     spec_decode: SpecDecode | None = Field(
         default=None, description="Speculative decoding, if used."
     )
+    ep: int = Field(
+        default=1,
+        ge=1,
+        description="Expert-parallel degree: 1 splits every expert over the tp chips of a "
+        "stage; ep = tp gives each chip whole experts (all-to-all dispatch and combine).",
+    )
+    attention_dp: bool = Field(
+        default=False,
+        description="Data-parallel attention: each chip of a stage keeps attention weights "
+        "whole and the KV cache of its own requests; no attention all-reduce (needs ep = tp).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Deployment:
         hw, m = self.hardware, self.model
         if hw.spreads_layers and self.tp != 1:
             raise ConfigError(f"{hw.name} splits a model by layers across chips: use pp, not tp")
-        if m.attention_heads % self.tp:
+        if m.attention_heads % self.tp and not self.attention_dp:
             raise ConfigError(
                 f"tp={self.tp} does not divide the {m.attention_heads} heads of {m.name}"
             )
-        if self.tp > hw.chips_per_node:
+        if self.tp > hw.chips_per_node and not self.attention_dp:  # DP attention: no all-reduce
             raise ConfigError(
                 f"tp={self.tp} exceeds one {hw.name} node ({hw.chips_per_node} chips)"
             )
         if self.pp > m.layers and hw.kind != "lpu":  # an LPU spreads a layer over chips
             raise ConfigError(f"pp={self.pp} exceeds the {m.layers} layers of {m.name}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_moe(self) -> Deployment:
+        hw, m = self.hardware, self.model
+        if self.ep == 1 and not self.attention_dp:
+            return self
+        if m.experts is None:
+            raise ConfigError(
+                f"{m.name} is dense: ep and attention_dp apply to mixture-of-experts models; "
+                "use tp and pp"
+            )
+        if hw.spreads_layers:
+            raise ConfigError(
+                f"{hw.name} keeps each layer's experts in its own region: use pp, not ep or "
+                "attention_dp"
+            )
+        if self.ep not in (1, self.tp):
+            raise ConfigError(
+                f"ep={self.ep} must be 1 or equal tp={self.tp}: experts spread over the chips "
+                f"of one pipeline stage (e.g. --tp {self.ep} --ep {self.ep})"
+            )
+        if self.ep > m.experts:
+            raise ConfigError(f"ep={self.ep} exceeds the {m.experts} experts of {m.name}")
+        if self.attention_dp and self.ep != self.tp:
+            raise ConfigError(
+                f"attention_dp needs ep = tp (got ep={self.ep}, tp={self.tp}): DP attention "
+                "hands each chip's tokens to the experts by all-to-all"
+            )
         return self
 
     @property
@@ -189,6 +229,8 @@ class Deployment(BaseModel):
         if self.hardware.spreads_layers:
             return f"{self.hardware.name} x{self.chips} ({self.precision})"
         layout = f"--tp {self.tp} --pp {self.pp}"
+        if self.ep > 1:
+            layout += f" --ep {self.ep}" + (" (DP attention)" if self.attention_dp else "")
         return f"{self.hardware.name} x{self.chips} ({layout}, {self.precision})"
 
 
@@ -222,5 +264,7 @@ def kv_bytes(model: ModelProfile, context_tokens: float, precision: Precision) -
 
 
 def kv_shards(dep: Deployment) -> int:
-    """Ways tensor parallelism splits the KV cache (an MLA latent is replicated)."""
+    """Ways the KV cache is split: DP attention by requests, TP by KV heads (MLA: replicated)."""
+    if dep.attention_dp:
+        return dep.tp
     return 1 if dep.model.mla_kv_dim is not None else min(dep.tp, dep.model.kv_heads)

@@ -18,7 +18,8 @@ kernel or a compiled FPGA pipeline. Pure functions of the deployment.
 from __future__ import annotations
 
 from agentrt.errors import ConfigError
-from substrates.emulated.deployment import BYTES_PER_VALUE, Deployment, weight_bytes
+from substrates.emulated import moe
+from substrates.emulated.deployment import BYTES_PER_VALUE, Deployment
 
 __all__ = [
     "layer_handoffs",
@@ -89,7 +90,7 @@ def offchip_fraction(dep: Deployment) -> float:
     hw = dep.hardware
     if hw.offchip_memory_gb is None:
         return 0.0
-    per_chip = weight_bytes(dep.model, dep.precision) / dep.chips
+    per_chip = moe.resident_weight_bytes(dep) / dep.chips
     fast = hw.memory_gb * _GB * hw.efficiency.memory_usable_fraction
     return max(0.0, 1.0 - fast / per_chip)
 
@@ -124,11 +125,12 @@ def memory_read_s(
 def pipeline_fill_s(dep: Deployment, tokens: float) -> float:
     """Fixed latency of one pass through the layers on a tensor-parallel family.
 
-    ``layers x (layer_latency + experts_touched x expert_latency)``: a fused per-layer kernel
+    ``layers x layer_latency + moe_layers x experts x expert_latency``: a fused per-layer kernel
     (RDU dataflow graph) or the fill of a compiled, clocked layer pipeline (FPGA); on an MoE
-    model each routed expert the pass touches, ``E (1 - (1 - k/E)^tokens)``, is one more weight
-    stream to start. Zero for GPUs and other HBM chips (both parameters default to 0), whose
-    fixed costs are the per-pass ``iteration_overhead_s``.
+    model each routed expert the busiest chip streams (``E (1 - (1 - k/E)^tokens)`` with
+    ``ep = 1``, `moe.busiest_chip_experts`) is one more weight stream to start. Zero for GPUs
+    and other HBM chips (both parameters default to 0), whose fixed costs are the per-pass
+    ``iteration_overhead_s``.
 
     Args:
         dep: the deployment.
@@ -141,7 +143,7 @@ def pipeline_fill_s(dep: Deployment, tokens: float) -> float:
         return 0.0
     eff, m = dep.hardware.efficiency, dep.model
     fill = m.layers * eff.layer_latency_s
-    if m.experts is not None and m.experts_active is not None and eff.expert_latency_s > 0:
-        touched = m.experts * (1.0 - (1.0 - m.experts_active / m.experts) ** max(tokens, 1.0))
-        fill += m.layers * touched * eff.expert_latency_s
+    if m.experts is not None and eff.expert_latency_s > 0:  # busiest chip's expert streams
+        touched = moe.busiest_chip_experts(m, tokens, dep.ep)
+        fill += moe.moe_layer_count(m) * touched * eff.expert_latency_s
     return fill

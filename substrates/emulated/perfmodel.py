@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agentrt.errors import ConfigError
-from substrates.emulated import families
+from substrates.emulated import families, moe
 from substrates.emulated.comm import ACTIVATION_BYTES, allreduce_s, hop_s, pipeline_hops_s
 from substrates.emulated.deployment import (
     BYTES_PER_VALUE,
@@ -110,18 +110,14 @@ def _attended_total(
 
 def _weights_read_bytes(dep: Deployment, tokens: float) -> float:
     """Weight bytes one pass over ``tokens`` tokens reads (MoE: the experts they touch)."""
-    m = dep.model
-    scale = BYTES_PER_VALUE[dep.precision] * 1e9
-    if m.experts is None or m.experts_active is None:
-        return m.total_params_b * scale
-    untouched: float = (1.0 - m.experts_active / m.experts) ** max(tokens, 1.0)
-    return (m.shared_params_b + m.expert_params_b * (1.0 - untouched)) * scale
+    return moe.weights_read_bytes(dep.model, dep.precision, tokens)
 
 
 def _flops(dep: Deployment, tokens: float, attended: float) -> float:
-    """``2 * active_params`` per token plus ``4 * d_q`` per attended cached position."""
+    """``2 * active_params`` per token, ``4 * d_q`` per attended position, MoE routers."""
     m = dep.model
-    return 2.0 * m.active_params_b * 1e9 * tokens + 4.0 * m.attention_heads * m.head_dim * attended
+    dense = 2.0 * m.active_params_b * 1e9 * tokens + 4.0 * m.attention_heads * m.head_dim * attended
+    return dense + moe.router_flops(m, tokens)
 
 
 def _rates(dep: Deployment, *, ideal: bool) -> tuple[float, float]:
@@ -151,12 +147,12 @@ def _pass(dep: Deployment, tokens: float, attended: float, kv_positions: float) 
     if hw.spreads_layers:
         latency = wafer_pipeline(dep).token_latency_s
         return StepTime(latency + (flops / flop_rate + (weights + kv) / bw) / dep.pp, hops)
-    t_mem = families.memory_read_s(dep, weights / dep.tp, kv / kv_shards(dep), bw)
+    t_mem = families.memory_read_s(dep, moe.chip_weight_bytes(dep, tokens), kv / kv_shards(dep), bw)
     work = t_mem + flops / (flop_rate * dep.tp) + hw.efficiency.iteration_overhead_s
     work += families.pipeline_fill_s(dep, tokens)
     message = tokens * dep.model.hidden_size * ACTIVATION_BYTES
-    tp_comm = 2 * dep.model.layers * allreduce_s(hw, dep.tp, message)  # two per layer (Megatron)
-    return StepTime(work, tp_comm + hops)
+    tp_comm = moe.allreduces_per_pass(dep) * allreduce_s(hw, dep.tp, message)  # 2/layer dense
+    return StepTime(work, tp_comm + moe.moe_comm_s(dep, tokens) + hops)
 
 
 def wafer_pipeline(dep: Deployment) -> WaferPipeline:

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from agentrt.errors import BadResponse, ConfigError, DoesNotFitError
+from substrates.emulated import moe
 from substrates.emulated.deployment import (
     Deployment,
     SpecDecode,
@@ -18,7 +19,6 @@ from substrates.emulated.deployment import (
     kv_bytes_per_token,
     kv_shards,
     parse_precision,
-    weight_bytes,
 )
 from substrates.emulated.profiles import (
     HardwareProfile,
@@ -85,7 +85,7 @@ def memory_need(dep: Deployment, kv_tokens: int | None = None) -> MemoryNeed:
     """Weights plus the KV cache of one request of ``kv_tokens`` (default: reserved context)."""
     tokens = dep.reserved_context_tokens if kv_tokens is None else kv_tokens
     return MemoryNeed(
-        weights_bytes=weight_bytes(dep.model, dep.precision),
+        weights_bytes=moe.resident_weight_bytes(dep),
         kv_bytes=kv_bytes(dep.model, tokens, dep.kv_dtype) * dep.tp / kv_shards(dep),
         available_bytes=_available_bytes(dep),
         kv_tokens=tokens,
@@ -94,7 +94,7 @@ def memory_need(dep: Deployment, kv_tokens: int | None = None) -> MemoryNeed:
 
 def kv_capacity_bytes(dep: Deployment) -> float:
     """KV cache (as `kv_bytes` counts it) that fits beside the weights; admission checks this."""
-    free = _available_bytes(dep) - weight_bytes(dep.model, dep.precision)
+    free = _available_bytes(dep) - moe.resident_weight_bytes(dep)
     return max(0.0, free * kv_shards(dep) / dep.tp)
 
 

@@ -249,6 +249,12 @@ class ModelProfile(_Frozen):
     vocab_size: int = Field(ge=1, description="Tokenizer vocabulary.")
     experts: int | None = Field(default=None, ge=2, description="Routed experts per MoE layer.")
     experts_active: int | None = Field(default=None, ge=1, description="Routed experts per token.")
+    moe_layers: int | None = Field(
+        default=None,
+        ge=1,
+        description="Layers whose FFN is routed experts (default: all layers of an MoE model); "
+        "the others keep a dense FFN.",
+    )
     mla_kv_dim: int | None = Field(
         default=None,
         ge=1,
@@ -278,6 +284,8 @@ class ModelProfile(_Frozen):
                 raise ValueError("experts_active must be fewer than experts")
         elif not math.isclose(self.active_params_b, self.total_params_b):
             raise ValueError("a dense model (no 'experts') has active_params_b == total_params_b")
+        if self.moe_layers is not None and (self.experts is None or self.moe_layers > self.layers):
+            raise ValueError("moe_layers needs 'experts' and cannot exceed layers")
         if self.sliding_window_layers > self.layers:
             raise ValueError("sliding_window_layers cannot exceed layers")
         if self.sliding_window_layers and self.sliding_window_tokens is None:

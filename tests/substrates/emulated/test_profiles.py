@@ -40,11 +40,12 @@ MODELS = {
     "llama-3.3-70b",
     "llama-2-70b",
     "qwen3-32b",
+    "qwen3-235b-a22b",
     "gpt-oss-120b",
     "llama-4-maverick",
     "deepseek-r1",
 }
-MOE = {"gpt-oss-120b", "llama-4-maverick", "deepseek-r1"}
+MOE = {"gpt-oss-120b", "llama-4-maverick", "deepseek-r1", "qwen3-235b-a22b"}
 
 
 @pytest.fixture(autouse=True)

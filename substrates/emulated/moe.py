@@ -1,0 +1,242 @@
+"""Mixture-of-experts terms: experts touched, router cost, expert and attention parallelism.
+
+Pure functions of the model, the deployment and the tokens of one pass, called by
+`substrates.emulated.perfmodel` (both skeletons) and by `families`/`sizing` where MoE changes
+what they count (docs/performance-model.md, "Mixture of experts"). For a dense model, or an MoE
+model with ``ep = 1`` and tensor-parallel attention, every term reduces to what the dense
+tensor-parallel model computes.
+
+Layout inside one pipeline stage of ``tp`` chips:
+
+* ``ep = 1``: every expert is split over the ``tp`` chips like a dense FFN (tensor parallel);
+  two all-reduces per layer.
+* ``ep = tp``: each chip holds ``E / ep`` whole experts. A token's hidden vector goes to the
+  chips of its ``k`` experts (all-to-all *dispatch*) and the results come back (*combine*),
+  instead of the MoE layer's all-reduce.
+* ``attention_dp``: attention is data parallel: each chip keeps the attention (and other
+  non-expert) weights whole and the KV cache of its own requests only; no attention all-reduce.
+"""
+
+# Functions of their arguments only: no clock, no I/O, no randomness.
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from substrates.emulated.deployment import Deployment
+    from substrates.emulated.profiles import HardwareProfile, ModelProfile, Precision
+
+__all__ = [
+    "ACTIVATION_BYTES",
+    "all_to_all_s",
+    "allreduces_per_pass",
+    "busiest_chip_experts",
+    "chip_weight_bytes",
+    "experts_touched",
+    "moe_comm_s",
+    "moe_layer_count",
+    "resident_weight_bytes",
+    "router_flops",
+    "weights_read_bytes",
+]
+
+#: Activations cross chips in 16-bit (as `comm.ACTIVATION_BYTES`; repeated to avoid a cycle).
+ACTIVATION_BYTES = 2.0
+
+#: Operations per router logit besides the gating matmul: softmax (max, exp, sum, divide,
+#: about 5) before the top-k selection (``log2 k`` compares per logit, added where used).
+_SOFTMAX_OPS_PER_LOGIT = 5.0
+
+_GB = 1e9
+_BYTES_PER_VALUE: dict[str, float] = {"bf16": 2.0, "fp8": 1.0, "fp4": 0.5}
+
+
+def moe_layer_count(model: ModelProfile) -> int:
+    """Layers whose FFN is a routed mixture of experts (0 for a dense model)."""
+    if model.experts is None:
+        return 0
+    return model.moe_layers if model.moe_layers is not None else model.layers
+
+
+def experts_touched(model: ModelProfile, tokens: float) -> float:
+    """Distinct routed experts per MoE layer that ``tokens`` tokens use, on average.
+
+    Each token picks ``k`` of ``E`` experts; assuming balanced routing an expert is missed by
+    all tokens with probability ``(1 - k/E)^T``, so ``E (1 - (1 - k/E)^T)`` are touched: ``k``
+    for one token, all ``E`` for a large batch.
+
+    Args:
+        model: the model.
+        tokens: tokens in the pass (at least one is assumed).
+
+    Returns:
+        Experts per MoE layer; 0 for a dense model.
+    """
+    if model.experts is None or model.experts_active is None:
+        return 0.0
+    e, k = model.experts, model.experts_active
+    untouched: float = (1.0 - k / e) ** max(tokens, 1.0)
+    return e * (1.0 - untouched)
+
+
+def busiest_chip_experts(model: ModelProfile, tokens: float, ep: int) -> float:
+    """Experts per MoE layer on the most loaded of ``ep`` chips (the one a pass waits for).
+
+    The touched experts fall on the chips like draws without replacement, so each chip's
+    count is hypergeometric with mean ``t / ep`` and variance
+    ``t (1/ep)(1 - 1/ep)(E - t)/(E - 1)``; the largest of ``ep`` such counts is taken as
+    ``mean + sd sqrt(2 ln ep)`` (the Gaussian extreme-value estimate), at least one whole
+    expert when any is touched and at most ``E / ep``. At batch 1 with ``k = 1`` one chip reads
+    a whole expert while the others wait: expert parallelism does not split one token's read.
+
+    Args:
+        model: the model.
+        tokens: tokens in the pass.
+        ep: expert-parallel degree (1: every chip holds a slice of every expert).
+
+    Returns:
+        Experts per MoE layer whose weights the busiest chip reads (whole experts).
+    """
+    touched = experts_touched(model, tokens)
+    if ep <= 1 or model.experts is None:
+        return touched
+    e = float(model.experts)
+    mean = touched / ep
+    var = touched * (1.0 / ep) * (1.0 - 1.0 / ep) * max(e - touched, 0.0) / (e - 1.0)
+    busiest = mean + math.sqrt(var) * math.sqrt(2.0 * math.log(ep))
+    return min(max(busiest, mean, min(1.0, touched)), e / ep, touched)
+
+
+def weights_read_bytes(model: ModelProfile, precision: Precision, tokens: float) -> float:
+    """Weight bytes one pass over ``tokens`` tokens reads, over all chips.
+
+    ``shared + experts x touched / E``: the non-expert weights (attention, embeddings, dense
+    and shared-expert FFNs, routers) and the routed experts the tokens touch. Dense: all.
+    """
+    scale = _BYTES_PER_VALUE[precision] * 1e9
+    if model.experts is None or model.experts_active is None:
+        return model.total_params_b * scale
+    untouched: float = (1.0 - model.experts_active / model.experts) ** max(tokens, 1.0)
+    return (model.shared_params_b + model.expert_params_b * (1.0 - untouched)) * scale
+
+
+def chip_weight_bytes(dep: Deployment, tokens: float) -> float:
+    """Weight bytes the busiest chip of a stage reads in one pass (summed over its stages).
+
+    Tensor parallel (``ep = 1``, no DP attention): ``weights_read / tp``, the dense model's
+    term. With ``ep = tp`` the experts part is `busiest_chip_experts` whole experts per MoE
+    layer; with DP attention each chip reads the non-expert weights whole.
+
+    Args:
+        dep: the deployment.
+        tokens: tokens in the pass (over all chips of the stage).
+
+    Returns:
+        Bytes.
+    """
+    m = dep.model
+    if dep.ep <= 1 and not dep.attention_dp:
+        return weights_read_bytes(m, dep.precision, tokens) / dep.tp
+    scale = _BYTES_PER_VALUE[dep.precision] * 1e9
+    shared = m.shared_params_b * scale
+    if not dep.attention_dp:
+        shared /= dep.tp
+    per_expert = m.expert_params_b * scale / (m.experts or 1)  # one expert, all MoE layers
+    experts = busiest_chip_experts(m, tokens, dep.ep) * per_expert * dep.ep / dep.tp
+    return shared + experts
+
+
+def resident_weight_bytes(dep: Deployment) -> float:
+    """Weight bytes held over all chips (capacity): all parameters, plus DP copies.
+
+    Capacity counts *total* parameters, every expert included. DP attention keeps the
+    non-expert weights whole on each of the ``tp`` chips of a stage, ``tp - 1`` extra copies.
+    """
+    m = dep.model
+    scale = 1e9 * _BYTES_PER_VALUE[dep.precision]
+    total = m.total_params_b * scale
+    if not dep.attention_dp:
+        return total
+    return total + (dep.tp - 1) * m.shared_params_b * scale
+
+
+def router_flops(model: ModelProfile, tokens: float) -> float:
+    """Operations of the routers beyond the gating matmul, for ``tokens`` tokens.
+
+    The gating matmul (``2 d E`` per token per MoE layer) is part of the active parameters
+    (its ``d x E`` weights are counted in ``active_params_b``), so it is already in
+    ``2 P_active T``; what the router adds is the softmax over ``E`` logits and the top-``k``
+    selection: ``E (5 + log2 k)`` per token per MoE layer.
+
+    Args:
+        model: the model.
+        tokens: tokens in the pass.
+
+    Returns:
+        Operations (priced at the matrix rate like the rest of the pass: a small term).
+    """
+    if model.experts is None or model.experts_active is None:
+        return 0.0
+    per_logit = _SOFTMAX_OPS_PER_LOGIT + math.log2(max(model.experts_active, 1)) + 1.0
+    return moe_layer_count(model) * tokens * model.experts * per_logit
+
+
+def all_to_all_s(
+    hardware: HardwareProfile, ep: int, tokens: float, hidden: int, top_k: int
+) -> float:
+    """One all-to-all (an MoE layer's dispatch, or its combine) over ``ep`` chips.
+
+    Each chip routes its ``T / ep`` tokens; a token's hidden vector goes once to every other
+    chip holding one of its ``k`` experts, ``(ep - 1)(1 - (1 - 1/ep)^k)`` chips on average
+    (copies to the same chip are merged, as DeepEP does). Each chip sends that over its own
+    link: ``latency + bytes / bandwidth``, NVLink-class inside a node; when ``ep`` spans
+    nodes the off-node share goes over the scale-out NIC and sets the time if slower.
+
+    Args:
+        hardware: the chips.
+        ep: expert-parallel degree.
+        tokens: tokens in the pass over all ``ep`` chips.
+        hidden: model width ``d``.
+        top_k: experts per token ``k``.
+
+    Returns:
+        Seconds (0 for ``ep = 1``).
+    """
+    if ep <= 1:
+        return 0.0
+    remote_chips = (ep - 1) * (1.0 - (1.0 - 1.0 / ep) ** top_k)
+    sent = tokens / ep * hidden * ACTIVATION_BYTES * remote_chips
+    node = hardware.chips_per_node
+    if ep <= node:
+        return hardware.scale_up_latency_s + sent / (hardware.scale_up_bandwidth_gb_per_s * _GB)
+    inside = sent * (node - 1) / (ep - 1)
+    outside = sent - inside
+    t_inside = inside / (hardware.scale_up_bandwidth_gb_per_s * _GB)
+    t_outside = outside / (hardware.scale_out_bandwidth_gb_per_s * _GB)
+    return hardware.scale_out_latency_s + max(t_inside, t_outside)
+
+
+def moe_comm_s(dep: Deployment, tokens: float) -> float:
+    """All-to-all time of one pass: dispatch and combine at every MoE layer (0 for ``ep = 1``)."""
+    m = dep.model
+    if dep.ep <= 1 or m.experts_active is None:
+        return 0.0
+    one = all_to_all_s(dep.hardware, dep.ep, tokens, m.hidden_size, m.experts_active)
+    return 2 * moe_layer_count(m) * one
+
+
+def allreduces_per_pass(dep: Deployment) -> int:
+    """Tensor-parallel all-reduces one pass makes (Megatron: two per layer).
+
+    One after attention (none with DP attention) and one after the FFN, except in MoE layers
+    whose experts are expert parallel (the all-to-all replaces it) and, with DP attention, in
+    dense layers too (they are replicated like attention).
+    """
+    m = dep.model
+    if dep.attention_dp:
+        return 0
+    if dep.ep > 1:
+        return 2 * m.layers - moe_layer_count(m)
+    return 2 * m.layers
