@@ -32,6 +32,7 @@ __all__ = [
     "ACTIVATION_BYTES",
     "all_to_all_s",
     "allreduces_per_pass",
+    "attention_flops_per_position",
     "busiest_chip_experts",
     "chip_weight_bytes",
     "experts_touched",
@@ -160,6 +161,26 @@ def resident_weight_bytes(dep: Deployment) -> float:
     if not dep.attention_dp:
         return total
     return total + (dep.tp - 1) * m.shared_params_b * scale
+
+
+def attention_flops_per_position(model: ModelProfile) -> float:
+    """Attention math per query token per cached position per layer.
+
+    Grouped-query attention: ``4 d_q`` (``QK^T`` and ``AV``, ``2 heads x head_dim`` each).
+    Latent attention (MLA) as decode kernels run it, with the up-projections absorbed into
+    the query and the output: every head scores against the whole cached latent and mixes it,
+    ``4 heads x mla_kv_dim`` (DeepSeek: 2 x 128 x (576 + 512) exactly, so this is 6% high).
+    That is 4.5x the GQA figure for DeepSeek-R1: MLA trades KV bytes for attention math.
+
+    Args:
+        model: the model.
+
+    Returns:
+        Flops.
+    """
+    if model.mla_kv_dim is not None:
+        return 4.0 * model.attention_heads * model.mla_kv_dim
+    return 4.0 * model.attention_heads * model.head_dim
 
 
 def router_flops(model: ModelProfile, tokens: float) -> float:

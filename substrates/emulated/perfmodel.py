@@ -116,8 +116,8 @@ def _weights_read_bytes(dep: Deployment, tokens: float) -> float:
 def _flops(dep: Deployment, tokens: float, attended: float) -> float:
     """``2 * active_params`` per token, ``4 * d_q`` per attended position, MoE routers."""
     m = dep.model
-    dense = 2.0 * m.active_params_b * 1e9 * tokens + 4.0 * m.attention_heads * m.head_dim * attended
-    return dense + moe.router_flops(m, tokens)
+    attention = moe.attention_flops_per_position(m) * attended  # 4 d_q; MLA: 4 heads x latent
+    return 2.0 * m.active_params_b * 1e9 * tokens + attention + moe.router_flops(m, tokens)
 
 
 def _rates(dep: Deployment, *, ideal: bool) -> tuple[float, float]:
