@@ -308,3 +308,28 @@ def test_calibration_scenarios_take_ep_and_dp_attention():
     assert dp != plain
     with pytest.raises(ConfigError, match="must be 1 or equal tp"):
         predict_point("throughput_tokens_per_s", base + " ep=4", CATALOG)
+
+
+# ---------------------------------------------------------------- across nodes, in an engine
+
+
+def test_expert_parallelism_across_nodes_pays_the_scale_out_link():
+    one_node = _dep("b200", "deepseek-r1", tp=8, ep=8, attention_dp=True, precision="fp4")
+    two_nodes = _dep("b200", "deepseek-r1", tp=16, ep=16, attention_dp=True, precision="fp4")
+    ctx = [2000] * 256
+    assert moe.moe_comm_s(two_nodes, 256) > moe.moe_comm_s(one_node, 256)
+    # more chips hold the experts: each reads fewer of them
+    assert moe.chip_weight_bytes(two_nodes, 256) < moe.chip_weight_bytes(one_node, 256)
+    assert decode_iteration(two_nodes, ctx).total_s >= decode_floor_s(two_nodes, ctx)
+
+
+def test_an_engine_serves_an_expert_parallel_deployment(vrun):
+    from agentrt.substrate import InferenceRequest
+    from substrates.emulated.engine import EmulatedEngine
+
+    dep = _dep("b200", "deepseek-r1", tp=8, ep=8, attention_dp=True, precision="fp4")
+    engine = EmulatedEngine(dep, seed=1)
+    req = InferenceRequest.from_prompt("p", prompt_tokens=1000, max_output_tokens=50)
+    result = vrun(engine.infer, req)
+    assert result.usage.output_tokens == 50
+    assert result.timing.decode_s >= 49 * decode_floor_s(dep, [1000])
