@@ -209,11 +209,13 @@ def all_to_all_s(
 ) -> float:
     """One all-to-all (an MoE layer's dispatch, or its combine) over ``ep`` chips.
 
-    Each chip routes its ``T / ep`` tokens; a token's hidden vector goes once to every other
-    chip holding one of its ``k`` experts, ``(ep - 1)(1 - (1 - 1/ep)^k)`` chips on average
-    (copies to the same chip are merged, as DeepEP does). Each chip sends that over its own
-    link: ``latency + bytes / bandwidth``, NVLink-class inside a node; when ``ep`` spans
-    nodes the off-node share goes over the scale-out NIC and sets the time if slower.
+    Each chip routes its ``T / ep`` tokens; a token's hidden vector goes to each of its ``k``
+    experts, a share ``(ep - 1) / ep`` of them on other chips, so a chip sends
+    ``T/ep x k x d x 2 B x (ep - 1)/ep`` over its own link (the message sizes of DeepEP's
+    decode kernels, one copy per routed expert; its prefill kernels merge copies bound for
+    the same chip, which this does not credit). ``latency + bytes / bandwidth``, NVLink-class
+    inside a node; when ``ep`` spans nodes the off-node share goes over the scale-out NIC and
+    sets the time if slower.
 
     Args:
         hardware: the chips.
@@ -227,8 +229,7 @@ def all_to_all_s(
     """
     if ep <= 1:
         return 0.0
-    remote_chips = (ep - 1) * (1.0 - (1.0 - 1.0 / ep) ** top_k)
-    sent = tokens / ep * hidden * ACTIVATION_BYTES * remote_chips
+    sent = tokens / ep * top_k * hidden * ACTIVATION_BYTES * (ep - 1) / ep
     node = hardware.chips_per_node
     if ep <= node:
         return hardware.scale_up_latency_s + sent / (hardware.scale_up_bandwidth_gb_per_s * _GB)
