@@ -150,8 +150,8 @@ class Deployment(BaseModel):
     ep: int = Field(
         default=1,
         ge=1,
-        description="Expert-parallel degree: 1 splits every expert over the tp chips of a "
-        "stage; ep = tp gives each chip whole experts (all-to-all dispatch and combine).",
+        description="Expert-parallel degree (divides tp): 1 splits every expert over the tp "
+        "chips of a stage; ep = tp gives each chip whole experts.",
     )
     attention_dp: bool = Field(
         default=False,
@@ -191,10 +191,10 @@ class Deployment(BaseModel):
                 f"{hw.name} keeps each layer's experts in its own region: use pp, not ep or "
                 "attention_dp"
             )
-        if self.ep not in (1, self.tp):
+        if self.tp % self.ep:
             raise ConfigError(
-                f"ep={self.ep} must be 1 or equal tp={self.tp}: experts spread over the chips "
-                f"of one pipeline stage (e.g. --tp {self.ep} --ep {self.ep})"
+                f"ep={self.ep} must divide tp={self.tp}: experts spread over the chips of one "
+                f"pipeline stage (e.g. --tp {self.tp} --ep {self.tp})"
             )
         if self.ep > m.experts:
             raise ConfigError(f"ep={self.ep} exceeds the {m.experts} experts of {m.name}")

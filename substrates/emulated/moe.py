@@ -8,13 +8,14 @@ tensor-parallel model computes.
 
 Layout inside one pipeline stage of ``tp`` chips:
 
-* ``ep = 1``: every expert is split over the ``tp`` chips like a dense FFN (tensor parallel);
-  two all-reduces per layer.
-* ``ep = tp``: each chip holds ``E / ep`` whole experts. A token's hidden vector goes to the
-  chips of its ``k`` experts (all-to-all *dispatch*) and the results come back (*combine*),
-  instead of the MoE layer's all-reduce.
-* ``attention_dp``: attention is data parallel: each chip keeps the attention (and other
-  non-expert) weights whole and the KV cache of its own requests only; no attention all-reduce.
+* ``ep = 1``: every expert is split over the ``tp`` chips like a dense FFN (tensor parallel).
+* ``ep`` dividing ``tp``: the experts are dealt to ``ep`` groups of ``tp / ep`` chips, each
+  expert split over its group. With tensor-parallel attention every chip already holds every
+  token (after the attention all-reduce), so the MoE layer ends with the same all-reduce as a
+  dense FFN and needs no all-to-all (TensorRT-LLM's and vLLM's EP without DP attention).
+* ``attention_dp`` (needs ``ep = tp``): each chip keeps the attention (and other non-expert)
+  weights whole and the KV cache of its own requests; its tokens reach the chips of their
+  ``k`` experts by an all-to-all *dispatch* and come back by a *combine*; no all-reduce.
 """
 
 # Functions of their arguments only: no clock, no I/O, no randomness.
@@ -127,8 +128,9 @@ def chip_weight_bytes(dep: Deployment, tokens: float) -> float:
     """Weight bytes the busiest chip of a stage reads in one pass (summed over its stages).
 
     Tensor parallel (``ep = 1``, no DP attention): ``weights_read / tp``, the dense model's
-    term. With ``ep = tp`` the experts part is `busiest_chip_experts` whole experts per MoE
-    layer; with DP attention each chip reads the non-expert weights whole.
+    term. With ``ep > 1`` the experts part is the busiest of ``ep`` groups'
+    `busiest_chip_experts`, split over its ``tp / ep`` chips; with DP attention each chip
+    reads the non-expert weights whole.
 
     Args:
         dep: the deployment.
@@ -241,9 +243,9 @@ def all_to_all_s(
 
 
 def moe_comm_s(dep: Deployment, tokens: float) -> float:
-    """All-to-all time of one pass: dispatch and combine at every MoE layer (0 for ``ep = 1``)."""
+    """All-to-all time of one pass: dispatch and combine at every MoE layer (DP attention only)."""
     m = dep.model
-    if dep.ep <= 1 or m.experts_active is None:
+    if not dep.attention_dp or dep.ep <= 1 or m.experts_active is None:
         return 0.0
     one = all_to_all_s(dep.hardware, dep.ep, tokens, m.hidden_size, m.experts_active)
     return 2 * moe_layer_count(m) * one
@@ -252,13 +254,10 @@ def moe_comm_s(dep: Deployment, tokens: float) -> float:
 def allreduces_per_pass(dep: Deployment) -> int:
     """Tensor-parallel all-reduces one pass makes (Megatron: two per layer).
 
-    One after attention (none with DP attention) and one after the FFN, except in MoE layers
-    whose experts are expert parallel (the all-to-all replaces it) and, with DP attention, in
-    dense layers too (they are replicated like attention).
+    Expert parallelism under tensor-parallel attention keeps both (the MoE layer's partial
+    sums are reduced like a dense FFN's); DP attention has none: attention and dense layers
+    are replicated and the all-to-alls carry the MoE traffic.
     """
-    m = dep.model
     if dep.attention_dp:
         return 0
-    if dep.ep > 1:
-        return 2 * m.layers - moe_layer_count(m)
-    return 2 * m.layers
+    return 2 * dep.model.layers

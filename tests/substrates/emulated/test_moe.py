@@ -125,8 +125,12 @@ def test_ep_and_attention_dp_are_refused_on_dense_models():
 
 
 def test_bad_moe_layouts_say_what_to_do():
-    with pytest.raises(ConfigError, match="must be 1 or equal tp"):
-        _dep("b200", "deepseek-r1", tp=8, ep=4, precision="fp4")
+    with pytest.raises(ConfigError, match="must divide tp"):
+        _dep("b200", "deepseek-r1", tp=8, ep=3, precision="fp4")
+    with pytest.raises(ConfigError, match="needs ep = tp"):
+        _dep("b200", "deepseek-r1", tp=8, ep=4, attention_dp=True, precision="fp4")
+    hybrid = _dep("b200", "deepseek-r1", tp=8, ep=4, precision="fp4")  # experts EP4 x TP2
+    assert moe.moe_comm_s(hybrid, 64) == 0.0
     with pytest.raises(ConfigError, match="needs ep = tp"):
         _dep("b200", "deepseek-r1", tp=8, ep=1, attention_dp=True, precision="fp4")
     with pytest.raises(ConfigError, match="use pp"):
@@ -205,8 +209,12 @@ def test_dp_attention_removes_the_attention_all_reduce():
     dp = _dep("b200", "deepseek-r1", tp=8, ep=8, attention_dp=True, precision="fp4")
     layers, moe_layers = dp.model.layers, moe.moe_layer_count(dp.model)
     assert moe.allreduces_per_pass(tp_) == 2 * layers
-    assert moe.allreduces_per_pass(ep_) == 2 * layers - moe_layers  # all-to-all replaces MoE ARs
+    assert moe.allreduces_per_pass(ep_) == 2 * layers  # TP attention: tokens on every chip
+    assert moe.moe_comm_s(ep_, 64) == 0.0
     assert moe.allreduces_per_pass(dp) == 0
+    assert moe.moe_comm_s(dp, 64) == 2 * moe_layers * moe.all_to_all_s(
+        dp.hardware, 8, 64, dp.model.hidden_size, 8
+    )
     ctx = [2000] * 64
     assert decode_iteration(dp, ctx).comm_s == pytest.approx(moe.moe_comm_s(dp, 64))
     assert decode_iteration(dp, ctx).comm_s < decode_iteration(tp_, ctx).comm_s
@@ -306,8 +314,8 @@ def test_calibration_scenarios_take_ep_and_dp_attention():
     assert plain > 0
     assert dp > 0
     assert dp != plain
-    with pytest.raises(ConfigError, match="must be 1 or equal tp"):
-        predict_point("throughput_tokens_per_s", base + " ep=4", CATALOG)
+    with pytest.raises(ConfigError, match="must divide tp"):
+        predict_point("throughput_tokens_per_s", base + " ep=3", CATALOG)
 
 
 # ---------------------------------------------------------------- across nodes, in an engine
