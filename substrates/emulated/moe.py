@@ -36,6 +36,7 @@ __all__ = [
     "attention_flops_per_position",
     "busiest_chip_experts",
     "chip_weight_bytes",
+    "dp_attention_load",
     "experts_touched",
     "moe_comm_s",
     "moe_layer_count",
@@ -149,6 +150,39 @@ def chip_weight_bytes(dep: Deployment, tokens: float) -> float:
     per_expert = m.expert_params_b * scale / (m.experts or 1)  # one expert, all MoE layers
     experts = busiest_chip_experts(m, tokens, dep.ep) * per_expert * dep.ep / dep.tp
     return shared + experts
+
+
+def dp_attention_load(
+    dep: Deployment, tokens: float, attended: float, kv_bytes: float, requests: float
+) -> tuple[float, float]:
+    """KV bytes and flops of the busiest chip of a stage under DP attention.
+
+    DP attention splits *requests*, not tokens: the busiest chip holds ``ceil(R / tp)`` of the
+    ``R`` requests, so it reads that share of the KV cache and does that share of the
+    attention, router and other non-expert math (one request, or one long prompt, runs on one
+    chip); the routed experts' math spreads over the ``tp`` chips by the all-to-all.
+
+    Args:
+        dep: a deployment with ``attention_dp``.
+        tokens: tokens in the pass (all chips).
+        attended: cached positions those tokens attend (all chips, summed over layers).
+        kv_bytes: KV-cache bytes the pass reads (all chips).
+        requests: requests in the pass.
+
+    Returns:
+        ``(kv_bytes, flops)`` of the busiest chip.
+    """
+    m = dep.model
+    r = max(requests, 1.0)
+    share = math.ceil(r / dep.tp - 1e-9) / r
+    routed_b = m.expert_params_b * (m.experts_active or 0) / (m.experts or 1)
+    expert_flops = 2.0 * routed_b * 1e9 * tokens
+    other = (
+        2.0 * (m.active_params_b - routed_b) * 1e9 * tokens
+        + attention_flops_per_position(m) * attended
+        + router_flops(m, tokens)
+    )
+    return kv_bytes * share, other * share + expert_flops / dep.tp
 
 
 def resident_weight_bytes(dep: Deployment) -> float:

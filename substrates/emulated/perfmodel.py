@@ -130,13 +130,20 @@ def _rates(dep: Deployment, *, ideal: bool) -> tuple[float, float]:
     return bw * hw.efficiency.bandwidth_efficiency, flops * hw.efficiency.flop_efficiency
 
 
-def _pass(dep: Deployment, tokens: float, attended: float, kv_positions: float) -> StepTime:
+def _pass(
+    dep: Deployment,
+    tokens: float,
+    attended: float,
+    kv_positions: float,
+    requests: float | None = None,
+) -> StepTime:
     """One forward pass over ``tokens`` tokens that attend ``attended`` cached positions.
 
     GPU: weights and KV cache stream once, split over ``tp`` chips and summed over the ``pp``
     stages the pass crosses in turn; math splits over ``tp``. Traffic and math add (no
     overlap): the fit prefers it by far (docs/performance-model.md). Wafer: a token's latency
     crosses every layer; each further token adds its math; SRAM traffic is a floor.
+    ``requests`` (default: one per token) matter only to DP attention, which splits them.
     """
     hw = dep.hardware
     bw, flop_rate = _rates(dep, ideal=False)
@@ -147,8 +154,12 @@ def _pass(dep: Deployment, tokens: float, attended: float, kv_positions: float) 
     if hw.spreads_layers:
         latency = wafer_pipeline(dep).token_latency_s
         return StepTime(latency + (flops / flop_rate + (weights + kv) / bw) / dep.pp, hops)
-    t_mem = families.memory_read_s(dep, moe.chip_weight_bytes(dep, tokens), kv / kv_shards(dep), bw)
-    work = t_mem + flops / (flop_rate * dep.tp) + hw.efficiency.iteration_overhead_s
+    kv_chip, t_math = kv / kv_shards(dep), flops / (flop_rate * dep.tp)
+    if dep.attention_dp:  # the busiest chip's requests (moe.dp_attention_load)
+        kv_chip, chip_flops = moe.dp_attention_load(dep, tokens, attended, kv, requests or tokens)
+        t_math = chip_flops / flop_rate
+    t_mem = families.memory_read_s(dep, moe.chip_weight_bytes(dep, tokens), kv_chip, bw)
+    work = t_mem + t_math + hw.efficiency.iteration_overhead_s
     work += families.pipeline_fill_s(dep, tokens)
     message = tokens * dep.model.hidden_size * ACTIVATION_BYTES
     tp_comm = moe.allreduces_per_pass(dep) * allreduce_s(hw, dep.tp, message)  # 2/layer dense
@@ -210,7 +221,7 @@ def prefill(
     pairs = list(zip(cached, prompt_tokens, strict=True))
     attended = sum(attended_positions(dep.model, c + 1, s) for c, s in pairs)
     kv_positions = sum(attended_positions(dep.model, c + s, 1) for c, s in pairs)
-    return _pass(dep, float(sum(prompt_tokens)), attended, kv_positions)
+    return _pass(dep, float(sum(prompt_tokens)), attended, kv_positions, len(prompt_tokens))
 
 
 def _decode_step(dep: Deployment, batch: int, attended: float) -> StepTime:
@@ -220,7 +231,7 @@ def _decode_step(dep: Deployment, batch: int, attended: float) -> StepTime:
     if spec is None:
         return plain
     k = spec.draft_tokens
-    verify = _pass(dep, batch * (k + 1), attended * (k + 1), attended)
+    verify = _pass(dep, batch * (k + 1), attended * (k + 1), attended, batch)
     if spec.draft_model is not None:
         draft_dep = dep.model_copy(update={"model": spec.draft_model, "spec_decode": None})
         draft_attended = attended * spec.draft_model.layers / dep.model.layers

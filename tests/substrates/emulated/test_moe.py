@@ -341,3 +341,17 @@ def test_an_engine_serves_an_expert_parallel_deployment(vrun):
     result = vrun(engine.infer, req)
     assert result.usage.output_tokens == 50
     assert result.timing.decode_s >= 49 * decode_floor_s(dep, [1000])
+
+
+def test_dp_attention_splits_requests_not_tokens():
+    dp = _dep("b200", "deepseek-r1", tp=8, ep=8, attention_dp=True, precision="fp4")
+    kv = 1e9
+    one_kv, one_flops = moe.dp_attention_load(dp, 8000, 8000 * 4000 * 61, kv, 1)
+    eight_kv, eight_flops = moe.dp_attention_load(dp, 8000, 8000 * 4000 * 61, kv, 8)
+    assert one_kv == kv  # one request: its whole cache on one chip
+    assert eight_kv == pytest.approx(kv / 8)
+    assert one_flops > 3 * eight_flops
+    nine_kv, _ = moe.dp_attention_load(dp, 9, 9 * 1000 * 61, kv, 9)
+    assert nine_kv == pytest.approx(kv * 2 / 9)  # the busiest chip holds two of nine
+    # one long prompt prefills on one chip; eight prompts of the same total spread over eight
+    assert prefill(dp, [8000]).work_s > prefill(dp, [1000] * 8).work_s
