@@ -34,6 +34,29 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def _check_fit_paths(owner: BaseModel, fit: tuple[str, ...]) -> None:
+    """Raise unless every ``fit`` entry names a number of ``owner`` or another profile's one.
+
+    An entry is a dotted path into the profile (``efficiency.flop_efficiency``: a parameter
+    fitted here) or ``KIND:NAME.PATH`` (``hardware:h100.efficiency.request_overhead_s``: this
+    profile's ``PATH`` takes that fitted parameter's value; checked by the fitter, which sees
+    the whole catalog). See `substrates.emulated.fit`.
+    """
+    for entry in fit:
+        path = entry.split(":", 1)[1].split(".", 1)[-1] if ":" in entry else entry
+        node: object = owner
+        for part in path.split("."):
+            fields = type(node).model_fields if isinstance(node, BaseModel) else {}
+            if part not in fields:
+                known = ", ".join(sorted(fields)) or "none (not a table)"
+                raise ValueError(
+                    f"fit entry {entry!r}: no field {part!r} here; fields: {known}"
+                )
+            node = getattr(node, part)
+        if not isinstance(node, int | float) or isinstance(node, bool):
+            raise ValueError(f"fit entry {entry!r} is not a number; name a numeric field")
+
+
 def _missing_sources(owner: BaseModel, sources: Mapping[str, str], table: str = "sources") -> None:
     """Raise if a number given in the file has no entry in ``sources``."""
     missing = [
@@ -173,11 +196,18 @@ class HardwareProfile(_Frozen):
         default_factory=dict, description="Published per-token prices by model name."
     )
     efficiency: Efficiency = Field(description="Fitted and assumed model parameters.")
+    fit: tuple[str, ...] = Field(
+        default=(),
+        description="Parameters `agentrt calibrate` fits for this hardware, as dotted paths "
+        "('efficiency.flop_efficiency'), or another profile's fitted parameter this one shares "
+        "('hardware:h100.efficiency.request_overhead_s').",
+    )
     sources: dict[str, str] = Field(description="Where each number comes from, by field name.")
 
     @model_validator(mode="after")
     def _check(self) -> HardwareProfile:
         _missing_sources(self, self.sources)
+        _check_fit_paths(self, self.fit)
         if self.kind == "wafer":
             if self.cores is None:
                 raise ValueError("a wafer profile needs 'cores' (the mesh size)")
