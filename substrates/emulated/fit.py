@@ -1,0 +1,412 @@
+"""Fitting the model's named parameters to the published points, one hardware family at a time.
+
+Which parameters are fitted is data: each hardware profile (and serving-stack profile, where
+the catalog has them) lists them in ``fit`` as dotted paths into itself
+(``efficiency.flop_efficiency``), or shares another profile's fitted parameter by naming it
+(``hardware:h100.efficiency.request_overhead_s``). A parameter is called by its full path,
+``KIND:NAME.PATH``. Its family is the ``kind`` of the hardware it belongs to; a stack's
+parameter belongs to the family of the points served by that stack.
+
+`fit_family` minimises the sum of squared ``log(predicted / measured)`` over the given points
+by damped Gauss-Newton (Levenberg-Marquardt) in log-parameter space, each value kept within the
+profile schema's bounds and a factor of `SEARCH_RANGE` of its value in the file. It starts from
+the files' values, uses no randomness, and prices every trial by building a modified catalog
+(`with_values`) and calling `substrates.emulated.calibration.predict_point`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import BaseModel
+
+from agentrt.errors import ConfigError
+from substrates.emulated.calibration import (
+    CalibrationPoint,
+    _deployment,
+    _scenario,
+    predict_point,
+)
+from substrates.emulated.profiles import ProfileCatalog
+
+__all__ = [
+    "SEARCH_RANGE",
+    "FitResult",
+    "Parameter",
+    "fit_family",
+    "fit_parameters",
+    "with_values",
+]
+
+#: A fitted value stays within this factor of its value in the data file (either way).
+SEARCH_RANGE = 100.0
+
+#: Catalog tables by the kind named in a parameter path.
+_TABLES = {"hardware": "hardware", "stack": "stacks"}
+
+#: Residual given to a trial the model refuses (a deployment that no longer fits, say).
+_REFUSED = 10.0
+
+#: A direction in log-parameter space that moves the log predictions by less than this (per
+#: unit step, over all points) is not determined by the points.
+_RANK_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True, slots=True)
+class Parameter:
+    """One fitted parameter.
+
+    Attributes:
+        path: ``KIND:NAME.PATH``, e.g. ``hardware:h100.efficiency.flop_efficiency``.
+        family: the hardware kind whose points fit it.
+        value: its value in the data file.
+        lower: smallest value the fit may give it.
+        upper: largest value the fit may give it.
+        targets: every path set to the fitted value: ``path`` and the entries sharing it.
+    """
+
+    path: str
+    family: str
+    value: float
+    lower: float
+    upper: float
+    targets: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FitResult:
+    """The outcome of one fit.
+
+    Attributes:
+        family: the hardware kind fitted.
+        parameters: what was fitted.
+        values: the fitted values, in the order of ``parameters``.
+        rows: the calibration rows fitted to.
+        residuals: ``log(predicted / measured)`` at the fitted values, in the order of ``rows``.
+        rank: how many independent directions of the parameters the rows determine.
+        evaluations: predictions of the whole set of rows made.
+    """
+
+    family: str
+    parameters: tuple[Parameter, ...]
+    values: tuple[float, ...]
+    rows: tuple[int, ...]
+    residuals: tuple[float, ...]
+    rank: int
+    evaluations: int
+
+    @property
+    def underdetermined(self) -> bool:
+        """Whether the rows leave some parameter direction at the file's value."""
+        return self.rank < len(self.parameters)
+
+    @property
+    def at_bound(self) -> tuple[str, ...]:
+        """Paths of parameters that ended on a bound of their search range."""
+        return tuple(
+            p.path
+            for p, v in zip(self.parameters, self.values, strict=True)
+            if math.isclose(v, p.lower, rel_tol=1e-6) or math.isclose(v, p.upper, rel_tol=1e-6)
+        )
+
+    def catalog(self, catalog: ProfileCatalog) -> ProfileCatalog:
+        """``catalog`` with the fitted values in place."""
+        return with_values(catalog, self.parameters, self.values)
+
+
+def _split(path: str) -> tuple[str, str, list[str]]:
+    kind, _, rest = path.partition(":")
+    name, _, tail = rest.partition(".")
+    if kind not in _TABLES or not name or not tail:
+        raise ConfigError(
+            f"fit parameter {path!r}: expected KIND:NAME.PATH with KIND one of "
+            f"{', '.join(_TABLES)}, e.g. 'hardware:h100.efficiency.flop_efficiency'"
+        )
+    return kind, name.lower(), tail.split(".")
+
+
+def _table(catalog: ProfileCatalog, kind: str) -> Mapping[str, BaseModel]:
+    table: Mapping[str, BaseModel] = getattr(catalog, _TABLES[kind], {})
+    return table
+
+
+def _profile(catalog: ProfileCatalog, path: str) -> tuple[BaseModel, list[str]]:
+    kind, name, tail = _split(path)
+    table = _table(catalog, kind)
+    if name not in table:
+        raise ConfigError(
+            f"fit parameter {path!r}: no {kind} profile {name!r}; known: {', '.join(sorted(table))}"
+        )
+    return table[name], tail
+
+
+def _leaf(profile: BaseModel, tail: Sequence[str], path: str) -> tuple[BaseModel, str]:
+    node = profile
+    for part in tail[:-1]:
+        child = getattr(node, part, None)
+        if not isinstance(child, BaseModel):
+            raise ConfigError(f"fit parameter {path!r}: {part!r} is not a table")
+        node = child
+    if tail[-1] not in type(node).model_fields:
+        known = ", ".join(sorted(type(node).model_fields))
+        raise ConfigError(f"fit parameter {path!r}: no field {tail[-1]!r}; fields: {known}")
+    return node, tail[-1]
+
+
+def _value(catalog: ProfileCatalog, path: str) -> float:
+    node, field = _leaf(*_profile(catalog, path), path)
+    value = getattr(node, field)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ConfigError(f"fit parameter {path!r} is not a number")
+    return float(value)
+
+
+def _bounds(catalog: ProfileCatalog, path: str, value: float) -> tuple[float, float]:
+    node, field = _leaf(*_profile(catalog, path), path)
+    lower, upper = value / SEARCH_RANGE, value * SEARCH_RANGE
+    for rule in type(node).model_fields[field].metadata:
+        limit = getattr(rule, type(rule).__name__.lower(), None)
+        if isinstance(limit, int | float) and isinstance(rule, Le | Lt):
+            upper = min(upper, float(limit))
+        elif isinstance(limit, int | float) and isinstance(rule, Ge | Gt):
+            lower = max(lower, float(limit))
+    return lower, max(lower, upper)
+
+
+def _replace(model: BaseModel, tail: Sequence[str], value: float) -> BaseModel:
+    if len(tail) == 1:
+        return model.model_copy(update={tail[0]: value})
+    child = getattr(model, tail[0])
+    return model.model_copy(update={tail[0]: _replace(child, tail[1:], value)})
+
+
+def with_values(
+    catalog: ProfileCatalog, parameters: Sequence[Parameter], values: Sequence[float]
+) -> ProfileCatalog:
+    """A copy of ``catalog`` with each parameter (and every entry sharing it) set.
+
+    Args:
+        catalog: the profiles.
+        parameters: what to set.
+        values: their new values, in the same order.
+
+    Returns:
+        The modified catalog; ``catalog`` itself is unchanged.
+    """
+    tables: dict[str, dict[str, Any]] = {}
+    for parameter, value in zip(parameters, values, strict=True):
+        for target in parameter.targets:
+            kind, name, tail = _split(target)
+            table = tables.setdefault(kind, dict(_table(catalog, kind)))
+            table[name] = _replace(table[name], tail, float(value))
+    if not tables:
+        return catalog
+    return catalog.model_copy(update={_TABLES[kind]: t for kind, t in tables.items()})
+
+
+def _declared(catalog: ProfileCatalog) -> dict[str, list[str]]:
+    """Free parameter path -> its targets (itself first, then the entries sharing it)."""
+    free: dict[str, list[str]] = {}
+    shared: list[tuple[str, str, str]] = []  # (owner, entry, target)
+    for kind in _TABLES:
+        for name, profile in sorted(_table(catalog, kind).items()):
+            for entry in getattr(profile, "fit", ()):
+                if ":" in entry:
+                    tail = entry.split(":", 1)[1].split(".", 1)[-1]
+                    shared.append((f"{kind} {name}", entry, f"{kind}:{name}.{tail}"))
+                else:
+                    path = f"{kind}:{name}.{entry}"
+                    _value(catalog, path)
+                    free[path] = [path]
+    for owner, entry, target in shared:
+        kind, name, tail = _split(entry)
+        source = f"{kind}:{name}.{'.'.join(tail)}"
+        if source not in free:
+            raise ConfigError(
+                f"{owner}: fit entry {entry!r} shares a parameter {name} does not fit; "
+                f"add {'.'.join(tail)!r} to the fit list of {kind} {name}"
+            )
+        free[source].append(target)
+    return free
+
+
+def _stack_of(point: CalibrationPoint, catalog: ProfileCatalog) -> str | None:
+    stack = getattr(_deployment(_scenario(point.scenario), catalog), "stack", None)
+    name = getattr(stack, "name", None)
+    return name.lower() if isinstance(name, str) else None
+
+
+def fit_parameters(
+    catalog: ProfileCatalog, points: Sequence[CalibrationPoint] = ()
+) -> dict[str, tuple[Parameter, ...]]:
+    """Every parameter the data files declare as fitted, by family.
+
+    Args:
+        catalog: the profiles (their ``fit`` lists).
+        points: the fitted points; they place a stack's parameters in the family they serve.
+
+    Returns:
+        Family -> its parameters, sorted by path.
+
+    Raises:
+        ConfigError: an entry names no number, shares a parameter nobody fits, or ties two
+            families together (the message names the entry and the fix).
+    """
+    stack_families: dict[str, set[str]] = {}
+    if _table(catalog, "stack"):
+        for point in points:
+            stack = _stack_of(point, catalog) if point.family else None
+            if stack is not None and point.family is not None:
+                stack_families.setdefault(stack, set()).add(point.family)
+    by_family: dict[str, list[Parameter]] = {}
+    for path, targets in sorted(_declared(catalog).items()):
+        families: set[str] = set()
+        for target in targets:
+            kind, name, _ = _split(target)
+            if kind == "hardware":
+                families.add(catalog.hardware[name].kind)
+            else:
+                families |= stack_families.get(name, set())
+        if len(families) > 1:
+            raise ConfigError(
+                f"fit parameter {path!r} is shared by the {', '.join(sorted(families))} "
+                "families; share a parameter only inside one family"
+            )
+        value = _value(catalog, path)
+        if value <= 0:
+            raise ConfigError(
+                f"fit parameter {path!r} is {value:g}; the fit works in log space, so give it "
+                "a positive starting value in the file"
+            )
+        lower, upper = _bounds(catalog, path, value)
+        family = families.pop() if families else "unused"
+        by_family.setdefault(family, []).append(
+            Parameter(path, family, value, lower, upper, tuple(targets))
+        )
+    return {family: tuple(found) for family, found in sorted(by_family.items())}
+
+
+class _Residuals:
+    """``log(predicted / measured)`` of a set of points at a parameter vector, cached."""
+
+    def __init__(
+        self,
+        catalog: ProfileCatalog,
+        parameters: Sequence[Parameter],
+        points: Sequence[CalibrationPoint],
+        cache: dict[tuple[int, tuple[float, ...]], float],
+    ) -> None:
+        self._catalog, self._parameters, self._points = catalog, parameters, points
+        self._cache = cache
+        self.evaluations = 0
+
+    def __call__(self, log_values: np.ndarray) -> np.ndarray:
+        key = tuple(float(v) for v in log_values)
+        missing = [p for p in self._points if (p.row, key) not in self._cache]
+        if missing:
+            self.evaluations += 1
+            values = [math.exp(v) for v in key]
+            catalog = with_values(self._catalog, self._parameters, values)
+            for p in missing:
+                self._cache[(p.row, key)] = _log_error(p, catalog)
+        return np.array([self._cache[(p.row, key)] for p in self._points])
+
+
+def _log_error(point: CalibrationPoint, catalog: ProfileCatalog) -> float:
+    try:
+        predicted = predict_point(point.metric, point.scenario, catalog)
+    except ConfigError:
+        return _REFUSED
+    if not (predicted > 0 and math.isfinite(predicted)):
+        return _REFUSED
+    return math.log(predicted / point.measured)
+
+
+def _jacobian(f: Callable[[np.ndarray], np.ndarray], x: np.ndarray, r: np.ndarray,
+              lo: np.ndarray, hi: np.ndarray) -> np.ndarray:  # fmt: skip
+    step = 1e-4
+    columns = []
+    for i in range(len(x)):
+        h = step if x[i] + step <= hi[i] else -step
+        moved = x.copy()
+        moved[i] += h
+        columns.append((f(moved) - r) / h)
+    return np.array(columns).T if columns else np.zeros((len(r), 0))
+
+
+def _least_squares(
+    f: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, lo: np.ndarray, hi: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bounded Levenberg-Marquardt: the point, its residuals and its Jacobian."""
+    x, r = x0.copy(), f(x0)
+    cost, damping = float(r @ r), 1e-3
+    jac = _jacobian(f, x, r, lo, hi)
+    for _ in range(50):
+        a, g = jac.T @ jac, jac.T @ r
+        scale = np.diag(a) + 1e-9 + 1e-6 * float(np.max(np.diag(a), initial=0.0))
+        while damping < 1e10:
+            step = np.linalg.solve(a + damping * np.diag(scale), -g)
+            trial = np.clip(x + step, lo, hi)
+            r_trial = f(trial)
+            cost_trial = float(r_trial @ r_trial)
+            if cost_trial < cost:
+                break
+            damping *= 4.0
+        else:
+            break
+        small = float(np.max(np.abs(trial - x))) < 1e-7
+        done = small or cost - cost_trial <= 1e-12 * max(cost, 1e-30)
+        x, r, cost, damping = trial, r_trial, cost_trial, max(damping / 3.0, 1e-9)
+        jac = _jacobian(f, x, r, lo, hi)
+        if done:
+            break
+    return x, r, jac
+
+
+def fit_family(
+    family: str,
+    points: Sequence[CalibrationPoint],
+    catalog: ProfileCatalog,
+    *,
+    parameters: Sequence[Parameter] | None = None,
+    cache: dict[tuple[int, tuple[float, ...]], float] | None = None,
+) -> FitResult:
+    """Fit one family's parameters to some of its points (least squares on log error).
+
+    Args:
+        family: the hardware kind (``gpu``, ``wafer``, ``lpu``, ``rdu``, ...).
+        points: the points to fit to; each needs a scenario.
+        catalog: the profiles, with the starting values.
+        parameters: what to fit; default the family's entries of `fit_parameters`.
+        cache: predictions to reuse between fits of the same catalog (key: row and values).
+
+    Returns:
+        The fitted values, residuals and how well the points determine them.
+    """
+    params = tuple(
+        parameters if parameters is not None else fit_parameters(catalog, points).get(family, ())
+    )
+    residuals = _Residuals(catalog, params, points, {} if cache is None else cache)
+    x0 = np.array([math.log(p.value) for p in params])
+    lo = np.array([math.log(p.lower) for p in params])
+    hi = np.array([math.log(p.upper) for p in params])
+    if params and points:
+        x, r, jac = _least_squares(residuals, x0, lo, hi)
+        singular = np.linalg.svd(jac, compute_uv=False)
+        rank = int(np.sum(singular > _RANK_TOLERANCE))
+    else:
+        x, r, rank = x0, residuals(x0), 0
+    return FitResult(
+        family=family,
+        parameters=params,
+        values=tuple(math.exp(float(v)) for v in x),
+        rows=tuple(p.row for p in points),
+        residuals=tuple(float(v) for v in r),
+        rank=rank,
+        evaluations=residuals.evaluations,
+    )
