@@ -17,7 +17,7 @@ the files' values, uses no randomness, and prices every trial by building a modi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ from substrates.emulated.calibration import (
     _scenario,
     predict_point,
 )
+from substrates.emulated.leastsq import least_squares
 from substrates.emulated.profiles import ProfileCatalog
 
 __all__ = [
@@ -327,47 +328,6 @@ def _log_error(point: CalibrationPoint, catalog: ProfileCatalog) -> float:
     return math.log(predicted / point.measured)
 
 
-def _jacobian(f: Callable[[np.ndarray], np.ndarray], x: np.ndarray, r: np.ndarray,
-              lo: np.ndarray, hi: np.ndarray) -> np.ndarray:  # fmt: skip
-    step = 1e-4
-    columns = []
-    for i in range(len(x)):
-        h = step if x[i] + step <= hi[i] else -step
-        moved = x.copy()
-        moved[i] += h
-        columns.append((f(moved) - r) / h)
-    return np.array(columns).T if columns else np.zeros((len(r), 0))
-
-
-def _least_squares(
-    f: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, lo: np.ndarray, hi: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bounded Levenberg-Marquardt: the point, its residuals and its Jacobian."""
-    x, r = x0.copy(), f(x0)
-    cost, damping = float(r @ r), 1e-3
-    jac = _jacobian(f, x, r, lo, hi)
-    for _ in range(50):
-        a, g = jac.T @ jac, jac.T @ r
-        scale = np.diag(a) + 1e-9 + 1e-6 * float(np.max(np.diag(a), initial=0.0))
-        while damping < 1e10:
-            step = np.linalg.solve(a + damping * np.diag(scale), -g)
-            trial = np.clip(x + step, lo, hi)
-            r_trial = f(trial)
-            cost_trial = float(r_trial @ r_trial)
-            if cost_trial < cost:
-                break
-            damping *= 4.0
-        else:
-            break
-        small = float(np.max(np.abs(trial - x))) < 1e-7
-        done = small or cost - cost_trial <= 1e-12 * max(cost, 1e-30)
-        x, r, cost, damping = trial, r_trial, cost_trial, max(damping / 3.0, 1e-9)
-        jac = _jacobian(f, x, r, lo, hi)
-        if done:
-            break
-    return x, r, jac
-
-
 def fit_family(
     family: str,
     points: Sequence[CalibrationPoint],
@@ -396,7 +356,7 @@ def fit_family(
     lo = np.array([math.log(p.lower) for p in params])
     hi = np.array([math.log(p.upper) for p in params])
     if params and points:
-        x, r, jac = _least_squares(residuals, x0, lo, hi)
+        x, r, jac = least_squares(residuals, x0, lo, hi)
         singular = np.linalg.svd(jac, compute_uv=False)
         rank = int(np.sum(singular > _RANK_TOLERANCE))
     else:

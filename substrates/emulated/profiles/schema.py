@@ -43,6 +43,8 @@ def _check_fit_paths(owner: BaseModel, fit: tuple[str, ...]) -> None:
     the whole catalog). See `substrates.emulated.fit`.
     """
     for entry in fit:
+        if (type(owner), entry) in _FIT_PATHS_SEEN:
+            continue
         path = entry.split(":", 1)[1].split(".", 1)[-1] if ":" in entry else entry
         node: object = owner
         for part in path.split("."):
@@ -55,6 +57,12 @@ def _check_fit_paths(owner: BaseModel, fit: tuple[str, ...]) -> None:
             node = getattr(node, part)
         if not isinstance(node, int | float) or isinstance(node, bool):
             raise ValueError(f"fit entry {entry!r} is not a number; name a numeric field")
+        _FIT_PATHS_SEEN.add((type(owner), entry))
+
+
+#: (profile class, fit entry) pairs already resolved: profiles are revalidated inside every
+#: deployment, and a path's shape depends on the class only.
+_FIT_PATHS_SEEN: set[tuple[type[BaseModel], str]] = set()
 
 
 def _missing_sources(owner: BaseModel, sources: Mapping[str, str], table: str = "sources") -> None:
