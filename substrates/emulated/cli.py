@@ -24,12 +24,7 @@ from substrates.emulated.calibration import (
     format_exclusions,
     format_table,
 )
-from substrates.emulated.crossval import (
-    CrossValidation,
-    cross_validate,
-    format_cross_validation,
-    format_refit,
-)
+from substrates.emulated.crossval import CrossValidation, cross_validate
 from substrates.emulated.profiles import hardware_names, load_catalog, model_names
 from substrates.emulated.survey import predict_shape, preset_fits
 
@@ -160,11 +155,9 @@ def calibrate_command(
     else:
         _print_calibration(calibration, scored_only=scored_only)
         if cv is not None and cross_validate_:
-            _out.print("\nleave-one-model-out cross-validation", highlight=False)
-            _out.print(format_cross_validation(cv), highlight=False)
+            _print_cross_validation(cv)
         if cv is not None and refit:
-            _out.print("\nfitted parameters: data file against a refit", highlight=False)
-            _out.print(format_refit(cv), highlight=False)
+            _print_refit(cv)
     if calibration.failures:
         raise typer.Exit(1)
 
@@ -303,3 +296,67 @@ def _print_calibration(calibration: Calibration, *, scored_only: bool) -> None:
         for line in format_exclusions(calibration).splitlines():
             _out.print(line, highlight=False)
     _out.print(format_table(calibration).splitlines()[-1], highlight=False)
+
+
+def _print_cross_validation(cv: CrossValidation) -> None:
+    """Per point, then per family: the error under a refit that never saw the point's model."""
+    rows = [
+        [
+            str(c.point.row),
+            c.point.family or "-",
+            c.point.use,
+            c.point.model_name or "-",
+            f"{c.point.relative_error or 0.0:+.1%}",
+            f"{c.cv_error:+.1%}",
+            "yes" if c.underdetermined else "",
+        ]
+        for c in cv.points
+    ]
+    columns = [Column("row"), *(Column(h, "left") for h in ("family", "use", "model"))]
+    columns += [Column("error"), Column("cv error"), Column("undetermined", "left")]
+    print_table(_out, columns, rows, title="leave-one-model-out: each model held out in turn")
+    summary = [
+        [
+            s.family,
+            str(s.parameters),
+            str(s.fit_points),
+            str(s.scored_points),
+            f"{s.folds} ({s.underdetermined_folds})",
+            f"{s.median_abs_error:.1%}",
+            f"{s.max_abs_error:.1%}",
+        ]
+        for s in cv.families
+    ]
+    headers = ("parameters", "fit points", "scored", "folds (undetermined)", "cv median", "cv max")
+    print_table(
+        _out,
+        [Column("family", "left"), *(Column(h) for h in headers)],
+        summary,
+        title="per family: fitted parameters, points, cross-validated |error|",
+    )
+    _out.print(
+        f"leave-one-model-out median |error| over {len(cv.points)} scored points: "
+        f"{cv.median_abs_error:.1%}",
+        highlight=False,
+    )
+
+
+def _print_refit(cv: CrossValidation) -> None:
+    """Each fitted parameter: the data file's value against a refit to every fit point."""
+    rows = [
+        [
+            p.path,
+            f"{p.value:.4g}",
+            f"{value:.4g}",
+            f"{value / p.value - 1:+.1%}" + (" (bound)" if p.path in fit.at_bound else ""),
+            str(len(fit.rows)),
+        ]
+        for fit in cv.refits.values()
+        for p, value in zip(fit.parameters, fit.values, strict=True)
+    ]
+    print_table(
+        _out,
+        [Column("parameter", "left"), *(Column(h) for h in ("file", "refit", "change", "rows"))],
+        rows,
+        title="fitted parameters: the data files against a refit to every fit point",
+    )

@@ -23,8 +23,6 @@ __all__ = [
     "CrossValidation",
     "FamilyScore",
     "cross_validate",
-    "format_cross_validation",
-    "format_refit",
 ]
 
 #: The fitter `cross_validate` calls (a test can pass a spy): family, points, catalog,
@@ -167,46 +165,3 @@ def cross_validate(
         )
     ordered = tuple(results[p.row] for p in scored)
     return CrossValidation(points=ordered, families=tuple(summaries), refits=refits)
-
-
-def format_cross_validation(cv: CrossValidation) -> str:
-    """Per point and per family: the leave-one-model-out error, as plain text."""
-    lines = [
-        f"{'row':>4}  {'family':<6} {'use':<5} {'model':<16} {'error':>7} {'cv error':>8}  note",
-    ]
-    for c in cv.points:
-        p = c.point
-        note = "undetermined fold" if c.underdetermined else ""
-        lines.append(
-            f"{p.row:>4}  {p.family or '-':<6} {p.use:<5} {p.model_name or '-':<16} "
-            f"{p.relative_error or 0.0:>+7.1%} {c.cv_error:>+8.1%}  {note}".rstrip()
-        )
-    lines += [
-        "",
-        f"{'family':<7} {'params':>6} {'fit pts':>7} {'scored':>6} {'folds':>5} "
-        f"{'undetermined':>12} {'cv median':>9} {'cv max':>7}",
-    ]
-    for s in cv.families:
-        lines.append(
-            f"{s.family:<7} {s.parameters:>6} {s.fit_points:>7} {s.scored_points:>6} "
-            f"{s.folds:>5} {s.underdetermined_folds:>12} {s.median_abs_error:>9.1%} "
-            f"{s.max_abs_error:>7.1%}"
-        )
-    lines.append(
-        f"leave-one-model-out median |error| over {len(cv.points)} scored points: "
-        f"{cv.median_abs_error:.1%}"
-    )
-    return "\n".join(lines)
-
-
-def format_refit(cv: CrossValidation) -> str:
-    """Each fitted parameter: its value in the data file against a refit to all fit points."""
-    lines = [f"{'parameter':<52} {'file':>10} {'refit':>10} {'change':>7}  rows"]
-    for family, fit in cv.refits.items():
-        for p, value in zip(fit.parameters, fit.values, strict=True):
-            bound = "  (at a bound)" if p.path in fit.at_bound else ""
-            lines.append(
-                f"{p.path:<52} {p.value:>10.4g} {value:>10.4g} {value / p.value - 1:>+7.1%}  "
-                f"{family}: {len(fit.rows)}{bound}"
-            )
-    return "\n".join(lines)
