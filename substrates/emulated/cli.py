@@ -25,6 +25,7 @@ from substrates.emulated.calibration import (
     format_table,
 )
 from substrates.emulated.crossval import CrossValidation, cross_validate
+from substrates.emulated.fit import FitResult
 from substrates.emulated.profiles import hardware_names, load_catalog, model_names
 from substrates.emulated.survey import predict_shape, preset_fits
 
@@ -215,7 +216,8 @@ def _calibration_json(
     if cv is not None and refit:
         payload["refit"] = [
             {"path": p.path, "family": family, "file": p.value, "fitted": value,
-             "rows": list(fit.rows), "at_bound": p.path in fit.at_bound}
+             "rows": list(fit.rows), "at_bound": p.path in fit.at_bound,
+             "moved_by_rows": p.path not in fit.unmoved}
             for family, fit in cv.refits.items()
             for p, value in zip(fit.parameters, fit.values, strict=True)
         ]  # fmt: skip
@@ -341,6 +343,12 @@ def _print_cross_validation(cv: CrossValidation) -> None:
     )
 
 
+def _refit_flag(path: str, fit: FitResult) -> str:
+    if path in fit.unmoved:
+        return " (no row moves it)"
+    return " (at a bound)" if path in fit.at_bound else ""
+
+
 def _print_refit(cv: CrossValidation) -> None:
     """Each fitted parameter: the data file's value against a refit to every fit point."""
     rows = [
@@ -348,7 +356,7 @@ def _print_refit(cv: CrossValidation) -> None:
             p.path,
             f"{p.value:.4g}",
             f"{value:.4g}",
-            f"{value / p.value - 1:+.1%}" + (" (bound)" if p.path in fit.at_bound else ""),
+            f"{value / p.value - 1:+.1%}" + _refit_flag(p.path, fit),
             str(len(fit.rows)),
         ]
         for fit in cv.refits.values()

@@ -90,6 +90,8 @@ class FitResult:
         rows: the calibration rows fitted to.
         residuals: ``log(predicted / measured)`` at the fitted values, in the order of ``rows``.
         rank: how many independent directions of the parameters the rows determine.
+        sensitivity: per parameter, how much the rows' log predictions move per unit of its
+            log (the Jacobian column's norm); zero when no row reads it.
         evaluations: predictions of the whole set of rows made.
     """
 
@@ -99,12 +101,22 @@ class FitResult:
     rows: tuple[int, ...]
     residuals: tuple[float, ...]
     rank: int
+    sensitivity: tuple[float, ...]
     evaluations: int
 
     @property
     def underdetermined(self) -> bool:
         """Whether the rows leave some parameter direction at the file's value."""
         return self.rank < len(self.parameters)
+
+    @property
+    def unmoved(self) -> tuple[str, ...]:
+        """Paths of parameters no fitted row depends on (a stack may override them, say)."""
+        return tuple(
+            p.path
+            for p, s in zip(self.parameters, self.sensitivity, strict=True)
+            if s < _RANK_TOLERANCE
+        )
 
     @property
     def at_bound(self) -> tuple[str, ...]:
@@ -343,7 +355,8 @@ def fit_family(
         points: the points to fit to; each needs a scenario.
         catalog: the profiles, with the starting values.
         parameters: what to fit; default the family's entries of `fit_parameters`.
-        cache: predictions to reuse between fits of the same catalog (key: row and values).
+        cache: predictions to reuse between fits of the same catalog and parameters (key: the
+            row and the parameters' log values).
 
     Returns:
         The fitted values, residuals and how well the points determine them.
@@ -359,8 +372,9 @@ def fit_family(
         x, r, jac = least_squares(residuals, x0, lo, hi)
         singular = np.linalg.svd(jac, compute_uv=False)
         rank = int(np.sum(singular > _RANK_TOLERANCE))
+        sensitivity = tuple(float(v) for v in np.linalg.norm(jac, axis=0))
     else:
-        x, r, rank = x0, residuals(x0), 0
+        x, r, rank, sensitivity = x0, residuals(x0), 0, tuple(0.0 for _ in params)
     return FitResult(
         family=family,
         parameters=params,
@@ -368,5 +382,6 @@ def fit_family(
         rows=tuple(p.row for p in points),
         residuals=tuple(float(v) for v in r),
         rank=rank,
+        sensitivity=sensitivity,
         evaluations=residuals.evaluations,
     )

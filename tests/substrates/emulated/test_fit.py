@@ -227,3 +227,15 @@ def test_calibrate_cross_validate_json_shape():
     assert set(data["exclusions"]) <= {"hardware unknown", "deployment unknown"}
     assert all({"row", "note"} == set(g) for g in data["gaps"])
     assert all({"path", "file", "fitted", "rows", "at_bound"} <= set(r) for r in data["refit"])
+
+
+def test_a_parameter_no_row_reads_is_reported_not_fitted(catalog, table):
+    params = list(fit_parameters(catalog)["gpu"])
+    path = "hardware:gaudi3.efficiency.flop_efficiency"  # no gaudi3 row in the table
+    value = catalog.hardware["gaudi3"].efficiency.flop_efficiency
+    params.append(Parameter(path, "gpu", value, value / 10, 1.0, (path,)))
+    result = fit_family("gpu", _fit_points(table, "gpu"), catalog, parameters=params)
+    assert result.unmoved == (path,)
+    assert result.values[-1] == value
+    assert result.rank == len(params) - 1
+    assert result.underdetermined
