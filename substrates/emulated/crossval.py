@@ -126,7 +126,7 @@ def cross_validate(
     """
     scored = [p for p in calibration.scored if p.family is not None]
     fitted = [p for p in scored if p.use == "fit"]
-    parameters = fit_parameters(catalog, fitted)
+    parameters = fit_parameters(catalog)
     results: dict[int, CrossValidatedPoint] = {}
     refits: dict[str, FitResult] = {}
     summaries = []

@@ -1,11 +1,11 @@
 """Fitting the model's named parameters to the published points, one hardware family at a time.
 
 Which parameters are fitted is data: each hardware profile (and serving-stack profile, where
-the catalog has them) lists them in ``fit`` as dotted paths into itself
-(``efficiency.flop_efficiency``), or shares another profile's fitted parameter by naming it
-(``hardware:h100.efficiency.request_overhead_s``). A parameter is called by its full path,
-``KIND:NAME.PATH``. Its family is the ``kind`` of the hardware it belongs to; a stack's
-parameter belongs to the family of the points served by that stack.
+the catalog has them) lists them in ``fit``, as a path into itself
+(``efficiency.flop_efficiency``) or into any profile (``stack:vllm.efficiency.X``,
+``hardware:h100.efficiency.flop_efficiency``); ``PATH = KIND:NAME.PATH`` makes this profile's
+value follow another profile's fitted one (H200 shares the H100 fit). A parameter is called by
+its full path, ``KIND:NAME.PATH``; its family is the ``kind`` of the profile holding it.
 
 `fit_family` minimises the sum of squared ``log(predicted / measured)`` over the given points
 by damped Gauss-Newton (Levenberg-Marquardt) in log-parameter space, each value kept within the
@@ -19,21 +19,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel
 
 from agentrt.errors import ConfigError
-from substrates.emulated.calibration import (
-    CalibrationPoint,
-    _deployment,
-    _scenario,
-    predict_point,
-)
+from substrates.emulated.calibration import CalibrationPoint, predict_point
 from substrates.emulated.leastsq import least_squares
-from substrates.emulated.profiles import ProfileCatalog
+from substrates.emulated.profiles import Efficiency, ProfileCatalog
 
 __all__ = [
     "SEARCH_RANGE",
@@ -133,7 +128,7 @@ class FitResult:
 
 
 def _split(path: str) -> tuple[str, str, list[str]]:
-    kind, _, rest = path.partition(":")
+    kind, _, rest = path.strip().partition(":")
     name, _, tail = rest.partition(".")
     if kind not in _TABLES or not name or not tail:
         raise ConfigError(
@@ -148,41 +143,47 @@ def _table(catalog: ProfileCatalog, kind: str) -> Mapping[str, BaseModel]:
     return table
 
 
-def _profile(catalog: ProfileCatalog, path: str) -> tuple[BaseModel, list[str]]:
+def _walk(catalog: ProfileCatalog, path: str) -> tuple[object, list[object]]:
+    """The value at ``path``, and the constraints (``annotated_types``) its field declares.
+
+    A path crosses model fields and table keys (a stack's ``efficiency`` overrides are a table
+    of `Efficiency` field names, so they take that field's constraints).
+    """
     kind, name, tail = _split(path)
     table = _table(catalog, kind)
     if name not in table:
         raise ConfigError(
             f"fit parameter {path!r}: no {kind} profile {name!r}; known: {', '.join(sorted(table))}"
         )
-    return table[name], tail
-
-
-def _leaf(profile: BaseModel, tail: Sequence[str], path: str) -> tuple[BaseModel, str]:
-    node = profile
-    for part in tail[:-1]:
-        child = getattr(node, part, None)
-        if not isinstance(child, BaseModel):
-            raise ConfigError(f"fit parameter {path!r}: {part!r} is not a table")
-        node = child
-    if tail[-1] not in type(node).model_fields:
-        known = ", ".join(sorted(type(node).model_fields))
-        raise ConfigError(f"fit parameter {path!r}: no field {tail[-1]!r}; fields: {known}")
-    return node, tail[-1]
-
-
-def _value(catalog: ProfileCatalog, path: str) -> float:
-    node, field = _leaf(*_profile(catalog, path), path)
-    value = getattr(node, field)
-    if not isinstance(value, int | float) or isinstance(value, bool):
+    node: object = table[name]
+    rules: list[object] = []
+    parent = ""
+    for part in tail:
+        if isinstance(node, BaseModel) and part in type(node).model_fields:
+            info = type(node).model_fields[part]
+            rules = list(info.metadata) + [
+                m for arg in get_args(info.annotation)[1:] for m in getattr(arg, "metadata", ())
+            ]
+            node = getattr(node, part)
+        elif isinstance(node, Mapping) and part in node:
+            if parent == "efficiency" and part in Efficiency.model_fields:
+                rules = list(Efficiency.model_fields[part].metadata)
+            node = node[part]
+        else:
+            known = type(node).model_fields if isinstance(node, BaseModel) else node
+            listing = ", ".join(sorted(map(str, known))) if isinstance(known, Mapping) else ""
+            raise ConfigError(
+                f"fit parameter {path!r}: no field {part!r}; fields: {listing or 'none'}"
+            )
+        parent = part
+    if not isinstance(node, int | float) or isinstance(node, bool):
         raise ConfigError(f"fit parameter {path!r} is not a number")
-    return float(value)
+    return node, rules
 
 
-def _bounds(catalog: ProfileCatalog, path: str, value: float) -> tuple[float, float]:
-    node, field = _leaf(*_profile(catalog, path), path)
+def _bounds(value: float, rules: Sequence[object]) -> tuple[float, float]:
     lower, upper = value / SEARCH_RANGE, value * SEARCH_RANGE
-    for rule in type(node).model_fields[field].metadata:
+    for rule in rules:
         limit = getattr(rule, type(rule).__name__.lower(), None)
         if isinstance(limit, int | float) and isinstance(rule, Le | Lt):
             upper = min(upper, float(limit))
@@ -191,11 +192,15 @@ def _bounds(catalog: ProfileCatalog, path: str, value: float) -> tuple[float, fl
     return lower, max(lower, upper)
 
 
-def _replace(model: BaseModel, tail: Sequence[str], value: float) -> BaseModel:
-    if len(tail) == 1:
-        return model.model_copy(update={tail[0]: value})
-    child = getattr(model, tail[0])
-    return model.model_copy(update={tail[0]: _replace(child, tail[1:], value)})
+def _replace(node: object, tail: Sequence[str], value: float) -> object:
+    head = tail[0]
+    if isinstance(node, BaseModel):
+        child = value if len(tail) == 1 else _replace(getattr(node, head), tail[1:], value)
+        return node.model_copy(update={head: child})
+    if isinstance(node, Mapping):
+        child = value if len(tail) == 1 else _replace(node[head], tail[1:], value)
+        return {**node, head: child}
+    raise ConfigError(f"cannot set {'.'.join(tail)!r} inside {type(node).__name__}")
 
 
 def with_values(
@@ -216,6 +221,8 @@ def with_values(
         for target in parameter.targets:
             kind, name, tail = _split(target)
             table = tables.setdefault(kind, dict(_table(catalog, kind)))
+            if name not in table:
+                raise ConfigError(f"fit parameter {target!r}: no {kind} profile {name!r}")
             table[name] = _replace(table[name], tail, float(value))
     if not tables:
         return catalog
@@ -223,83 +230,72 @@ def with_values(
 
 
 def _declared(catalog: ProfileCatalog) -> dict[str, list[str]]:
-    """Free parameter path -> its targets (itself first, then the entries sharing it)."""
+    """Fitted parameter path -> the paths set to its value (itself first, then its sharers).
+
+    ``PATH`` declares this profile's parameter, ``KIND:NAME.PATH`` any profile's (a stack may
+    declare the hardware parameters it is fitted with; declaring one twice is one parameter),
+    ``PATH = KIND:NAME.PATH`` makes this profile's ``PATH`` follow a declared parameter.
+    """
     free: dict[str, list[str]] = {}
-    shared: list[tuple[str, str, str]] = []  # (owner, entry, target)
+    shared: list[tuple[str, str, str]] = []  # (owner, source, target)
     for kind in _TABLES:
         for name, profile in sorted(_table(catalog, kind).items()):
             for entry in getattr(profile, "fit", ()):
-                if ":" in entry:
-                    tail = entry.split(":", 1)[1].split(".", 1)[-1]
-                    shared.append((f"{kind} {name}", entry, f"{kind}:{name}.{tail}"))
+                local, _, source = (part.strip() for part in entry.partition("="))
+                path = local if ":" in local else f"{kind}:{name}.{local}"
+                _walk(catalog, path)
+                if source:
+                    shared.append((f"{kind} {name}", source, path))
                 else:
-                    path = f"{kind}:{name}.{entry}"
-                    _value(catalog, path)
-                    free[path] = [path]
-    for owner, entry, target in shared:
-        kind, name, tail = _split(entry)
-        source = f"{kind}:{name}.{'.'.join(tail)}"
-        if source not in free:
+                    free.setdefault(path, [path])
+    for owner, source, target in shared:
+        kind, name, tail = _split(source)
+        key = f"{kind}:{name}.{'.'.join(tail)}"
+        if key not in free:
             raise ConfigError(
-                f"{owner}: fit entry {entry!r} shares a parameter {name} does not fit; "
-                f"add {'.'.join(tail)!r} to the fit list of {kind} {name}"
+                f"{owner}: fit entry shares {source!r}, which no profile fits; add "
+                f"{'.'.join(tail)!r} to the fit list of {kind} {name}"
             )
-        free[source].append(target)
+        free[key].append(target)
     return free
 
 
-def _stack_of(point: CalibrationPoint, catalog: ProfileCatalog) -> str | None:
-    stack = getattr(_deployment(_scenario(point.scenario), catalog), "stack", None)
-    name = getattr(stack, "name", None)
-    return name.lower() if isinstance(name, str) else None
-
-
-def fit_parameters(
-    catalog: ProfileCatalog, points: Sequence[CalibrationPoint] = ()
-) -> dict[str, tuple[Parameter, ...]]:
+def fit_parameters(catalog: ProfileCatalog) -> dict[str, tuple[Parameter, ...]]:
     """Every parameter the data files declare as fitted, by family.
 
     Args:
         catalog: the profiles (their ``fit`` lists).
-        points: the fitted points; they place a stack's parameters in the family they serve.
 
     Returns:
-        Family -> its parameters, sorted by path.
+        Family (the ``kind`` of the hardware or stack profile holding the value) -> its
+        parameters, sorted by path.
 
     Raises:
-        ConfigError: an entry names no number, shares a parameter nobody fits, or ties two
-            families together (the message names the entry and the fix).
+        ConfigError: an entry names no number, shares a parameter nobody fits, shares across
+            two families, or starts at zero (the message names the entry and the fix).
     """
-    stack_families: dict[str, set[str]] = {}
-    if _table(catalog, "stack"):
-        for point in points:
-            stack = _stack_of(point, catalog) if point.family else None
-            if stack is not None and point.family is not None:
-                stack_families.setdefault(stack, set()).add(point.family)
     by_family: dict[str, list[Parameter]] = {}
     for path, targets in sorted(_declared(catalog).items()):
-        families: set[str] = set()
+        families = set()
         for target in targets:
             kind, name, _ = _split(target)
-            if kind == "hardware":
-                families.add(catalog.hardware[name].kind)
-            else:
-                families |= stack_families.get(name, set())
+            families.add(str(getattr(_table(catalog, kind)[name], "kind", kind)))
         if len(families) > 1:
             raise ConfigError(
                 f"fit parameter {path!r} is shared by the {', '.join(sorted(families))} "
                 "families; share a parameter only inside one family"
             )
-        value = _value(catalog, path)
+        value, rules = _walk(catalog, path)
+        assert isinstance(value, int | float)  # _walk checked
         if value <= 0:
             raise ConfigError(
                 f"fit parameter {path!r} is {value:g}; the fit works in log space, so give it "
                 "a positive starting value in the file"
             )
-        lower, upper = _bounds(catalog, path, value)
-        family = families.pop() if families else "unused"
+        lower, upper = _bounds(float(value), rules)
+        family = families.pop()
         by_family.setdefault(family, []).append(
-            Parameter(path, family, value, lower, upper, tuple(targets))
+            Parameter(path, family, float(value), lower, upper, tuple(targets))
         )
     return {family: tuple(found) for family, found in sorted(by_family.items())}
 
@@ -362,7 +358,7 @@ def fit_family(
         The fitted values, residuals and how well the points determine them.
     """
     params = tuple(
-        parameters if parameters is not None else fit_parameters(catalog, points).get(family, ())
+        parameters if parameters is not None else fit_parameters(catalog).get(family, ())
     )
     residuals = _Residuals(catalog, params, points, {} if cache is None else cache)
     x0 = np.array([math.log(p.value) for p in params])

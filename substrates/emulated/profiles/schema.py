@@ -35,33 +35,39 @@ class _Frozen(BaseModel):
 
 
 def _check_fit_paths(owner: BaseModel, fit: tuple[str, ...]) -> None:
-    """Raise unless every ``fit`` entry names a number of ``owner`` or another profile's one.
+    """Raise unless every ``fit`` entry that names a path of ``owner`` names one of its numbers.
 
-    An entry is a dotted path into the profile (``efficiency.flop_efficiency``: a parameter
-    fitted here) or ``KIND:NAME.PATH`` (``hardware:h100.efficiency.request_overhead_s``: this
-    profile's ``PATH`` takes that fitted parameter's value; checked by the fitter, which sees
-    the whole catalog). See `substrates.emulated.fit`.
+    Three forms (`substrates.emulated.fit`): ``efficiency.flop_efficiency``, a parameter of this
+    profile, fitted; ``KIND:NAME.PATH``, any profile's parameter, fitted; and
+    ``PATH = KIND:NAME.PATH``, this profile's ``PATH`` takes that fitted parameter's value. Paths
+    into other profiles are checked by the fitter, which sees the whole catalog.
     """
     for entry in fit:
-        if (type(owner), entry) in _FIT_PATHS_SEEN:
+        local = entry.split("=", 1)[0].strip()
+        if ":" in local or (type(owner), entry) in _FIT_PATHS_SEEN:
             continue
-        path = entry.split(":", 1)[1].split(".", 1)[-1] if ":" in entry else entry
         node: object = owner
-        for part in path.split("."):
-            fields = type(node).model_fields if isinstance(node, BaseModel) else {}
-            if part not in fields:
-                known = ", ".join(sorted(fields)) or "none (not a table)"
-                raise ValueError(
-                    f"fit entry {entry!r}: no field {part!r} here; fields: {known}"
-                )
-            node = getattr(node, part)
+        through_dict = False
+        for part in local.split("."):
+            if isinstance(node, BaseModel):
+                known = sorted(type(node).model_fields)
+            else:
+                known = sorted(node) if isinstance(node, dict) else []
+            if part not in known:
+                listing = ", ".join(map(str, known)) or "none (not a table)"
+                raise ValueError(f"fit entry {entry!r}: no field {part!r} here; fields: {listing}")
+            through_dict |= isinstance(node, dict)
+            node = node[part] if isinstance(node, dict) else getattr(node, part)
         if not isinstance(node, int | float) or isinstance(node, bool):
             raise ValueError(f"fit entry {entry!r} is not a number; name a numeric field")
-        _FIT_PATHS_SEEN.add((type(owner), entry))
+        if "=" in entry and ":" not in entry.split("=", 1)[1]:
+            raise ValueError(f"fit entry {entry!r}: after '=' name KIND:NAME.PATH")
+        if not through_dict:
+            _FIT_PATHS_SEEN.add((type(owner), entry))
 
 
-#: (profile class, fit entry) pairs already resolved: profiles are revalidated inside every
-#: deployment, and a path's shape depends on the class only.
+#: (profile class, entry) pairs already resolved: profiles are revalidated inside every
+#: deployment, and a path through fields only (no table keys) depends on the class alone.
 _FIT_PATHS_SEEN: set[tuple[type[BaseModel], str]] = set()
 
 
@@ -163,6 +169,13 @@ class HardwareProfile(_Frozen):
     kind: HardwareKind = Field(
         description="Family: gpu/hbm (TP/PP), wafer/lpu (SRAM, layers), rdu (three-tier), fpga."
     )
+    fit: tuple[str, ...] = Field(
+        default=(),
+        description="Parameters `agentrt calibrate` fits to the published points: paths into "
+        "this file ('efficiency.flop_efficiency'), into any profile "
+        "('hardware:h100.efficiency.flop_efficiency'), or a shared value "
+        "('efficiency.flop_efficiency = hardware:h100.efficiency.flop_efficiency').",
+    )
     chips_per_node: int = Field(ge=1, description="Chips sharing the fast scale-up domain.")
     cores: int | None = Field(
         default=None, ge=1, description="Compute cores per chip (wafer mesh)."
@@ -204,12 +217,6 @@ class HardwareProfile(_Frozen):
         default_factory=dict, description="Published per-token prices by model name."
     )
     efficiency: Efficiency = Field(description="Fitted and assumed model parameters.")
-    fit: tuple[str, ...] = Field(
-        default=(),
-        description="Parameters `agentrt calibrate` fits for this hardware, as dotted paths "
-        "('efficiency.flop_efficiency'), or another profile's fitted parameter this one shares "
-        "('hardware:h100.efficiency.request_overhead_s').",
-    )
     sources: dict[str, str] = Field(description="Where each number comes from, by field name.")
 
     @model_validator(mode="after")

@@ -20,6 +20,7 @@ from substrates.emulated.crossval import cross_validate
 from substrates.emulated.fit import (
     FitResult,
     Parameter,
+    _replace,
     fit_family,
     fit_parameters,
     with_values,
@@ -51,7 +52,7 @@ def _synthetic(points: Sequence[CalibrationPoint], truth: ProfileCatalog) -> lis
 
 
 def test_every_declared_parameter_resolves_to_a_family(catalog, table):
-    params = fit_parameters(catalog, _fit_points(table, "gpu"))
+    params = fit_parameters(catalog)
     assert "unused" not in params
     paths = {p.path for family in params.values() for p in family}
     assert "hardware:h100.efficiency.flop_efficiency" in paths
@@ -91,7 +92,7 @@ def test_with_values_sets_every_sharing_profile_and_leaves_the_catalog_alone(cat
 def test_the_fit_recovers_known_parameters_from_points_the_model_made(
     catalog, table, family, scale
 ):
-    params = fit_parameters(catalog, _fit_points(table, family))[family]
+    params = fit_parameters(catalog)[family]
     truth_values = [
         min(p.upper, p.value * scale.get(p.path.rsplit(".", 1)[1], 1.1)) for p in params
     ]
@@ -193,13 +194,31 @@ def test_a_bad_fit_name_is_a_clear_error(tmp_path, catalog):
             [Parameter("h100.efficiency.x", "gpu", 1.0, 0.1, 10.0, ("h100.efficiency.x",))],
             [1.0],
         )
-    # sharing a parameter its owner does not fit names the fix
-    h200 = catalog.hardware["h200"].model_copy(
-        update={"fit": ("hardware:h100.efficiency.allreduce_latency_s",)}
-    )
+    # sharing a parameter nobody fits names the fix
+    entry = "efficiency.allreduce_latency_s = hardware:h100.efficiency.allreduce_latency_s"
+    h200 = catalog.hardware["h200"].model_copy(update={"fit": (entry,)})
     broken = catalog.model_copy(update={"hardware": {**catalog.hardware, "h200": h200}})
     with pytest.raises(ConfigError, match=r"add 'efficiency\.allreduce_latency_s' to the fit list"):
         fit_parameters(broken)
+    with pytest.raises(ValidationError, match=r"after '=' name KIND:NAME\.PATH"):
+        HardwareProfile.model_validate(_hardware(fit=["efficiency.flop_efficiency = h100"]))
+
+
+def test_a_parameter_declared_by_two_profiles_is_one_parameter(catalog):
+    # a stack may declare the hardware parameters it is fitted with, as h100 does itself
+    h200 = catalog.hardware["h200"].model_copy(
+        update={"fit": (*catalog.hardware["h200"].fit, "hardware:h100.efficiency.flop_efficiency")}
+    )
+    twice = catalog.model_copy(update={"hardware": {**catalog.hardware, "h200": h200}})
+    assert fit_parameters(twice) == fit_parameters(catalog)
+
+
+def test_a_path_may_cross_table_keys():
+    # a stack's [efficiency] overrides and its acceptance rates are tables, not models
+    table = {"layer_latency_s": 6e-6, "acceptance": {"chat": 0.9}}
+    changed = _replace(table, ["acceptance", "chat"], 0.8)
+    assert changed == {"layer_latency_s": 6e-6, "acceptance": {"chat": 0.8}}
+    assert table["acceptance"] == {"chat": 0.9}
 
 
 def test_a_parameter_at_zero_cannot_be_fitted_in_log_space(catalog):
