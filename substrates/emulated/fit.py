@@ -289,8 +289,9 @@ def fit_parameters(catalog: ProfileCatalog) -> dict[str, tuple[Parameter, ...]]:
         assert isinstance(value, int | float)  # _walk checked
         if value <= 0:
             raise ConfigError(
-                f"fit parameter {path!r} is {value:g}; the fit works in log space, so give it "
-                "a positive starting value in the file"
+                f"fit parameter {path!r} is {value:g} (unset, or moved to another profile such "
+                "as a stack?): remove it from the fit list, or give it a positive starting "
+                "value in the file (the fit works in log space)"
             )
         lower, upper = _bounds(float(value), rules)
         family = families.pop()

@@ -224,7 +224,7 @@ def test_a_path_may_cross_table_keys():
 def test_a_parameter_at_zero_cannot_be_fitted_in_log_space(catalog):
     wse3 = catalog.hardware["wse3"].model_copy(update={"fit": ("efficiency.iteration_overhead_s",)})
     broken = catalog.model_copy(update={"hardware": {**catalog.hardware, "wse3": wse3}})
-    with pytest.raises(ConfigError, match="positive starting value"):
+    with pytest.raises(ConfigError, match="remove it from the fit list, or give it a positive"):
         fit_parameters(broken)
 
 
