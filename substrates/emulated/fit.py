@@ -59,7 +59,7 @@ class Parameter:
 
     Attributes:
         path: ``KIND:NAME.PATH``, e.g. ``hardware:h100.efficiency.flop_efficiency``.
-        family: the hardware kind whose points fit it.
+        family: the ``kind`` of the profile holding it (whose points fit it).
         value: its value in the data file.
         lower: smallest value the fit may give it.
         upper: largest value the fit may give it.
