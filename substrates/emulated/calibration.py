@@ -17,12 +17,14 @@ from substrates.emulated.sizing import check_fits, size_deployment
 
 __all__ = [
     "DATA_FILE",
+    "EXCLUSION_REASONS",
     "FAMILY_TOLERANCE",
     "TOLERANCE",
     "Calibration",
     "CalibrationPoint",
     "Use",
     "calibrate",
+    "format_exclusions",
     "format_table",
     "predict_point",
 ]
@@ -39,10 +41,15 @@ TOLERANCE = 0.15
 FAMILY_TOLERANCE: dict[str, float] = {"hbm": 0.25, "lpu": 0.25, "rdu": 0.25, "fpga": 0.25}
 
 #: ``fit``: a parameter was fitted to it; ``check``: predicted without fitting to it;
-#: ``excluded``: cannot be predicted by a physical model (the note says why); ``input``: a
-#: published number used as data (a price), not predicted.
-Use = Literal["fit", "check", "excluded", "input"]
-_USES: tuple[Use, ...] = ("fit", "check", "excluded", "input")
+#: ``excluded``: its hardware or deployment is unknown, so there is nothing physical to predict
+#: (the note starts with one of `EXCLUSION_REASONS`); ``gap``: known hardware and deployment the
+#: model cannot predict yet (the note says what is missing); ``input``: a published number used
+#: as data (a price), not predicted.
+Use = Literal["fit", "check", "excluded", "gap", "input"]
+_USES: tuple[Use, ...] = ("fit", "check", "excluded", "gap", "input")
+
+#: The only reasons to exclude a point; an excluded row's note starts with one of them.
+EXCLUSION_REASONS = ("hardware unknown", "deployment unknown")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +69,9 @@ class CalibrationPoint:
         source: where it was published.
         note: what the point fitted, what was assumed, or why it is excluded.
         tolerance: largest accepted relative error for this point (by hardware kind).
+        scenario: the ``agentrt_scenario`` it is predicted under ("" when none).
+        family: the kind of its hardware profile (``gpu``, ``wafer``, ...), or None.
+        model_name: the model profile its scenario names, or None.
     """
 
     row: int
@@ -76,6 +86,9 @@ class CalibrationPoint:
     source: str
     note: str
     tolerance: float = TOLERANCE
+    scenario: str = ""
+    family: str | None = None
+    model_name: str | None = None
 
     @property
     def relative_error(self) -> float | None:
@@ -114,9 +127,37 @@ class Calibration:
         return max(self.scored, key=lambda p: abs(p.relative_error or 0.0), default=None)
 
     @property
+    def exclusions(self) -> dict[str, tuple[int, ...]]:
+        """Rows excluded because their hardware or deployment is unknown, by reason."""
+        rows: dict[str, list[int]] = {reason: [] for reason in EXCLUSION_REASONS}
+        for p in self.points:
+            reason = _exclusion_reason(p)
+            if reason is not None:
+                rows[reason].append(p.row)
+        return {reason: tuple(found) for reason, found in rows.items() if found}
+
+    @property
+    def gaps(self) -> tuple[CalibrationPoint, ...]:
+        """Points with known hardware and deployment that the model does not predict yet.
+
+        The ``gap`` rows, and any ``excluded`` row whose note gives no `EXCLUSION_REASONS`.
+        """
+        return tuple(
+            p
+            for p in self.points
+            if p.use == "gap" or (p.use == "excluded" and _exclusion_reason(p) is None)
+        )
+
+    @property
     def failures(self) -> tuple[CalibrationPoint, ...]:
         """Scored points outside their tolerance."""
         return tuple(p for p in self.scored if abs(p.relative_error or 0.0) > p.tolerance)
+
+
+def _exclusion_reason(point: CalibrationPoint) -> str | None:
+    if point.use != "excluded":
+        return None
+    return next((r for r in EXCLUSION_REASONS if point.note.startswith(r)), None)
 
 
 def _scenario(text: str) -> dict[str, str]:
@@ -239,8 +280,10 @@ def calibrate(*, path: Path | None = None, catalog: ProfileCatalog | None = None
                 raise ConfigError(f"a {use} point needs a scenario")
             if predicted is not None and not math.isfinite(predicted):
                 raise ConfigError(f"prediction is not finite: {predicted}")
-            hw = _scenario(scenario).get("hw") if scenario else None
-            kind = profiles.get_hardware(hw).kind if hw else "gpu"
+            spec = _scenario(scenario) if scenario else {}
+            hardware = profiles.get_hardware(spec["hw"]) if "hw" in spec else None
+            kind = hardware.kind if hardware is not None else "gpu"
+            model = profiles.get_model(spec["model"]).name if "model" in spec else None
             points.append(
                 CalibrationPoint(
                     row=int(row),
@@ -255,6 +298,9 @@ def calibrate(*, path: Path | None = None, catalog: ProfileCatalog | None = None
                     source=record["source_url"],
                     note=record["agentrt_note"],
                     tolerance=FAMILY_TOLERANCE.get(kind, TOLERANCE),
+                    scenario=scenario,
+                    family=None if hardware is None else kind,
+                    model_name=model,
                 )
             )
         except (ConfigError, KeyError, ValueError) as exc:
@@ -276,6 +322,26 @@ def _family_tolerances() -> str:
     for kind, tol in sorted(FAMILY_TOLERANCE.items()):
         groups.setdefault(tol, []).append(kind)
     return "; ".join(f"+/-{tol:.0%} for {', '.join(kinds)}" for tol, kinds in groups.items())
+
+
+def format_exclusions(calibration: Calibration) -> str:
+    """The excluded rows counted by reason, then the modelling gaps, one per line.
+
+    Args:
+        calibration: the result of `calibrate`.
+
+    Returns:
+        The text.
+    """
+    exclusions = calibration.exclusions
+    count = sum(len(rows) for rows in exclusions.values())
+    lines = [f"excluded, hardware or deployment unknown: {count} rows"]
+    for reason, rows in exclusions.items():
+        lines.append(f"  {reason} ({len(rows)}): rows {', '.join(map(str, rows))}")
+    gaps = calibration.gaps
+    lines.append(f"modelling gaps (known hardware and deployment, not predicted): {len(gaps)} rows")
+    lines += [f"  row {p.row} ({p.chip}, {p.model}): {p.note}" for p in gaps]
+    return "\n".join(lines)
 
 
 def format_table(calibration: Calibration, *, include_unscored: bool = True) -> str:
@@ -305,7 +371,7 @@ def format_table(calibration: Calibration, *, include_unscored: bool = True) -> 
             f"{p.row:>4}  {p.use:<8} {p.chip:<{chip_w}} {p.model:<{model_w}} "
             f"{p.metric:<{metric_w}} {_fmt(p.measured):>9} {_fmt(p.predicted):>9} {error:>7}"
         )
-        if p.use == "excluded":
+        if p.use in ("excluded", "gap"):
             lines.append(
                 textwrap.fill(
                     p.note,

@@ -6,6 +6,7 @@ kernel's CLI, because the kernel does not import this package.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Annotated
 
@@ -17,8 +18,15 @@ from agentrt.errors import AgentrtError
 from agentrt.registry import default_registry
 from agentrt.render import Column, print_table, terminal_console
 from substrates.emulated import PRESETS, build_engine
-from substrates.emulated.calibration import Calibration, calibrate, format_table
-from substrates.emulated.profiles import hardware_names, model_names
+from substrates.emulated.calibration import (
+    Calibration,
+    calibrate,
+    format_exclusions,
+    format_table,
+)
+from substrates.emulated.crossval import CrossValidation, cross_validate
+from substrates.emulated.fit import FitResult
+from substrates.emulated.profiles import hardware_names, load_catalog, model_names
 from substrates.emulated.survey import predict_shape, preset_fits
 
 __all__ = ["calibrate_command", "predict_command", "substrates_command"]
@@ -116,46 +124,104 @@ def predict_command(
 def calibrate_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     scored_only: Annotated[
-        bool, typer.Option("--scored-only", help="Hide excluded and input rows.")
+        bool, typer.Option("--scored-only", help="Hide excluded, gap and input rows.")
+    ] = False,
+    cross_validate_: Annotated[
+        bool,
+        typer.Option(
+            "--cross-validate",
+            help="Refit each family without each model in turn and predict that model's points "
+            "(leave-one-model-out); per-family median and maximum error.",
+        ),
+    ] = False,
+    refit: Annotated[
+        bool,
+        typer.Option("--refit", help="Refit every family; show fitted against file values."),
     ] = False,
 ) -> None:
     """Every published point in the calibration table: measured, predicted, relative error."""
-    calibration = calibrate()
+    try:
+        calibration = calibrate()
+        cv = cross_validate(calibration, load_catalog()) if cross_validate_ or refit else None
+    except AgentrtError as exc:
+        raise _fail(str(exc)) from None
     if as_json:
-        worst = calibration.largest_error
-        payload = {
-            "tolerance": calibration.tolerance,
-            "points": [
-                {
-                    "row": p.row,
-                    "system": p.system,
-                    "chip": p.chip,
-                    "model": p.model,
-                    "metric": p.metric,
-                    "unit": p.unit,
-                    "measured": p.measured,
-                    "predicted": p.predicted,
-                    "relative_error": p.relative_error,
-                    "use": p.use,
-                    "source": p.source,
-                    "note": p.note,
-                }
-                for p in calibration.points
-                if p.scored or not scored_only
-            ],
-            "largest_error": None
-            if worst is None
-            else {
-                "row": worst.row,
-                "relative_error": worst.relative_error,
-            },
-            "failures": [p.row for p in calibration.failures],
-        }
-        _out.print_json(json.dumps(payload))
+        _out.print_json(
+            json.dumps(
+                _calibration_json(
+                    calibration, cv, scored_only=scored_only, show_cv=cross_validate_, refit=refit
+                )
+            )
+        )
     else:
         _print_calibration(calibration, scored_only=scored_only)
+        if cv is not None and cross_validate_:
+            _print_cross_validation(cv)
+        if cv is not None and refit:
+            _print_refit(cv)
     if calibration.failures:
         raise typer.Exit(1)
+
+
+def _calibration_json(
+    calibration: Calibration,
+    cv: CrossValidation | None,
+    *,
+    scored_only: bool,
+    show_cv: bool,
+    refit: bool,
+) -> dict[str, object]:
+    cv_errors = {c.point.row: c for c in cv.points} if cv is not None else {}
+    worst = calibration.largest_error
+    points = []
+    for p in calibration.points:
+        if scored_only and not p.scored:
+            continue
+        entry: dict[str, object] = {
+            "row": p.row,
+            "system": p.system,
+            "chip": p.chip,
+            "model": p.model,
+            "metric": p.metric,
+            "unit": p.unit,
+            "measured": p.measured,
+            "predicted": p.predicted,
+            "relative_error": p.relative_error,
+            "use": p.use,
+            "family": p.family,
+            "scenario": p.scenario,
+            "source": p.source,
+            "note": p.note,
+        }
+        if show_cv:
+            c = cv_errors.get(p.row)
+            entry["cv_error"] = None if c is None else c.cv_error
+            entry["cv_underdetermined"] = None if c is None else c.underdetermined
+        points.append(entry)
+    payload: dict[str, object] = {
+        "tolerance": calibration.tolerance,
+        "points": points,
+        "largest_error": None
+        if worst is None
+        else {"row": worst.row, "relative_error": worst.relative_error},
+        "failures": [p.row for p in calibration.failures],
+        "exclusions": {reason: list(rows) for reason, rows in calibration.exclusions.items()},
+        "gaps": [{"row": p.row, "note": p.note} for p in calibration.gaps],
+    }
+    if cv is not None and show_cv:
+        payload["cross_validation"] = {
+            "median_abs_error": cv.median_abs_error,
+            "families": [dataclasses.asdict(s) for s in cv.families],
+        }
+    if cv is not None and refit:
+        payload["refit"] = [
+            {"path": p.path, "family": family, "file": p.value, "fitted": value,
+             "rows": list(fit.rows), "at_bound": p.path in fit.at_bound,
+             "moved_by_rows": p.path not in fit.unmoved}
+            for family, fit in cv.refits.items()
+            for p, value in zip(fit.parameters, fit.values, strict=True)
+        ]  # fmt: skip
+    return payload
 
 
 def substrates_command(
@@ -228,7 +294,77 @@ def _print_calibration(calibration: Calibration, *, scored_only: bool) -> None:
     columns.append(Column("metric", "left", wrap=True))
     columns += [Column("measured"), Column("predicted"), Column("error")]
     print_table(_out, columns, rows, title="published points: measured, predicted, error")
-    for p in shown:
-        if p.use == "excluded":
-            _out.print(f"row {p.row} excluded: {p.note}", highlight=False)
+    if not scored_only:
+        for line in format_exclusions(calibration).splitlines():
+            _out.print(line, highlight=False)
     _out.print(format_table(calibration).splitlines()[-1], highlight=False)
+
+
+def _print_cross_validation(cv: CrossValidation) -> None:
+    """Per point, then per family: the error under a refit that never saw the point's model."""
+    rows = [
+        [
+            str(c.point.row),
+            c.point.family or "-",
+            c.point.use,
+            c.point.model_name or "-",
+            f"{c.point.relative_error or 0.0:+.1%}",
+            f"{c.cv_error:+.1%}",
+            "yes" if c.underdetermined else "",
+        ]
+        for c in cv.points
+    ]
+    columns = [Column("row"), *(Column(h, "left") for h in ("family", "use", "model"))]
+    columns += [Column("error"), Column("cv error"), Column("undetermined", "left")]
+    print_table(_out, columns, rows, title="leave-one-model-out: each model held out in turn")
+    summary = [
+        [
+            s.family,
+            str(s.parameters),
+            str(s.fit_points),
+            str(s.scored_points),
+            f"{s.folds} ({s.underdetermined_folds})",
+            f"{s.median_abs_error:.1%}",
+            f"{s.max_abs_error:.1%}",
+        ]
+        for s in cv.families
+    ]
+    headers = ("parameters", "fit points", "scored", "folds (undetermined)", "cv median", "cv max")
+    print_table(
+        _out,
+        [Column("family", "left"), *(Column(h) for h in headers)],
+        summary,
+        title="per family: fitted parameters, points, cross-validated |error|",
+    )
+    _out.print(
+        f"leave-one-model-out median |error| over {len(cv.points)} scored points: "
+        f"{cv.median_abs_error:.1%}",
+        highlight=False,
+    )
+
+
+def _refit_flag(path: str, fit: FitResult) -> str:
+    if path in fit.unmoved:
+        return " (no row moves it)"
+    return " (at a bound)" if path in fit.at_bound else ""
+
+
+def _print_refit(cv: CrossValidation) -> None:
+    """Each fitted parameter: the data file's value against a refit to every fit point."""
+    rows = [
+        [
+            p.path,
+            f"{p.value:.4g}",
+            f"{value:.4g}",
+            f"{value / p.value - 1:+.1%}" + _refit_flag(p.path, fit),
+            str(len(fit.rows)),
+        ]
+        for fit in cv.refits.values()
+        for p, value in zip(fit.parameters, fit.values, strict=True)
+    ]
+    print_table(
+        _out,
+        [Column("parameter", "left"), *(Column(h) for h in ("file", "refit", "change", "rows"))],
+        rows,
+        title="fitted parameters: the data files against a refit to every fit point",
+    )

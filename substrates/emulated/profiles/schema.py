@@ -34,6 +34,43 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def _check_fit_paths(owner: BaseModel, fit: tuple[str, ...]) -> None:
+    """Raise unless every ``fit`` entry that names a path of ``owner`` names one of its numbers.
+
+    Three forms (`substrates.emulated.fit`): ``efficiency.flop_efficiency``, a parameter of this
+    profile, fitted; ``KIND:NAME.PATH``, any profile's parameter, fitted; and
+    ``PATH = KIND:NAME.PATH``, this profile's ``PATH`` takes that fitted parameter's value. Paths
+    into other profiles are checked by the fitter, which sees the whole catalog.
+    """
+    for entry in fit:
+        local = entry.split("=", 1)[0].strip()
+        if ":" in local or (type(owner), entry) in _FIT_PATHS_SEEN:
+            continue
+        node: object = owner
+        through_dict = False
+        for part in local.split("."):
+            if isinstance(node, BaseModel):
+                known = sorted(type(node).model_fields)
+            else:
+                known = sorted(node) if isinstance(node, dict) else []
+            if part not in known:
+                listing = ", ".join(map(str, known)) or "none (not a table)"
+                raise ValueError(f"fit entry {entry!r}: no field {part!r} here; fields: {listing}")
+            through_dict |= isinstance(node, dict)
+            node = node[part] if isinstance(node, dict) else getattr(node, part)
+        if not isinstance(node, int | float) or isinstance(node, bool):
+            raise ValueError(f"fit entry {entry!r} is not a number; name a numeric field")
+        if "=" in entry and ":" not in entry.split("=", 1)[1]:
+            raise ValueError(f"fit entry {entry!r}: after '=' name KIND:NAME.PATH")
+        if not through_dict:
+            _FIT_PATHS_SEEN.add((type(owner), entry))
+
+
+#: (profile class, entry) pairs already resolved: profiles are revalidated inside every
+#: deployment, and a path through fields only (no table keys) depends on the class alone.
+_FIT_PATHS_SEEN: set[tuple[type[BaseModel], str]] = set()
+
+
 def _missing_sources(owner: BaseModel, sources: Mapping[str, str], table: str = "sources") -> None:
     """Raise if a number given in the file has no entry in ``sources``."""
     missing = [
@@ -132,6 +169,13 @@ class HardwareProfile(_Frozen):
     kind: HardwareKind = Field(
         description="Family: gpu/hbm (TP/PP), wafer/lpu (SRAM, layers), rdu (three-tier), fpga."
     )
+    fit: tuple[str, ...] = Field(
+        default=(),
+        description="Parameters `agentrt calibrate` fits to the published points: paths into "
+        "this file ('efficiency.flop_efficiency'), into any profile "
+        "('hardware:h100.efficiency.flop_efficiency'), or a shared value "
+        "('efficiency.flop_efficiency = hardware:h100.efficiency.flop_efficiency').",
+    )
     chips_per_node: int = Field(ge=1, description="Chips sharing the fast scale-up domain.")
     cores: int | None = Field(
         default=None, ge=1, description="Compute cores per chip (wafer mesh)."
@@ -178,6 +222,7 @@ class HardwareProfile(_Frozen):
     @model_validator(mode="after")
     def _check(self) -> HardwareProfile:
         _missing_sources(self, self.sources)
+        _check_fit_paths(self, self.fit)
         if self.kind == "wafer":
             if self.cores is None:
                 raise ValueError("a wafer profile needs 'cores' (the mesh size)")

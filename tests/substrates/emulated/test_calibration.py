@@ -9,8 +9,10 @@ from agentrt.errors import ConfigError
 from substrates.emulated import Deployment, predict_request, size_deployment
 from substrates.emulated.calibration import (
     DATA_FILE,
+    EXCLUSION_REASONS,
     TOLERANCE,
     calibrate,
+    format_exclusions,
     format_table,
     predict_point,
 )
@@ -65,12 +67,43 @@ def test_every_scored_point_is_within_tolerance(calibration):
 
 def test_every_point_is_scored_or_explained(calibration):
     for point in calibration.points:
-        if point.use == "excluded":
+        if point.use in ("excluded", "gap"):
             assert len(point.note) > 30, point.row
         elif point.use in ("fit", "check"):
             assert point.predicted is not None, point.row
     uses = {p.use for p in calibration.points}
-    assert uses == {"fit", "check", "excluded", "input"}
+    assert uses == {"fit", "check", "excluded", "gap", "input"}
+
+
+def test_a_point_is_excluded_only_for_unknown_hardware_or_deployment(calibration):
+    excluded = {p.row for p in calibration.points if p.use == "excluded"}
+    by_reason = calibration.exclusions
+    assert set(by_reason) <= set(EXCLUSION_REASONS)
+    listed = {row for rows in by_reason.values() for row in rows}
+    gaps = {p.row for p in calibration.gaps}
+    # every excluded row is either counted under a reason or reported as a gap, never both
+    assert listed | (gaps & excluded) == excluded
+    assert not listed & gaps
+    assert {p.row for p in calibration.points if p.use == "gap"} <= gaps
+    for point in calibration.points:
+        if point.row in listed:
+            assert point.note.startswith(EXCLUSION_REASONS), point.row
+
+
+def test_format_exclusions_counts_each_reason_and_lists_each_gap(calibration):
+    text = format_exclusions(calibration)
+    total = sum(len(rows) for rows in calibration.exclusions.values())
+    assert f"hardware or deployment unknown: {total} rows" in text
+    for reason, rows in calibration.exclusions.items():
+        assert f"{reason} ({len(rows)}): rows {', '.join(map(str, rows))}" in text
+    for gap in calibration.gaps:
+        assert re.search(rf"^  row {gap.row} \(", text, re.M), gap.row
+
+
+def test_scored_points_know_their_family_and_model(calibration):
+    for point in calibration.scored:
+        assert point.family in ("gpu", "hbm", "wafer", "lpu", "rdu", "fpga"), point.row
+        assert point.model_name in load_catalog().models, point.row
 
 
 def test_the_tolerance_check_can_fail():
