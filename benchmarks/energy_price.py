@@ -1,0 +1,194 @@
+"""Energy per output token and price per million tokens on every preset, and published figures.
+
+Everything is computed from the performance model through the calibration's own metric code
+(`predict_point`), so the numbers move with the model: nothing here is hard-coded.
+
+- J/token at batch 1 and at the largest batch the KV cache allows (a closed loop of as many
+  clients as fit): chips x power x busy time per output token. Power is the profile's
+  ``power_w``: GPU board power (TDP), but the whole CS-3 system for the wafer. ``J/tok sys``
+  charges GPUs their share of the node's power (``node_power_w``) where the profile has it.
+- $/M output: the profile's published token price where it has one (``list``), else chip-hours
+  of the machine's whole time at the largest batch over its output tokens (``chip-h``). $/M
+  input: chip-hours of one prompt's prefill per prompt token.
+- Second table: every published energy and price row of the calibration table
+  (substrates/emulated/data/published_tuning.csv) with a scenario, measured vs predicted.
+
+Run: .venv/bin/python benchmarks/energy_price.py [--models llama-3.1-70b,llama-3.1-8b]
+     [--presets h100,wse3] [--input 1000] [--output 500] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from typing import Any
+
+from _common import logging_off, print_table
+
+from agentrt.errors import AgentrtError
+from substrates.emulated import PRESETS
+from substrates.emulated.calibration import DATA_FILE, predict_point
+from substrates.emulated.engine import DEFAULT_MODEL, build_deployment
+from substrates.emulated.predict import closed_loop
+from substrates.emulated.profiles import ProfileCatalog, load_catalog
+
+#: The calibration metrics this benchmark reports.
+METRICS = ("energy_j_per_token", "price_usd_per_mtok_output", "price_usd_per_mtok_input")
+
+
+def _predict(metric: str, scenario: str, catalog: ProfileCatalog) -> float | None:
+    """`predict_point`, or None where the profile cannot price it (no published price)."""
+    try:
+        return predict_point(metric, scenario, catalog)
+    except AgentrtError:
+        return None
+
+
+def preset_row(
+    preset: str, model: str, prompt: int, output: int, catalog: ProfileCatalog
+) -> dict[str, Any]:
+    """The default deployment of ``model`` on ``preset``: energy and price at batch 1 and at max."""
+    hw = catalog.get_hardware(PRESETS[preset])
+    dep = build_deployment(preset, model=model)
+    base = f"hw={hw.name} model={model} in={prompt} out={output}"
+    system = hw.kind == "wafer" or hw.node_power_w is not None
+    return {
+        "preset": preset,
+        "model": model,
+        "deployment": dep.describe(),
+        "chips": f"{dep.chips} {dep.precision}",
+        "kind": hw.kind,
+        "max_batch": closed_loop(dep, prompt, output, None).batch,
+        "j_per_token_batch1": _predict("energy_j_per_token", f"{base} c=1", catalog),
+        "j_per_token_max_batch": _predict("energy_j_per_token", f"{base} c=max", catalog),
+        "j_per_token_max_batch_system": (
+            _predict("energy_j_per_token", f"{base} c=max power=system", catalog)
+            if system
+            else None
+        ),
+        "usd_per_mtok_output": _predict("price_usd_per_mtok_output", f"{base} c=max", catalog),
+        "usd_per_mtok_input": _predict("price_usd_per_mtok_input", f"{base} c=max", catalog),
+        "price_basis": (
+            "list"
+            if model in hw.prices
+            else "chip-h"
+            if hw.price_usd_per_chip_hour is not None
+            else "n/p"
+        ),
+    }
+
+
+def published_rows(catalog: ProfileCatalog) -> list[dict[str, Any]]:
+    """Every energy or price row of the calibration table with a scenario: measured vs predicted."""
+    with DATA_FILE.open(newline="", encoding="utf-8") as handle:
+        records = list(csv.DictReader(handle))
+    rows = []
+    for record in records:
+        scenario = record["agentrt_scenario"].strip()
+        if record["metric"] not in METRICS or not scenario or record["agentrt_use"] == "input":
+            continue
+        measured = float(record["value"])
+        predicted = _predict(record["metric"], scenario, catalog)
+        rows.append(
+            {
+                "row": int(record["row"]),
+                "use": record["agentrt_use"],
+                "system": record["system"],
+                "chip": record["chip"],
+                "model": record["model"],
+                "metric": record["metric"],
+                "measured": measured,
+                "predicted": predicted,
+                "ratio": None if predicted is None else measured / predicted,
+                "scenario": scenario,
+            }
+        )
+    return rows
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=f"{DEFAULT_MODEL},llama-3.1-8b")
+    parser.add_argument("--presets", default=",".join(PRESETS), help="Comma-separated presets.")
+    parser.add_argument("--input", type=int, default=1000, help="Prompt tokens per request.")
+    parser.add_argument("--output", type=int, default=500, help="Output tokens per request.")
+    parser.add_argument("--json", action="store_true", help="Print JSON instead of tables.")
+    args = parser.parse_args(argv)
+    logging_off()
+    catalog = load_catalog()
+    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+    unknown = [p for p in presets if p not in PRESETS]
+    if unknown:
+        parser.error(f"unknown preset(s) {', '.join(unknown)}: choose from {', '.join(PRESETS)}")
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    rows = [preset_row(p, m, args.input, args.output, catalog) for p in presets for m in models]
+    published = published_rows(catalog)
+    if args.json:
+        workload = {"input_tokens": args.input, "output_tokens": args.output}
+        print(json.dumps({"workload": workload, "presets": rows, "published": published}))
+        return 0
+    print_table(
+        f"energy and price, default deployments, {args.input} in / {args.output} out per request",
+        [
+            "preset",
+            "model",
+            "chips",
+            "max batch",
+            "J/tok b=1",
+            "J/tok max",
+            "J/tok sys",
+            "$/M out",
+            "$/M in",
+        ],
+        [
+            [
+                r["preset"],
+                r["model"],
+                r["chips"],
+                r["max_batch"],
+                _fmt(r["j_per_token_batch1"]),
+                _fmt(r["j_per_token_max_batch"]),
+                _fmt(r["j_per_token_max_batch_system"]),
+                _fmt(r["usd_per_mtok_output"]) + ("*" if r["price_basis"] == "list" else ""),
+                _fmt(r["usd_per_mtok_input"]) + ("*" if r["price_basis"] == "list" else ""),
+            ]
+            for r in rows
+        ],
+    )
+    print_table(
+        "published energy and price rows (calibration table): measured vs predicted",
+        ["row", "use", "system", "chip", "model", "metric", "measured", "predicted", "ratio"],
+        [
+            [
+                p["row"],
+                p["use"],
+                p["system"][:28],
+                p["chip"],
+                p["model"],
+                p["metric"].replace("price_usd_per_mtok_", "$/M ").replace("_per_token", "/tok"),
+                _fmt(p["measured"]),
+                _fmt(p["predicted"]),
+                _fmt(p["ratio"], 2),
+            ]
+            for p in published
+        ],
+    )
+    print(
+        "J/tok: chips x power_w (GPU board, wafer system); sys: node power share. "
+        "$/M: chip-hours at the largest batch; * = the profile's list price; - = no price."
+    )
+    gpus = [r for r in rows if r["kind"] == "gpu" and r["j_per_token_max_batch"] is not None]
+    ok = all(r["j_per_token_max_batch"] < r["j_per_token_batch1"] for r in gpus)
+    verdict = "meets" if ok else "MISSES"
+    print(f"target: J/token at the largest batch below batch 1 on every GPU preset -> {verdict}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
