@@ -30,9 +30,9 @@ from _common import logging_off, print_table
 from agentrt.errors import AgentrtError
 from substrates.emulated import PRESETS
 from substrates.emulated.calibration import DATA_FILE, predict_point
-from substrates.emulated.engine import DEFAULT_MODEL, build_deployment
 from substrates.emulated.predict import closed_loop
 from substrates.emulated.profiles import ProfileCatalog, load_catalog
+from substrates.emulated.sizing import DEFAULT_MODEL, build_deployment
 
 #: The calibration metrics this benchmark reports.
 METRICS = ("energy_j_per_token", "price_usd_per_mtok_output", "price_usd_per_mtok_input")
