@@ -14,7 +14,7 @@ Everything is computed from the performance model through the calibration's own 
   (substrates/emulated/data/published_tuning.csv) with a scenario, measured vs predicted.
 
 Run: .venv/bin/python benchmarks/energy_price.py [--models llama-3.1-70b,llama-3.1-8b]
-     [--presets h100,wse3] [--input 1000] [--output 500] [--json]
+     [--presets h100,wse3] [--input 1000] [--output 500] [--json | --markdown]
 """
 
 from __future__ import annotations
@@ -81,13 +81,13 @@ def preset_row(
 
 
 def published_rows(catalog: ProfileCatalog) -> list[dict[str, Any]]:
-    """Every energy or price row of the calibration table with a scenario: measured vs predicted."""
+    """Every energy or price row of the calibration table with a scenario, measured vs predicted."""
     with DATA_FILE.open(newline="", encoding="utf-8") as handle:
         records = list(csv.DictReader(handle))
     rows = []
     for record in records:
         scenario = record["agentrt_scenario"].strip()
-        if record["metric"] not in METRICS or not scenario or record["agentrt_use"] == "input":
+        if record["metric"] not in METRICS or not scenario:
             continue
         measured = float(record["value"])
         predicted = _predict(record["metric"], scenario, catalog)
@@ -112,6 +112,35 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}g}"
 
 
+def markdown(rows: list[dict[str, Any]], published: list[dict[str, Any]]) -> str:
+    """The two tables as Markdown, for docs/substrates-compared.md."""
+    lines = [
+        "| preset | model | deployment | max batch | J/tok batch 1 | J/tok max batch "
+        "| J/tok max, system power | $/M out | $/M in |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        star = "*" if r["price_basis"] == "list" else ""
+        lines.append(
+            f"| {r['preset']} | {r['model']} | {r['deployment']} | {r['max_batch']} "
+            f"| {_fmt(r['j_per_token_batch1'])} | {_fmt(r['j_per_token_max_batch'])} "
+            f"| {_fmt(r['j_per_token_max_batch_system'])} "
+            f"| {_fmt(r['usd_per_mtok_output'])}{star} | {_fmt(r['usd_per_mtok_input'])}{star} |"
+        )
+    lines += [
+        "",
+        "| row | use | source | chip | model | metric | published | predicted | ratio |",
+        "|---:|---|---|---|---|---|---:|---:|---:|",
+    ]
+    for p in published:
+        lines.append(
+            f"| {p['row']} | {p['use']} | {p['system']} | {p['chip']} | {p['model']} "
+            f"| {p['metric']} | {_fmt(p['measured'])} | {_fmt(p['predicted'])} "
+            f"| {_fmt(p['ratio'], 2)} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=f"{DEFAULT_MODEL},llama-3.1-8b")
@@ -119,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", type=int, default=1000, help="Prompt tokens per request.")
     parser.add_argument("--output", type=int, default=500, help="Output tokens per request.")
     parser.add_argument("--json", action="store_true", help="Print JSON instead of tables.")
+    parser.add_argument("--markdown", action="store_true", help="Print Markdown tables.")
     args = parser.parse_args(argv)
     logging_off()
     catalog = load_catalog()
@@ -132,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         workload = {"input_tokens": args.input, "output_tokens": args.output}
         print(json.dumps({"workload": workload, "presets": rows, "published": published}))
+        return 0
+    if args.markdown:
+        print(markdown(rows, published))
         return 0
     print_table(
         f"energy and price, default deployments, {args.input} in / {args.output} out per request",
