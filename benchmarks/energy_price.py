@@ -60,6 +60,7 @@ def preset_row(
         "deployment": dep.describe(),
         "chips": f"{dep.chips} {dep.precision}",
         "kind": hw.kind,
+        "hw": hw.name,
         "max_batch": closed_loop(dep, prompt, output, None).batch,
         "j_per_token_batch1": _predict("energy_j_per_token", f"{base} c=1", catalog),
         "j_per_token_max_batch": _predict("energy_j_per_token", f"{base} c=max", catalog),
@@ -91,6 +92,7 @@ def published_rows(catalog: ProfileCatalog) -> list[dict[str, Any]]:
             continue
         measured = float(record["value"])
         predicted = _predict(record["metric"], scenario, catalog)
+        spec = dict(item.split("=", 1) for item in scenario.split())
         rows.append(
             {
                 "row": int(record["row"]),
@@ -103,9 +105,41 @@ def published_rows(catalog: ProfileCatalog) -> list[dict[str, Any]]:
                 "predicted": predicted,
                 "ratio": None if predicted is None else measured / predicted,
                 "scenario": scenario,
+                "hw": catalog.get_hardware(spec["hw"]).name,
+                "model_name": spec["model"],
             }
         )
     return rows
+
+
+def attach_published(rows: list[dict[str, Any]], published: list[dict[str, Any]]) -> None:
+    """Give each preset row the published output prices of its hardware and model, with ratios.
+
+    A ratio is published / predicted under the published row's own scenario (its deployment),
+    not the preset's default one. A list-priced preset's price is the published one (ratio 1).
+    """
+    for row in rows:
+        matches = [
+            p
+            for p in published
+            if p["metric"] == "price_usd_per_mtok_output"
+            and p["hw"] == row["hw"]
+            and p["model_name"] == row["model"]
+        ]
+        row["published_usd_per_mtok_output"] = [
+            {"row": p["row"], "value": p["measured"], "ratio": p["ratio"]} for p in matches
+        ]
+
+
+def _published(row: dict[str, Any], *, rows: bool = True) -> tuple[str, str]:
+    """The published output prices of a preset row and their ratios, as two cells."""
+    if row["price_basis"] == "list":
+        return "= list", "1"
+    found = row["published_usd_per_mtok_output"]
+    sep = ", " if rows else "/"
+    values = sep.join(f"{p['value']:.3g}" + (f" (#{p['row']})" if rows else "") for p in found)
+    ratios = sep.join(_fmt(p["ratio"], 2) for p in found)
+    return values or "-", ratios or "-"
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -116,8 +150,8 @@ def markdown(rows: list[dict[str, Any]], published: list[dict[str, Any]]) -> str
     """The two tables as Markdown, for docs/substrates-compared.md."""
     lines = [
         "| preset | model | deployment | max batch | J/tok batch 1 | J/tok max batch "
-        "| J/tok max, system power | $/M out | $/M in |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| J/tok max, system power | $/M out | $/M in | published $/M out | ratio |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         star = "*" if r["price_basis"] == "list" else ""
@@ -125,7 +159,8 @@ def markdown(rows: list[dict[str, Any]], published: list[dict[str, Any]]) -> str
             f"| {r['preset']} | {r['model']} | {r['deployment']} | {r['max_batch']} "
             f"| {_fmt(r['j_per_token_batch1'])} | {_fmt(r['j_per_token_max_batch'])} "
             f"| {_fmt(r['j_per_token_max_batch_system'])} "
-            f"| {_fmt(r['usd_per_mtok_output'])}{star} | {_fmt(r['usd_per_mtok_input'])}{star} |"
+            f"| {_fmt(r['usd_per_mtok_output'])}{star} | {_fmt(r['usd_per_mtok_input'])}{star} "
+            f"| {' | '.join(_published(r))} |"
         )
     lines += [
         "",
@@ -159,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     rows = [preset_row(p, m, args.input, args.output, catalog) for p in presets for m in models]
     published = published_rows(catalog)
+    attach_published(rows, published)
     if args.json:
         workload = {"input_tokens": args.input, "output_tokens": args.output}
         print(json.dumps({"workload": workload, "presets": rows, "published": published}))
@@ -172,17 +208,19 @@ def main(argv: list[str] | None = None) -> int:
             "preset",
             "model",
             "chips",
-            "max batch",
+            "batch",
             "J/tok b=1",
             "J/tok max",
             "J/tok sys",
             "$/M out",
             "$/M in",
+            "published",
+            "ratio",
         ],
         [
             [
                 r["preset"],
-                r["model"],
+                r["model"].removeprefix("llama-"),
                 r["chips"],
                 r["max_batch"],
                 _fmt(r["j_per_token_batch1"]),
@@ -190,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                 _fmt(r["j_per_token_max_batch_system"]),
                 _fmt(r["usd_per_mtok_output"]) + ("*" if r["price_basis"] == "list" else ""),
                 _fmt(r["usd_per_mtok_input"]) + ("*" if r["price_basis"] == "list" else ""),
+                *_published(r, rows=False),
             ]
             for r in rows
         ],
@@ -214,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         "J/tok: chips x power_w (GPU board, wafer system); sys: node power share. "
-        "$/M: chip-hours at the largest batch; * = the profile's list price; - = no price."
+        "$/M: chip-hours at the largest batch; * = the profile's list price; - = no price. "
+        "published: output list prices of the table (#row); ratio: published / predicted at "
+        "that row's own deployment."
     )
     gpus = [r for r in rows if r["kind"] == "gpu" and r["j_per_token_max_batch"] is not None]
     ok = all(r["j_per_token_max_batch"] < r["j_per_token_batch1"] for r in gpus)
