@@ -8,8 +8,11 @@ import math
 import pytest
 
 from agentrt.errors import ConfigError
+from substrates.emulated import PRESETS
 from substrates.emulated.calibration import DATA_FILE, predict_point
+from substrates.emulated.predict import closed_loop
 from substrates.emulated.profiles import ProfileCatalog, load_catalog
+from substrates.emulated.sizing import build_deployment
 
 WORKLOAD = "in=1000 out=500"
 GPUS = ("h100", "h200", "b200")
@@ -138,3 +141,13 @@ def test_every_new_row_has_a_scenario_the_model_can_play(catalog):
         value = predict_point(row["metric"], scenario, catalog)
         assert math.isfinite(value), row["row"]
         assert value > 0, row["row"]
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_the_calibration_plays_the_deployment_a_user_gets_by_default(catalog, preset):
+    # benchmarks/energy_price.py prices each preset through predict_point; what it reports
+    # must be the default deployment (`build_deployment`), not another configuration.
+    dep = build_deployment(preset, model="llama-3.1-8b")
+    expected = closed_loop(dep, 1000, 500, None).throughput_tokens_per_s
+    scenario = f"hw={PRESETS[preset]} model=llama-3.1-8b {WORKLOAD} c=max"
+    assert predict_point("throughput_tokens_per_s", scenario, catalog) == pytest.approx(expected)
