@@ -11,7 +11,8 @@ from typing import Literal
 
 from agentrt.errors import ConfigError
 from substrates.emulated.deployment import Deployment, parse_precision
-from substrates.emulated.predict import closed_loop, predict_request
+from substrates.emulated.perfmodel import prefill
+from substrates.emulated.predict import LoadPoint, closed_loop, cost_usd, predict_request
 from substrates.emulated.profiles import ProfileCatalog, load_catalog
 from substrates.emulated.sizing import check_fits, size_deployment
 
@@ -228,9 +229,48 @@ def predict_point(metric: str, scenario: str, catalog: ProfileCatalog) -> float:
         return 1000.0 * point.tpot_s
     if metric == "throughput_tokens_per_s":
         return point.throughput_tokens_per_s
+    return _energy_or_price(metric, spec, dep, point, prompt)
+
+
+def _energy_or_price(
+    metric: str, spec: dict[str, str], dep: Deployment, point: LoadPoint, prompt: int
+) -> float:
+    """Energy per output token and price per million tokens of a closed-loop steady state.
+
+    ``energy_j_per_token``: chips x power x busy time per output token; ``power=system`` charges
+    each chip its share of the node (``node_power_w / chips_per_node``, what MLPerf Power meters)
+    instead of its own power (GPU board power, what NVML and ML.ENERGY read); a wafer's
+    ``power_w`` is already its CS-3 system's. ``price_usd_per_mtok_output``: `cost_usd` of a
+    million output tokens, the machine's whole time charged to them; ``..._input``: of a million
+    prompt tokens at the time their prefill takes. A published token price is returned as is.
+    """
+    hw = dep.hardware
     if metric == "energy_j_per_token":
-        busy_per_token = 1.0 / point.throughput_tokens_per_s
-        return dep.chips * dep.hardware.power_w * busy_per_token
+        watts = hw.power_w
+        if spec.get("power") == "system" and hw.kind != "wafer":
+            if hw.node_power_w is None:
+                raise ConfigError(f"power=system needs node_power_w in the {hw.name} profile")
+            watts = hw.node_power_w / hw.chips_per_node
+        return dep.chips * watts / point.throughput_tokens_per_s
+    if metric in ("price_usd_per_mtok_output", "price_usd_per_mtok_input"):
+        output = metric.endswith("output")
+        busy = (
+            1e6 / point.throughput_tokens_per_s
+            if output
+            else 1e6 / prompt * prefill(dep, [prompt]).total_s
+        )
+        usd = cost_usd(
+            dep,
+            busy_s=busy,
+            input_tokens=0 if output else 10**6,
+            output_tokens=10**6 if output else 0,
+        )
+        if usd is not None:
+            return usd
+        raise ConfigError(
+            f"{hw.name} has neither price_usd_per_chip_hour nor [prices.{dep.model.name!r}]: "
+            "add one to its profile"
+        )
     raise ConfigError(f"calibration metric {metric!r} is not modelled")
 
 
