@@ -130,7 +130,7 @@ def _scenario(text: str) -> dict[str, str]:
 
 def _spec_decode(
     spec: dict[str, str], stack: StackProfile, model: ModelProfile, catalog: ProfileCatalog
-) -> SpecDecode | None | Literal["stack"]:
+) -> SpecDecode | Literal["stack"] | None:
     """``spec=K:A`` (``off``) and ``draft=eagle|mtp|MODEL``, or the stack's default."""
     text, draft = spec.get("spec"), spec.get("draft")
     if text is None and draft is None:
@@ -152,22 +152,22 @@ def _deployment(spec: dict[str, str], catalog: ProfileCatalog) -> Deployment:
         spec.get("precision", stack.weight_precision or model.native_precision)
     )
     max_batch = int(spec.get("max_batch", "256"))
-    options = {
-        "precision": precision,
-        "max_batch": max_batch,
-        "stack": stack,
-        "ep": int(spec.get("ep", "1")),
-        "spec_decode": _spec_decode(spec, stack, model, catalog),
-        "content": parse_content_kind(spec.get("content", "chat")),
-        "catalog": catalog,
-    }
-    if "tp" in spec or "pp" in spec:
-        layout = int(spec.get("tp", "1")) * int(spec.get("pp", "1"))
-        dep = size_deployment(hardware, model, chips=layout, **options)  # type: ignore[arg-type]
-        if (dep.tp, dep.pp) != (int(spec.get("tp", "1")), int(spec.get("pp", "1"))):
-            raise ConfigError(f"scenario layout tp/pp cannot be arranged: {spec}")
-    else:
-        dep = size_deployment(hardware, model, **options)  # type: ignore[arg-type]
+    tp, pp = int(spec.get("tp", "1")), int(spec.get("pp", "1"))
+    layout = tp * pp if "tp" in spec or "pp" in spec else None
+    dep = size_deployment(
+        hardware,
+        model,
+        precision=precision,
+        max_batch=max_batch,
+        chips=layout,
+        stack=stack,
+        ep=int(spec.get("ep", "1")),
+        spec_decode=_spec_decode(spec, stack, model, catalog),
+        content=parse_content_kind(spec.get("content", "chat")),
+        catalog=catalog,
+    )
+    if layout is not None and (dep.tp, dep.pp) != (tp, pp):
+        raise ConfigError(f"scenario layout tp/pp cannot be arranged: {spec}")
     if spec.get("adp", "0") not in ("0", "1"):
         raise ConfigError(f"adp= is 0 or 1 (attention data-parallel), got {spec['adp']!r}")
     if spec.get("adp") == "1":

@@ -18,7 +18,7 @@ from agentrt.registry import default_registry
 from agentrt.render import Column, print_table, terminal_console
 from substrates.emulated import PRESETS, build_engine
 from substrates.emulated.calibration import Calibration, calibrate, format_table
-from substrates.emulated.profiles import hardware_names, model_names
+from substrates.emulated.profiles import hardware_names, model_names, stack_names
 from substrates.emulated.survey import predict_shape, preset_fits
 
 __all__ = ["calibrate_command", "predict_command", "substrates_command"]
@@ -56,6 +56,9 @@ def predict_command(
     max_batch: opt.MaxBatch = None,
     network_rtt_ms: opt.NetworkRttMs = None,
     spec_decode: opt.SpecDecode = None,
+    stack: opt.Stack = None,
+    ep: opt.Ep = None,
+    option: opt.Options = None,
     seed: opt.Seed = opt.SEED_DEFAULT,
     as_json: opt.AsJson = False,
 ) -> None:
@@ -69,6 +72,7 @@ def predict_command(
         )
     try:
         options = opt.engine_options(
+            option,
             model=model,
             chips=chips,
             tp=tp,
@@ -77,6 +81,8 @@ def predict_command(
             max_batch=max_batch,
             network_rtt_ms=network_rtt_ms,
             spec_decode=spec_decode,
+            stack=stack,
+            ep=ep,
         )
         engine = build_engine(substrate, seed=seed, **options)
         model = engine.model
@@ -89,7 +95,7 @@ def predict_command(
     if as_json:
         _out.print_json(json.dumps(data))
         return
-    rows = []
+    rows = [["stack", str(data["stack"])], ["speculation", str(data["speculation"] or "off")]]
     for key in (
         "ttft_s",
         "tpot_s",
@@ -109,7 +115,8 @@ def predict_command(
         _out,
         [Column("measure", "left"), Column("value")],
         rows,
-        title=f"{model} on {engine.deployment.describe()} · {concurrency} concurrent",
+        title=f"{model} on {engine.deployment.describe()} · stack {engine.deployment.stack.name}"
+        f" · {concurrency} concurrent",
     )
 
 
@@ -178,6 +185,7 @@ def substrates_command(
                     "substrates": names,
                     "tools": tools,
                     "hardware_profiles": list(hardware_names()),
+                    "stacks": list(stack_names()),
                 }
             )
         )
@@ -190,6 +198,7 @@ def substrates_command(
             f"{p['memory_gb_per_chip']:g} GB",
             f"{p['memory_bandwidth_tb_per_s']:g} TB/s",
             f"{p['power_w_per_chip']:g} W",
+            f"{p['default_stack']} (of {', '.join(p['stacks'])})",
             *(p["models"][m] for m in models),
         ]
         for p in presets
@@ -198,7 +207,9 @@ def substrates_command(
         _out,
         [
             *(Column(c, "left") for c in ("preset", "hardware")),
-            *(Column(c) for c in ("memory/chip", "bandwidth/chip", "power/chip", *models)),
+            *(Column(c) for c in ("memory/chip", "bandwidth/chip", "power/chip")),
+            Column("default stack (stacks)", "left", wrap=True),
+            *(Column(c) for c in models),
         ],
         rows,
         title="emulated presets · chips needed per model (smallest deployment that fits)",

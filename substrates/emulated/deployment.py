@@ -93,6 +93,13 @@ class SpecDecode(BaseModel):
         description="The draft model on the same chips when draft = 'model'.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _model_draft(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("draft_model") is not None and "draft" not in data:
+            data = {**data, "draft": "model"}  # a draft model given is a 'model' draft
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> SpecDecode:
         if (self.draft == "model") != (self.draft_model is not None):
@@ -239,8 +246,7 @@ class Deployment(BaseModel):
         description="Speculative decoding, if used (builders default it from the stack).",
     )
     stack: StackProfile = Field(
-        default=None,
-        validate_default=False,
+        default=None,  # type: ignore[assignment]  # `_default_stack` fills it before validation
         description="The serving stack; default the hardware's `default_stack`.",
     )
     ep: int = Field(default=1, ge=1, description="Expert-parallel degree (MoE models).")

@@ -247,7 +247,9 @@ def size_deployment(
             ep=ep,
         )
 
-    layouts = _layouts(hardware, model, chips)
+    layouts = [(tp, pp) for tp, pp in _layouts(hardware, model, chips) if tp * pp >= ep]
+    if not layouts:
+        raise ConfigError(f"--ep {ep} needs at least {ep} chips; --chips {chips} is fewer")
     if hardware.kind == "lpu" and chips is None:  # hundreds of chips: divide bytes at once
         need = memory_need(layout(1, 1))
         least = max(1, math.ceil(need.needed_bytes / need.available_bytes))
