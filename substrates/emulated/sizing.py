@@ -319,6 +319,7 @@ def build_deployment(
             spec_decode=spec,
             stack=stack_profile,
             ep=ep,
+            content=content,
             catalog=catalog,
         )
     if hw.kind == "wafer" and tp not in (None, 1):
