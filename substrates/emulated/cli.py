@@ -235,7 +235,9 @@ def _print_calibration(calibration: Calibration, *, scored_only: bool) -> None:
         ]
         for p in shown
     ]
-    columns = [Column("row"), *(Column(h, "left", wrap=True) for h in ("use", "chip", "model"))]
+    # a model name is an id (never cut inside a word): its column does not wrap
+    columns = [Column("row"), *(Column(h, "left", wrap=True) for h in ("use", "chip"))]
+    columns.append(Column("model", "left"))
     columns.append(Column("metric", "left", wrap=True))
     columns += [Column("measured"), Column("predicted"), Column("error")]
     print_table(_out, columns, rows, title="published points: measured, predicted, error")
