@@ -305,7 +305,10 @@ class Deployment(BaseModel):
     @property
     def efficiency(self) -> Efficiency:
         """The hardware's efficiency with the stack's overrides: what the model reads."""
-        return _merged(self.hardware.efficiency, self.stack)
+        stack = self.stack
+        if not stack.efficiency:
+            return self.hardware.efficiency
+        return _merged(self.hardware.efficiency, stack)
 
     @property
     def chips(self) -> int:
