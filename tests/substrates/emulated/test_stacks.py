@@ -188,3 +188,12 @@ def test_the_table_names_every_stack_file():
     assert sorted(CATALOG.stacks) == sorted(
         p.stem for p in (DATA_FILE.parents[1] / "profiles" / "stacks").glob("*.toml")
     )
+
+
+def test_calibration_scenario_moe_keys():
+    moe = "hw=b200 model=deepseek-r1 tp=8 precision=fp4 in=1000 out=200 stack=vllm"
+    assert predict_point("output_tokens_per_s_per_user", f"{moe} ep=8 adp=1", CATALOG) > 0
+    with pytest.raises(ConfigError, match="adp= is 0 or 1"):
+        predict_point("output_tokens_per_s_per_user", f"{moe} adp=2", CATALOG)
+    with pytest.raises(ConfigError, match="dense"):
+        predict_point("output_tokens_per_s_per_user", "hw=h100 model=llama-3.1-8b ep=2", CATALOG)
