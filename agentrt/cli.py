@@ -173,6 +173,8 @@ def run_command(
     max_batch: opt.MaxBatch = None,
     network_rtt_ms: opt.NetworkRttMs = None,
     spec_decode: opt.SpecDecode = None,
+    stack: opt.Stack = None,
+    ep: opt.Ep = None,
     option: opt.Options = None,
     deadline_s: Annotated[
         float | None,
@@ -224,6 +226,8 @@ def run_command(
             max_batch=max_batch,
             network_rtt_ms=network_rtt_ms,
             spec_decode=spec_decode,
+            stack=stack,
+            ep=ep,
         )
         target = parse_trace_target(trace)
         plan = _load(plan_path)
@@ -335,6 +339,8 @@ def compare_command(
     max_batch: opt.MaxBatch = None,
     network_rtt_ms: opt.NetworkRttMs = None,
     spec_decode: opt.SpecDecode = None,
+    stack: opt.Stack = None,
+    ep: opt.Ep = None,
     option: opt.Options = None,
     faults: opt.Faults = None,
     trace: Annotated[
@@ -364,6 +370,8 @@ def compare_command(
             max_batch=max_batch,
             network_rtt_ms=network_rtt_ms,
             spec_decode=spec_decode,
+            stack=stack,
+            ep=ep,
         )
         target = parse_trace_target(trace)
         plan = _load(plan_path)

@@ -1,4 +1,4 @@
-"""Command-line options shared by ``run``, ``compare``, ``load`` and ``predict``.
+"""Command-line options shared by ``run``, ``compare``, ``load``, ``serve`` and ``predict``.
 
 Each option is defined once here, as an ``Annotated`` type a command's signature reuses, so the
 same flag has the same name, placeholder, help and default everywhere. A command takes the
@@ -33,6 +33,7 @@ __all__ = [
     "AsJson",
     "Chips",
     "Command",
+    "Ep",
     "Faults",
     "Group",
     "LatencyMs",
@@ -45,6 +46,7 @@ __all__ = [
     "Precision",
     "Seed",
     "SpecDecode",
+    "Stack",
     "Tp",
     "Virtual",
     "check_number",
@@ -109,7 +111,23 @@ NetworkRttMs = Annotated[
 ]
 SpecDecode = Annotated[
     str | None,
-    typer.Option(metavar="D:A", help="Emulated engines: speculative decoding DRAFT:ACCEPT."),
+    typer.Option(
+        metavar="D:A",
+        help="Emulated engines: speculative decoding DRAFT:ACCEPT[:eagle|mtp|MODEL], or off "
+        "(default: the stack's).",
+    ),
+]
+Stack = Annotated[
+    str | None,
+    typer.Option(
+        metavar="NAME",
+        help="Emulated engines: serving stack, e.g. cs-current, cs-2024-08, vllm, trtllm "
+        "(default: the hardware's; `agentrt substrates` lists them).",
+    ),
+]
+Ep = Annotated[
+    int | None,
+    typer.Option(metavar="N", help="Emulated engines: expert-parallel degree (MoE models)."),
 ]
 
 
@@ -172,6 +190,8 @@ def engine_options(
     max_batch: int | None = None,
     network_rtt_ms: float | None = None,
     spec_decode: str | None = None,
+    stack: str | None = None,
+    ep: int | None = None,
 ) -> dict[str, Any]:
     """The substrate options of a command line: ``-o`` pairs, then the named flags over them.
 
@@ -190,6 +210,7 @@ def engine_options(
         ("--tp", tp),
         ("--pp", pp),
         ("--max-batch", max_batch),
+        ("--ep", ep),
     ):
         if count is not None and count < 1:
             raise ConfigError(f"{flag} must be at least 1, not {count}")
@@ -205,6 +226,8 @@ def engine_options(
         "max_batch": max_batch,
         "network_rtt_ms": network_rtt_ms,
         "spec_decode": spec_decode,
+        "stack": stack,
+        "ep": ep,
     }
     options.update({k: v for k, v in named.items() if v is not None})
     return options

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Literal
 
 from agentrt.errors import ConfigError
-from substrates.emulated.deployment import Deployment, parse_precision
+from substrates.emulated.deployment import Deployment, SpecDecode, parse_precision
 from substrates.emulated.perfmodel import prefill
 from substrates.emulated.predict import LoadPoint, closed_loop, cost_usd, predict_request
-from substrates.emulated.profiles import ProfileCatalog, load_catalog
+from substrates.emulated.profiles import ModelProfile, ProfileCatalog, StackProfile, load_catalog
 from substrates.emulated.sizing import check_fits, size_deployment
+from substrates.emulated.stacks import parse_content_kind, resolve_stack
 
 __all__ = [
     "DATA_FILE",
@@ -162,10 +163,27 @@ def _exclusion_reason(point: CalibrationPoint) -> str | None:
 
 
 def _scenario(text: str) -> dict[str, str]:
+    """``key=value`` items of a scenario; see `predict_point` for the keys."""
     pairs = [item.split("=", 1) for item in text.split()]
     if any(len(p) != 2 for p in pairs):
         raise ConfigError(f"bad scenario {text!r}: expected key=value items")
     return dict(pairs)
+
+
+def _spec_decode(
+    spec: dict[str, str], stack: StackProfile, model: ModelProfile, catalog: ProfileCatalog
+) -> SpecDecode | Literal["stack"] | None:
+    """``spec=K:A`` (``off``) and ``draft=eagle|mtp|MODEL``, or the stack's default."""
+    text, draft = spec.get("spec"), spec.get("draft")
+    if text is None and draft is None:
+        return "stack"
+    if text is not None and text.lower() in ("off", "none", "0"):
+        return None
+    if text is None:
+        raise ConfigError("draft= needs spec=K:A (draft length and acceptance rate)")
+    if draft is None or draft.lower() in ("eagle", "mtp", "model"):
+        return SpecDecode.parse(text if draft is None else f"{text}:{draft.lower()}")
+    return SpecDecode.parse(text, draft_model=catalog.get_model(draft))
 
 
 def _deployment(spec: dict[str, str], catalog: ProfileCatalog) -> Deployment:
@@ -182,17 +200,32 @@ def _deployment(spec: dict[str, str], catalog: ProfileCatalog) -> Deployment:
 def _layout_deployment(spec: dict[str, str], catalog: ProfileCatalog) -> Deployment:
     hardware = catalog.get_hardware(spec["hw"])
     model = catalog.get_model(spec["model"])
-    precision = parse_precision(spec.get("precision", model.native_precision))
+    stack = resolve_stack(hardware, spec.get("stack"), catalog)
+    precision = parse_precision(
+        spec.get("precision", stack.weight_precision or model.native_precision)
+    )
     max_batch = int(spec.get("max_batch", "256"))
-    if "tp" in spec or "pp" in spec:
-        layout = int(spec.get("tp", "1")) * int(spec.get("pp", "1"))
-        dep = size_deployment(
-            hardware, model, precision=precision, max_batch=max_batch, chips=layout
-        )
-        if (dep.tp, dep.pp) != (int(spec.get("tp", "1")), int(spec.get("pp", "1"))):
-            raise ConfigError(f"scenario layout tp/pp cannot be arranged: {spec}")
-        return dep
-    return size_deployment(hardware, model, precision=precision, max_batch=max_batch)
+    tp, pp = int(spec.get("tp", "1")), int(spec.get("pp", "1"))
+    layout = tp * pp if "tp" in spec or "pp" in spec else None
+    dep = size_deployment(
+        hardware,
+        model,
+        precision=precision,
+        max_batch=max_batch,
+        chips=layout,
+        stack=stack,
+        ep=int(spec.get("ep", "1")),
+        spec_decode=_spec_decode(spec, stack, model, catalog),
+        content=parse_content_kind(spec["content"]) if "content" in spec else None,
+        catalog=catalog,
+    )
+    if layout is not None and (dep.tp, dep.pp) != (tp, pp):
+        raise ConfigError(f"scenario layout tp/pp cannot be arranged: {spec}")
+    if spec.get("adp", "0") not in ("0", "1"):
+        raise ConfigError(f"adp= is 0 or 1 (attention data-parallel), got {spec['adp']!r}")
+    if spec.get("adp") == "1":
+        dep = Deployment.model_validate({**dict(dep), "attention_dp": True})
+    return dep
 
 
 def predict_point(metric: str, scenario: str, catalog: ProfileCatalog) -> float:
@@ -202,8 +235,12 @@ def predict_point(metric: str, scenario: str, catalog: ProfileCatalog) -> float:
         metric: the CSV ``metric`` (``output_tokens_per_s_per_user``, ``ttft_s``, ``tpot_ms``,
             ``throughput_tokens_per_s`` or ``energy_j_per_token``).
         scenario: ``key=value`` items: ``hw``, ``model``, optional ``tp``, ``pp``,
-            ``precision``, ``max_batch``, ``in``, ``out``, ``c`` (clients, or ``max``) and
-            ``metric=e2e_per_output`` for latencies derived as end-to-end / output tokens.
+            ``precision``, ``max_batch``, ``in``, ``out``, ``c`` (clients, or ``max``),
+            ``metric=e2e_per_output`` for latencies derived as end-to-end / output tokens,
+            ``stack`` (default the hardware's), ``ep`` (expert parallel), ``adp=1`` (attention
+            data-parallel), ``spec=K:A`` or ``spec=off`` with ``draft=eagle|mtp|MODEL``
+            (default: the stack's speculation) and ``content=chat|code|reasoning`` (which
+            acceptance rate the stack's draft has).
         catalog: where to find the profiles.
 
     Returns:

@@ -26,7 +26,7 @@ from substrates.emulated.calibration import (
 )
 from substrates.emulated.crossval import CrossValidation, cross_validate
 from substrates.emulated.fit import FitResult
-from substrates.emulated.profiles import hardware_names, load_catalog, model_names
+from substrates.emulated.profiles import hardware_names, load_catalog, model_names, stack_names
 from substrates.emulated.survey import predict_shape, preset_fits
 
 __all__ = ["calibrate_command", "predict_command", "substrates_command"]
@@ -64,6 +64,9 @@ def predict_command(
     max_batch: opt.MaxBatch = None,
     network_rtt_ms: opt.NetworkRttMs = None,
     spec_decode: opt.SpecDecode = None,
+    stack: opt.Stack = None,
+    ep: opt.Ep = None,
+    option: opt.Options = None,
     seed: opt.Seed = opt.SEED_DEFAULT,
     as_json: opt.AsJson = False,
 ) -> None:
@@ -77,6 +80,7 @@ def predict_command(
         )
     try:
         options = opt.engine_options(
+            option,
             model=model,
             chips=chips,
             tp=tp,
@@ -85,6 +89,8 @@ def predict_command(
             max_batch=max_batch,
             network_rtt_ms=network_rtt_ms,
             spec_decode=spec_decode,
+            stack=stack,
+            ep=ep,
         )
         engine = build_engine(substrate, seed=seed, **options)
         model = engine.model
@@ -97,7 +103,7 @@ def predict_command(
     if as_json:
         _out.print_json(json.dumps(data))
         return
-    rows = []
+    rows = [["stack", str(data["stack"])], ["speculation", str(data["speculation"] or "off")]]
     for key in (
         "ttft_s",
         "tpot_s",
@@ -117,7 +123,8 @@ def predict_command(
         _out,
         [Column("measure", "left"), Column("value")],
         rows,
-        title=f"{model} on {engine.deployment.describe()} · {concurrency} concurrent",
+        title=f"{model} on {engine.deployment.describe()} · stack {engine.deployment.stack.name}"
+        f" · {concurrency} concurrent",
     )
 
 
@@ -244,6 +251,7 @@ def substrates_command(
                     "substrates": names,
                     "tools": tools,
                     "hardware_profiles": list(hardware_names()),
+                    "stacks": list(stack_names()),
                 }
             )
         )
@@ -256,6 +264,7 @@ def substrates_command(
             f"{p['memory_gb_per_chip']:g} GB",
             f"{p['memory_bandwidth_tb_per_s']:g} TB/s",
             f"{p['power_w_per_chip']:g} W",
+            f"{p['default_stack']} (of {', '.join(p['stacks'])})",
             *(p["models"][m] for m in models),
         ]
         for p in presets
@@ -264,7 +273,9 @@ def substrates_command(
         _out,
         [
             *(Column(c, "left") for c in ("preset", "hardware")),
-            *(Column(c) for c in ("memory/chip", "bandwidth/chip", "power/chip", *models)),
+            *(Column(c) for c in ("memory/chip", "bandwidth/chip", "power/chip")),
+            Column("default stack (stacks)", "left", wrap=True),
+            *(Column(c) for c in models),
         ],
         rows,
         title="emulated presets · chips needed per model (smallest deployment that fits)",
@@ -290,7 +301,9 @@ def _print_calibration(calibration: Calibration, *, scored_only: bool) -> None:
         ]
         for p in shown
     ]
-    columns = [Column("row"), *(Column(h, "left", wrap=True) for h in ("use", "chip", "model"))]
+    # a model name is an id (never cut inside a word): its column does not wrap
+    columns = [Column("row"), *(Column(h, "left", wrap=True) for h in ("use", "chip"))]
+    columns.append(Column("model", "left"))
     columns.append(Column("metric", "left", wrap=True))
     columns += [Column("measured"), Column("predicted"), Column("error")]
     print_table(_out, columns, rows, title="published points: measured, predicted, error")

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agentrt.errors import ConfigError
-from substrates.emulated.profiles import HardwareProfile, ModelProfile, Precision
+from substrates.emulated.profiles import (
+    ContentKind,
+    DraftKind,
+    Efficiency,
+    HardwareProfile,
+    ModelProfile,
+    Precision,
+    StackProfile,
+    load_stack,
+)
 
 __all__ = [
     "BYTES_PER_VALUE",
@@ -15,6 +25,8 @@ __all__ = [
     "Deployment",
     "SpecDecode",
     "attended_positions",
+    "base_stack",
+    "default_spec_decode",
     "kv_bytes",
     "kv_bytes_per_token",
     "kv_shards",
@@ -59,7 +71,8 @@ class SpecDecode(BaseModel):
     """Speculative decoding: a cheap draft proposes ``k`` tokens, the target checks them at once.
 
     With per-token acceptance ``a`` the target advances ``(1 - a**(k+1)) / (1 - a)`` tokens per
-    step on average; a step costs ``k`` draft steps plus one target pass over ``k + 1`` tokens.
+    cycle on average; a cycle costs ``k`` draft passes plus one target pass over ``k + 1``
+    tokens, each priced by the same roofline (`substrates.emulated.speculative`).
 
     Example:
         >>> SpecDecode.parse("1:0.5").expected_tokens_per_step
@@ -70,24 +83,37 @@ class SpecDecode(BaseModel):
 
     draft_tokens: int = Field(ge=1, le=32, description="Tokens proposed per step (k).")
     acceptance_rate: float = Field(ge=0, le=1, description="Chance each draft token is accepted.")
+    draft: DraftKind = Field(
+        default="eagle",
+        description="What drafts: a separate small 'model', 'eagle' heads (one decoder layer "
+        "plus the LM head) or 'mtp' layers (one full target layer plus the LM head).",
+    )
     draft_model: ModelProfile | None = Field(
         default=None,
-        description="Draft model on the same chips; its decode step is the draft cost.",
+        description="The draft model on the same chips when draft = 'model'.",
     )
-    draft_cost_fraction: float = Field(
-        default=0.1,
-        ge=0,
-        le=1,
-        description="Without a draft model, one draft token costs this share of a target step "
-        "(an assumption: an EAGLE-style head or a ~10x smaller model).",
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_draft(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("draft_model") is not None and "draft" not in data:
+            data = {**data, "draft": "model"}  # a draft model given is a 'model' draft
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> SpecDecode:
+        if (self.draft == "model") != (self.draft_model is not None):
+            raise ConfigError("a 'model' draft needs draft_model, and only it takes one")
+        return self
 
     @classmethod
-    def parse(cls, text: str) -> SpecDecode:
-        """Read ``--spec-decode DRAFT:ACCEPT`` (e.g. ``4:0.7``).
+    def parse(cls, text: str, draft_model: ModelProfile | None = None) -> SpecDecode:
+        """Read ``--spec-decode K:A[:DRAFT]`` (e.g. ``4:0.7`` or ``3:0.8:mtp``).
 
         Args:
-            text: draft length and acceptance rate separated by a colon.
+            text: draft length and acceptance rate, and optionally the draft kind (``eagle``,
+                the default, ``mtp``, or ``model`` with ``draft_model``), separated by colons.
+            draft_model: the draft's profile when the kind is ``model``.
 
         Returns:
             The configuration.
@@ -95,19 +121,93 @@ class SpecDecode(BaseModel):
         Raises:
             ConfigError: the text is not of that form.
         """
+        parts = text.split(":")
         try:
-            k, a = text.split(":")
-            return cls(draft_tokens=int(k), acceptance_rate=float(a))
-        except ValueError as exc:
+            k, a = int(parts[0]), float(parts[1])
+            kind = parts[2].strip().lower() if len(parts) == 3 else None
+            if len(parts) > 3 or kind not in (None, "eagle", "mtp", "model"):
+                raise ValueError(text)
+        except (ValueError, IndexError) as exc:
             raise ConfigError(
-                f"--spec-decode expects DRAFT:ACCEPT like 4:0.7, got {text!r}"
+                f"--spec-decode expects DRAFT:ACCEPT[:eagle|mtp|model] like 4:0.7, got {text!r}"
             ) from exc
+        draft: DraftKind = "model" if draft_model is not None else (kind or "eagle")  # type: ignore[assignment]
+        return cls(draft_tokens=k, acceptance_rate=a, draft=draft, draft_model=draft_model)
 
     @property
     def expected_tokens_per_step(self) -> float:
         """Tokens the target advances per verification step, on average."""
         a, k = self.acceptance_rate, self.draft_tokens
         return float(k + 1) if a >= 1.0 else (1.0 - float(a ** (k + 1))) / (1.0 - a)
+
+
+def default_spec_decode(
+    stack: StackProfile,
+    model: ModelProfile,
+    content: ContentKind | None = None,
+    draft_model: ModelProfile | None = None,
+) -> SpecDecode | None:
+    """The speculative decoding ``stack`` ships for ``model`` on ``content``, or None.
+
+    Args:
+        stack: the serving stack.
+        model: the target model.
+        content: the kind of text generated (``chat``, ``code``, ``reasoning``); it picks the
+            acceptance rate (``chat``'s when the stack gives none for it). Default: the
+            model's own (``reasoning`` for models that think aloud).
+        draft_model: the draft's profile when the stack drafts with a separate model.
+
+    Returns:
+        The configuration, or None when the stack does not speculate on this model.
+    """
+    if content is None:
+        content = model.content
+    spec = stack.speculation
+    if spec is None:
+        return None
+    draft = spec.draft
+    if model.is_moe and not spec.moe:
+        return None
+    if spec.models:
+        names = {model.name.lower(), *(a.lower() for a in model.aliases)}
+        kinds = [kind for name, kind in spec.models.items() if name.lower() in names]
+        if not kinds:
+            return None
+        draft = kinds[0]
+    if draft == "model" and draft_model is None:
+        raise ConfigError(f"stack {stack.name!r} drafts with {spec.draft_model}: pass its profile")
+    return SpecDecode(
+        draft_tokens=spec.draft_tokens,
+        acceptance_rate=spec.acceptance.get(content, spec.acceptance["chat"]),
+        draft=draft,
+        draft_model=draft_model if draft == "model" else None,
+    )
+
+
+def base_stack(hardware: HardwareProfile) -> StackProfile:
+    """The stack of hardware that names none: its own efficiency table, no overrides."""
+    return StackProfile(
+        profile="stack",
+        name="base",
+        display_name=f"{hardware.name}'s own efficiency table",
+        kind=hardware.kind,
+        description="No serving stack named: the hardware profile's efficiency as it stands.",
+        fitted_to={},
+    )
+
+
+_MERGED: dict[tuple[int, int], tuple[Efficiency, StackProfile, Efficiency]] = {}
+
+
+def _merged(efficiency: Efficiency, stack: StackProfile) -> Efficiency:
+    """``stack.apply(efficiency)``, computed once per pair (the model reads it every pass)."""
+    key = (id(efficiency), id(stack))
+    hit = _MERGED.get(key)
+    if hit is None or hit[0] is not efficiency or hit[1] is not stack:
+        if len(_MERGED) > 1024:
+            _MERGED.clear()
+        hit = _MERGED[key] = (efficiency, stack, stack.apply(efficiency))
+    return hit[2]
 
 
 class Deployment(BaseModel):
@@ -145,7 +245,12 @@ class Deployment(BaseModel):
     )
     network_rtt_s: float = Field(default=0.0, ge=0, description="Client-endpoint round trip (s).")
     spec_decode: SpecDecode | None = Field(
-        default=None, description="Speculative decoding, if used."
+        default=None,
+        description="Speculative decoding, if used (builders default it from the stack).",
+    )
+    stack: StackProfile = Field(
+        default=None,  # type: ignore[assignment]  # `_default_stack` fills it before validation
+        description="The serving stack; default the hardware's `default_stack`.",
     )
     ep: int = Field(
         default=1,
@@ -159,9 +264,29 @@ class Deployment(BaseModel):
         "whole and the KV cache of its own requests; no attention all-reduce (needs ep = tp).",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_stack(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("stack") is None:
+            hw = data.get("hardware")
+            if isinstance(hw, HardwareProfile):
+                stack = load_stack(hw.default_stack) if hw.default_stack else base_stack(hw)
+                data = {**data, "stack": stack}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> Deployment:
         hw, m = self.hardware, self.model
+        if not self.stack.applies_to(hw):
+            raise ConfigError(
+                f"stack {self.stack.name!r} runs on {self.stack.kind} hardware "
+                f"({', '.join(self.stack.hardware) or 'any'}), not on {hw.name} ({hw.kind})"
+            )
+        if hw.kind == "wafer" and self.efficiency.layer_latency_s <= 0:
+            raise ConfigError(
+                f"{hw.name} needs a stack with efficiency.layer_latency_s > 0 "
+                f"(stack {self.stack.name!r} has none)"
+            )
         if hw.spreads_layers and self.tp != 1:
             raise ConfigError(f"{hw.name} splits a model by layers across chips: use pp, not tp")
         if m.attention_heads % self.tp and not self.attention_dp:
@@ -198,12 +323,22 @@ class Deployment(BaseModel):
             )
         if self.ep > m.experts:
             raise ConfigError(f"ep={self.ep} exceeds the {m.experts} experts of {m.name}")
+        if m.experts % self.ep:
+            raise ConfigError(f"ep={self.ep} does not divide the {m.experts} experts of {m.name}")
         if self.attention_dp and self.ep != self.tp:
             raise ConfigError(
                 f"attention_dp needs ep = tp (got ep={self.ep}, tp={self.tp}): DP attention "
                 "hands each chip's tokens to the experts by all-to-all"
             )
         return self
+
+    @property
+    def efficiency(self) -> Efficiency:
+        """The hardware's efficiency with the stack's overrides: what the model reads."""
+        stack = self.stack
+        if not stack.efficiency:
+            return self.hardware.efficiency
+        return _merged(self.hardware.efficiency, stack)
 
     @property
     def chips(self) -> int:

@@ -136,7 +136,7 @@ class EmulatedEngine:
         """An engine on the smallest deployment of ``hardware`` that fits ``model``.
 
         ``options`` are those of `build_engine` (chips, tp, pp, precision, max_batch,
-        network_rtt_ms, spec_decode, seed, warm, jitter, ...).
+        network_rtt_ms, spec_decode, stack, ep, seed, warm, jitter, ...).
         """
         return build_engine(hardware, model=model, **options)  # type: ignore[arg-type]
 
@@ -272,6 +272,7 @@ class EmulatedEngine:
                 "attributes": {
                     "agentrt.deployment": self._described,
                     "agentrt.precision": dep.precision,
+                    "agentrt.stack": dep.stack.name,
                     "agentrt.engine.busy_s": busy,
                     "agentrt.engine.cold_start_s": cold_s,
                 },
@@ -290,6 +291,9 @@ def build_engine(
     max_batch: int = 256,
     network_rtt_ms: float = 0.0,
     spec_decode: str | None = None,
+    stack: str | None = None,
+    ep: int = 1,
+    spec_content: str | None = None,
     seed: int | None = None,
     warm: bool = True,
     cold_start_s: float | None = None,
@@ -299,6 +303,12 @@ def build_engine(
     name: str | None = None,
 ) -> EmulatedEngine:
     """An `EmulatedEngine` for a preset; every keyword is also a command-line option.
+
+    ``stack`` names the serving stack (default the hardware's ``default_stack``; its weight
+    precision and speculative decoding apply unless ``precision`` / ``spec_decode`` say
+    otherwise, ``spec_decode="off"`` turning speculation off); ``ep`` is the expert-parallel
+    degree; ``spec_content`` (``chat``, ``code``, ``reasoning``) picks the stack draft's
+    acceptance rate.
 
     Example:
         >>> engine = build_engine("h100", model="llama-3.1-8b", precision="fp8")
@@ -315,6 +325,9 @@ def build_engine(
         max_batch=max_batch,
         network_rtt_ms=network_rtt_ms,
         spec_decode=spec_decode,
+        stack=stack,
+        ep=ep,
+        spec_content=spec_content,
     )
     source = parse_content(content, seed=seed) if isinstance(content, str) else content
     return EmulatedEngine(

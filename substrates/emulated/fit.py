@@ -143,6 +143,14 @@ def _table(catalog: ProfileCatalog, kind: str) -> Mapping[str, BaseModel]:
     return table
 
 
+def _constraints(annotation: object) -> list[object]:
+    """The ``annotated_types`` constraints of a type argument (e.g. a table's value type)."""
+    found = list(getattr(annotation, "metadata", ()))
+    for meta in getattr(annotation, "__metadata__", ()):  # Annotated[float, Field(le=1)]
+        found += list(getattr(meta, "metadata", ())) or [meta]
+    return found
+
+
 def _walk(catalog: ProfileCatalog, path: str) -> tuple[object, list[object]]:
     """The value at ``path``, and the constraints (``annotated_types``) its field declares.
 
@@ -162,7 +170,7 @@ def _walk(catalog: ProfileCatalog, path: str) -> tuple[object, list[object]]:
         if isinstance(node, BaseModel) and part in type(node).model_fields:
             info = type(node).model_fields[part]
             rules = list(info.metadata) + [
-                m for arg in get_args(info.annotation)[1:] for m in getattr(arg, "metadata", ())
+                m for arg in get_args(info.annotation)[1:] for m in _constraints(arg)
             ]
             node = getattr(node, part)
         elif isinstance(node, Mapping) and part in node:

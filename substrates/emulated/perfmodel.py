@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agentrt.errors import ConfigError
-from substrates.emulated import families, moe
+from substrates.emulated import families, moe, speculative
 from substrates.emulated.comm import ACTIVATION_BYTES, allreduce_s, hop_s, pipeline_hops_s
 from substrates.emulated.deployment import (
     BYTES_PER_VALUE,
@@ -66,7 +66,7 @@ class WaferPipeline:
     Attributes:
         wafers: wafers (systems) the layers are split across.
         layers_per_wafer: layers on the most loaded wafer.
-        cores_per_layer: mesh cores holding one layer's active weights.
+        cores_per_layer: mesh cores (LPU: chips) holding one layer's weights.
         layer_latency_s: one token across one layer.
         hop_s: one token's hand-off between two wafers.
         token_latency_s: one token through all layers (hops are in `pipeline_hops_s`).
@@ -122,12 +122,12 @@ def _flops(dep: Deployment, tokens: float, attended: float) -> float:
 
 def _rates(dep: Deployment, *, ideal: bool) -> tuple[float, float]:
     """Memory bytes/s and matrix flop/s of one chip: peak (ideal) or achieved."""
-    hw = dep.hardware
+    hw, eff = dep.hardware, dep.efficiency
     bw = hw.memory_bandwidth_tb_per_s * _TERA
     flops = hw.peak_tflops(dep.precision) * _TERA
     if ideal:
         return bw, flops
-    return bw * hw.efficiency.bandwidth_efficiency, flops * hw.efficiency.flop_efficiency
+    return bw * eff.bandwidth_efficiency, flops * eff.flop_efficiency
 
 
 def _pass(
@@ -141,11 +141,14 @@ def _pass(
 
     GPU: weights and KV cache stream once, split over ``tp`` chips and summed over the ``pp``
     stages the pass crosses in turn; math splits over ``tp``. Traffic and math add (no
-    overlap): the fit prefers it by far (docs/performance-model.md). Wafer: a token's latency
-    crosses every layer; each further token adds its math; SRAM traffic is a floor.
-    ``requests`` (default: one per token) matter only to DP attention, which splits them.
+    overlap): the fit prefers it by far (docs/performance-model.md). A stack may hide a share
+    of the tensor-parallel communication under that work (``comm_overlap_fraction``). Wafer:
+    a token's latency crosses every layer; each further token adds its math; SRAM traffic is a
+    floor. MoE terms (expert parallelism, routing, DP attention) come from
+    `substrates.emulated.moe`. ``requests`` (default: one per token) matter only to DP
+    attention, which splits them.
     """
-    hw = dep.hardware
+    hw, eff = dep.hardware, dep.efficiency
     bw, flop_rate = _rates(dep, ideal=False)
     weights = _weights_read_bytes(dep, tokens)
     kv = kv_positions * dep.model.kv_values_per_token_per_layer * BYTES_PER_VALUE[dep.kv_dtype]
@@ -159,22 +162,23 @@ def _pass(
         kv_chip, chip_flops = moe.dp_attention_load(dep, tokens, attended, kv, requests or tokens)
         t_math = chip_flops / flop_rate
     t_mem = families.memory_read_s(dep, moe.chip_weight_bytes(dep, tokens), kv_chip, bw)
-    work = t_mem + t_math + hw.efficiency.iteration_overhead_s
+    work = t_mem + t_math + eff.iteration_overhead_s
     work += families.pipeline_fill_s(dep, tokens)
+    # -- communication: two all-reduces per layer (Megatron), then stage hand-offs --
     message = tokens * dep.model.hidden_size * ACTIVATION_BYTES
-    tp_comm = moe.allreduces_per_pass(dep) * allreduce_s(hw, dep.tp, message)  # 2/layer dense
+    tp_comm = moe.allreduces_per_pass(dep) * allreduce_s(hw, dep.tp, message, eff)  # 2/layer
+    tp_comm -= eff.comm_overlap_fraction * min(tp_comm, work)
     return StepTime(work, tp_comm + moe.moe_comm_s(dep, tokens) + hops)
 
 
 def wafer_pipeline(dep: Deployment) -> WaferPipeline:
     """The layer pipeline of a wafer-scale (or LPU) deployment.
 
-    A layer's active weights fill ``cores = bytes / sram_per_core`` mesh cores (on an LPU: all
-    its weights fill ``bytes / sram_per_chip`` chips, `families.layer_region_units`); a token's
-    dependent matrix-vector products cross that region, so a layer takes
-    ``layer_latency + mesh_hop * sqrt(cores)``. A token's latency sums the layers (plus the
-    inter-wafer hops); other requests' tokens occupy other layers meanwhile, so concurrency
-    costs only their math until the KV cache is full.
+    A layer takes `families.wafer_layer_s`: on a wafer a fixed per-layer latency, reductions
+    that grow with the model width and the layer's weights over its region's SRAM bandwidth
+    (an LPU: ``layer_latency + mesh_hop * sqrt(chips)``). A token's latency sums the layers
+    (plus the inter-wafer hops); other requests' tokens occupy other layers meanwhile, so
+    concurrency costs only their math until the KV cache is full.
 
     Args:
         dep: a deployment on wafer-scale hardware.
@@ -188,9 +192,9 @@ def wafer_pipeline(dep: Deployment) -> WaferPipeline:
     hw, m = dep.hardware, dep.model
     if not hw.spreads_layers:
         raise ConfigError(f"{hw.name} is not a wafer-scale engine or an LPU")
-    eff = hw.efficiency
+    eff = dep.efficiency
     cores = families.layer_region_units(dep)
-    layer = eff.layer_latency_s + eff.mesh_hop_s * math.sqrt(cores)
+    layer = families.wafer_layer_s(dep)
     _, flop_rate = _rates(dep, ideal=False)
     return WaferPipeline(
         wafers=dep.pp,
@@ -225,19 +229,19 @@ def prefill(
 
 
 def _decode_step(dep: Deployment, batch: int, attended: float) -> StepTime:
-    """One decode iteration, or one speculative step, of ``batch`` requests."""
+    """One decode iteration, or one speculative cycle, of ``batch`` requests.
+
+    A cycle: ``k`` draft passes (`speculative.draft_deployment`, the same roofline) and one
+    target pass over ``k + 1`` tokens per request, which advances ``E`` tokens on average.
+    """
     spec = dep.spec_decode
-    plain = _pass(dep, batch, attended, attended)
     if spec is None:
-        return plain
+        return _pass(dep, batch, attended, attended)
     k = spec.draft_tokens
     verify = _pass(dep, batch * (k + 1), attended * (k + 1), attended, batch)
-    if spec.draft_model is not None:
-        draft_dep = dep.model_copy(update={"model": spec.draft_model, "spec_decode": None})
-        draft_attended = attended * spec.draft_model.layers / dep.model.layers
-        draft = _pass(draft_dep, batch, draft_attended, draft_attended)
-    else:
-        draft = StepTime(plain.work_s * spec.draft_cost_fraction, 0.0)
+    draft_dep = speculative.draft_deployment(dep)
+    draft_attended = attended * draft_dep.model.layers / dep.model.layers
+    draft = _pass(draft_dep, batch, draft_attended, draft_attended)
     return StepTime(
         work_s=verify.work_s + k * draft.work_s,
         comm_s=verify.comm_s + k * draft.comm_s,

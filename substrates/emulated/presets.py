@@ -2,7 +2,7 @@
 
 Every preset takes a model (default llama-3.1-70b) and the same overrides, from code, from the
 command line (``--model``, ``--chips``, ``--tp``, ``--pp``, ``--precision``, ``--max-batch``,
-``--network-rtt-ms``, ``--spec-decode``) or from ``-o key=value``.
+``--network-rtt-ms``, ``--spec-decode``, ``--stack``, ``--ep``) or from ``-o key=value``.
 """
 
 from __future__ import annotations

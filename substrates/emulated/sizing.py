@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 from agentrt.errors import BadResponse, ConfigError, DoesNotFitError
 from substrates.emulated import moe
@@ -21,11 +22,19 @@ from substrates.emulated.deployment import (
     parse_precision,
 )
 from substrates.emulated.profiles import (
+    ContentKind,
     HardwareProfile,
     ModelProfile,
     Precision,
-    load_hardware,
-    load_model,
+    ProfileCatalog,
+    StackProfile,
+    load_catalog,
+)
+from substrates.emulated.stacks import (
+    parse_content_kind,
+    parse_spec_option,
+    resolve_stack,
+    stack_spec_decode,
 )
 
 __all__ = [
@@ -78,7 +87,7 @@ def _available_bytes(dep: Deployment, *, offchip: bool = False) -> float:
     """Usable memory of all chips: the fast tier, plus the off-chip tier (RDU DDR) if asked."""
     hw = dep.hardware
     per_chip = hw.memory_gb + ((hw.offchip_memory_gb or 0.0) if offchip else 0.0)
-    return dep.chips * per_chip * _GB * hw.efficiency.memory_usable_fraction
+    return dep.chips * per_chip * _GB * dep.efficiency.memory_usable_fraction
 
 
 def memory_need(dep: Deployment, kv_tokens: int | None = None) -> MemoryNeed:
@@ -138,7 +147,9 @@ def check_fits(dep: Deployment, kv_tokens: int | None = None) -> None:
     hw, m = dep.hardware, dep.model
     advice = "a smaller model or a lower precision"
     try:
-        bigger = size_deployment(hw, m, precision=dep.precision, kv_tokens=need.kv_tokens)
+        bigger = size_deployment(
+            hw, m, precision=dep.precision, kv_tokens=need.kv_tokens, stack=dep.stack
+        )
     except DoesNotFitError:
         pass
     else:
@@ -150,7 +161,7 @@ def check_fits(dep: Deployment, kv_tokens: int | None = None) -> None:
         f"{m.name} in {dep.precision} needs {_gb(need.needed_bytes)} (weights "
         f"{_gb(need.weights_bytes)} + KV cache {_gb(need.kv_bytes)} for {need.kv_tokens:,} "
         f"tokens) but {hw.name} x{dep.chips} has {_gb(need.available_bytes)} usable "
-        f"({_gb(raw)} x {hw.efficiency.memory_usable_fraction:g}); use {advice}"
+        f"({_gb(raw)} x {dep.efficiency.memory_usable_fraction:g}); use {advice}"
     )
 
 
@@ -180,7 +191,11 @@ def size_deployment(
     kv_tokens: int | None = None,
     max_batch: int = 256,
     network_rtt_s: float = 0.0,
-    spec_decode: SpecDecode | None = None,
+    spec_decode: SpecDecode | Literal["stack"] | None = "stack",
+    stack: StackProfile | None = None,
+    ep: int = 1,
+    content: ContentKind | None = None,
+    catalog: ProfileCatalog | None = None,
 ) -> Deployment:
     """The smallest deployment of ``model`` on ``hardware`` that fits weights plus KV cache.
 
@@ -190,12 +205,18 @@ def size_deployment(
     Args:
         hardware: the chips.
         model: the model.
-        precision: weight precision; default the model's native one.
+        precision: weight precision; default the stack's (``weight_precision``), else the
+            model's native one.
         chips: use exactly this many chips (still checked).
         kv_tokens: KV tokens one request must be able to hold; default min(context, 8192).
         max_batch: most requests decoded together.
         network_rtt_s: client-endpoint round trip.
-        spec_decode: speculative decoding, if used.
+        spec_decode: speculative decoding; ``"stack"`` (default) = what the stack ships for
+            this model, None = off.
+        stack: the serving stack; default the hardware's ``default_stack``.
+        ep: expert-parallel degree (MoE models).
+        content: the kind of text generated; picks the stack draft's acceptance rate.
+        catalog: where to find the stack and a draft model; default the built-in profiles.
 
     Returns:
         The deployment.
@@ -206,6 +227,10 @@ def size_deployment(
     """
     if chips is not None and chips < 1:
         raise ConfigError(f"chips must be at least 1, got {chips}")
+    stack = stack or resolve_stack(hardware, None, catalog)
+    spec = (
+        stack_spec_decode(stack, model, content, catalog) if spec_decode == "stack" else spec_decode
+    )
 
     def layout(tp: int, pp: int) -> Deployment:
         return Deployment(
@@ -213,14 +238,18 @@ def size_deployment(
             model=model,
             tp=tp,
             pp=pp,
-            precision=precision or model.native_precision,
+            precision=precision or stack.weight_precision or model.native_precision,
             max_batch=max_batch,
             context_tokens=kv_tokens,
             network_rtt_s=network_rtt_s,
-            spec_decode=spec_decode,
+            spec_decode=spec,
+            stack=stack,
+            ep=ep,
         )
 
-    layouts = _layouts(hardware, model, chips)
+    layouts = [(tp, pp) for tp, pp in _layouts(hardware, model, chips) if tp * pp >= ep]
+    if not layouts:
+        raise ConfigError(f"--ep {ep} needs at least {ep} chips; --chips {chips} is fewer")
     if hardware.kind == "lpu" and chips is None:  # hundreds of chips: divide bytes at once
         need = memory_need(layout(1, 1))
         least = max(1, math.ceil(need.needed_bytes / need.available_bytes))
@@ -252,18 +281,30 @@ def build_deployment(
     max_batch: int = 256,
     network_rtt_ms: float = 0.0,
     spec_decode: str | None = None,
+    stack: str | None = None,
+    ep: int = 1,
+    spec_content: str | None = None,
 ) -> Deployment:
     """A deployment of ``model`` on ``hardware``: the smallest that fits, or the layout given.
+
+    ``stack`` names the serving stack (default the hardware's); ``spec_decode`` is
+    ``K:A[:eagle|mtp|MODEL]``, or ``off`` to turn off the stack's default speculation;
+    ``spec_content`` (``chat``, ``code``, ``reasoning``) picks the stack draft's acceptance.
 
     Raises:
         DoesNotFitError: the model (plus one request's KV cache) does not fit; the message says
             what would.
         ConfigError: a bad option.
     """
-    hw = load_hardware(hardware)
-    m = load_model(model)
+    catalog = load_catalog()
+    hw = catalog.get_hardware(hardware)
+    m = catalog.get_model(model)
     prec = parse_precision(precision) if precision else None
-    spec = SpecDecode.parse(spec_decode) if spec_decode else None
+    stack_profile = resolve_stack(hw, stack, catalog)
+    content = parse_content_kind(spec_content) if spec_content else None
+    spec = parse_spec_option(spec_decode, stack_profile, m, content, catalog)
+    if ep < 1:
+        raise ConfigError(f"--ep must be at least 1, not {ep}")
     if network_rtt_ms < 0:
         raise ConfigError(f"network_rtt_ms must be >= 0, got {network_rtt_ms}")
     rtt = network_rtt_ms / 1000
@@ -276,6 +317,10 @@ def build_deployment(
             max_batch=max_batch,
             network_rtt_s=rtt,
             spec_decode=spec,
+            stack=stack_profile,
+            ep=ep,
+            content=content,
+            catalog=catalog,
         )
     if hw.kind == "wafer" and tp not in (None, 1):
         raise ConfigError(
@@ -291,11 +336,17 @@ def build_deployment(
         model=m,
         tp=tp_,
         pp=pp_,
-        precision=prec or m.native_precision,
+        precision=prec or stack_profile.weight_precision or m.native_precision,
         max_batch=max_batch,
         network_rtt_s=rtt,
-        spec_decode=spec,
+        spec_decode=None if spec == "stack" else spec,
+        stack=stack_profile,
+        ep=ep,
     )
+    if spec == "stack":
+        dep = dep.model_copy(
+            update={"spec_decode": stack_spec_decode(stack_profile, m, content, catalog)}
+        )
     check_fits(dep)
     return dep
 

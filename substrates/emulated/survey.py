@@ -16,7 +16,7 @@ from agentrt import InferenceRequest, InferenceResult, VirtualClock, run
 from agentrt.errors import DoesNotFitError
 from substrates.emulated.engine import EmulatedEngine
 from substrates.emulated.presets import PRESETS
-from substrates.emulated.profiles import load_hardware, load_model, model_names
+from substrates.emulated.profiles import load_catalog, load_hardware, load_model, model_names
 from substrates.emulated.sizing import size_deployment
 
 __all__ = ["predict_shape", "preset_fits"]
@@ -58,9 +58,15 @@ def predict_shape(
 
     tpot = median("tpot_s")
     e2e = statistics.median(r.timing.e2e_s for r in results)
+    dep = engine.deployment
+    spec = dep.spec_decode
     return {
         "model": engine.model,
-        "deployment": engine.deployment.describe(),
+        "deployment": dep.describe(),
+        "stack": dep.stack.name,
+        "speculation": None
+        if spec is None
+        else f"{spec.draft} k={spec.draft_tokens} acceptance={spec.acceptance_rate:g}",
         "chips": engine.chips,
         "concurrency": concurrency,
         "prompt_tokens": prompt_tokens,
@@ -76,14 +82,15 @@ def predict_shape(
 
 
 def preset_fits(names: Sequence[str]) -> list[dict[str, Any]]:
-    """Each preset's hardware figures and, per model profile, the chips it needs (or not).
+    """Each preset's hardware figures, stacks and, per model profile, the chips it needs.
 
     Example:
         >>> [row] = preset_fits(["wse3"])
-        >>> row["kind"], row["models"]["llama-3.1-70b"]
-        ('wafer', '4 (bf16)')
+        >>> row["kind"], row["default_stack"], row["models"]["llama-3.1-70b"]
+        ('wafer', 'cs-current', '4 (bf16)')
     """
     presets: list[dict[str, Any]] = []
+    catalog = load_catalog()
     for name in names:
         hw = load_hardware(PRESETS[name])
         fits: dict[str, str] = {}
@@ -103,6 +110,8 @@ def preset_fits(names: Sequence[str]) -> list[dict[str, Any]]:
                 "memory_bandwidth_tb_per_s": hw.memory_bandwidth_tb_per_s,
                 "chips_per_node": hw.chips_per_node,
                 "power_w_per_chip": hw.power_w,
+                "default_stack": hw.default_stack,
+                "stacks": [s.name for s in catalog.stacks_for(hw)],
                 "models": fits,
             }
         )

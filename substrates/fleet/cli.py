@@ -108,6 +108,8 @@ def load_command(
     max_batch: opt.MaxBatch = None,
     network_rtt_ms: opt.NetworkRttMs = None,
     spec_decode: opt.SpecDecode = None,
+    stack: opt.Stack = None,
+    ep: opt.Ep = None,
     option: opt.Options = None,
     faults: opt.Faults = None,
     slo_s: Annotated[
@@ -141,6 +143,8 @@ def load_command(
             max_batch=max_batch,
             network_rtt_ms=network_rtt_ms,
             spec_decode=spec_decode,
+            stack=stack,
+            ep=ep,
         )
         if plot is not None and not sweep:
             raise ConfigError("--plot draws the --sweep curves; add --sweep")

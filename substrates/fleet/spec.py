@@ -5,7 +5,7 @@ A spec names each route's registered substrate, its options and optional faults,
     policy: slo                 # first | slo | least-time | cost | weighted
     routes:                     # in fail-over order
       wse3: {substrate: wse3}
-      h100: {substrate: h100, options: {max_batch: 64}, faults: "errors=0.1"}
+      h100: {substrate: h100, options: {max_batch: 64, stack: trtllm}, faults: "errors=0.1"}
     by_slo: {interactive: wse3}
     by_kind: {answer: wse3}
     default: h100

@@ -60,6 +60,8 @@ def serve_command(
     max_batch: opt.MaxBatch = None,
     network_rtt_ms: opt.NetworkRttMs = None,
     spec_decode: opt.SpecDecode = None,
+    stack: opt.Stack = None,
+    ep: opt.Ep = None,
     option: opt.Options = None,
     seed: opt.Seed = opt.SEED_DEFAULT,
     host: Annotated[str, typer.Option(metavar="ADDR", help="Address to listen on.")] = "127.0.0.1",
@@ -136,6 +138,8 @@ def serve_command(
             max_batch=max_batch,
             network_rtt_ms=network_rtt_ms,
             spec_decode=spec_decode,
+            stack=stack,
+            ep=ep,
         )
     except AgentrtError as exc:
         raise _fail(str(exc)) from None

@@ -1,8 +1,9 @@
-"""Hardware and model profiles: validated data, lazily loaded from sourced TOML files.
+"""Hardware, model and serving-stack profiles: validated data, lazily loaded from TOML files.
 
 This module finds and loads them (the search path, the TOML files, the cached catalog and
-lookups); their schema (pydantic models) is `substrates.emulated.profiles.schema`, re-exported
-here. The data: ``hardware/*.toml`` and ``models/*.toml`` beside this file.
+lookups); their schema (pydantic models) is `substrates.emulated.profiles.schema` and
+`substrates.emulated.profiles.stack`, re-exported here. The data: ``hardware/*.toml``,
+``models/*.toml`` and ``stacks/*.toml`` beside this file.
 """
 
 from __future__ import annotations
@@ -26,24 +27,31 @@ from substrates.emulated.profiles.schema import (
     TokenPrice,
     _Frozen,
 )
+from substrates.emulated.profiles.stack import ContentKind, DraftKind, Speculation, StackProfile
 
 __all__ = [
     "BUILTIN_PROFILE_DIR",
     "PROFILE_PATH_ENV",
+    "ContentKind",
+    "DraftKind",
     "Efficiency",
     "HardwareKind",
     "HardwareProfile",
     "ModelProfile",
     "Precision",
     "ProfileCatalog",
+    "Speculation",
+    "StackProfile",
     "TokenPrice",
     "clear_profile_cache",
     "hardware_names",
     "load_catalog",
     "load_hardware",
     "load_model",
+    "load_stack",
     "model_names",
     "profile_search_path",
+    "stack_names",
 ]
 
 #: Environment variable holding extra profile directories, separated by ``os.pathsep``.
@@ -53,7 +61,13 @@ PROFILE_PATH_ENV = "AGENTRT_PROFILE_PATH"
 BUILTIN_PROFILE_DIR = Path(__file__).resolve().parent
 
 
-_P = TypeVar("_P", HardwareProfile, ModelProfile)
+_P = TypeVar("_P", HardwareProfile, ModelProfile, StackProfile)
+_Profile = HardwareProfile | ModelProfile | StackProfile
+_KINDS: dict[str, type[_Profile]] = {
+    "hardware": HardwareProfile,
+    "model": ModelProfile,
+    "stack": StackProfile,
+}
 
 
 class ProfileCatalog(_Frozen):
@@ -61,6 +75,9 @@ class ProfileCatalog(_Frozen):
 
     hardware: dict[str, HardwareProfile] = Field(description="Hardware profiles by name.")
     models: dict[str, ModelProfile] = Field(description="Model profiles by name.")
+    stacks: dict[str, StackProfile] = Field(
+        default_factory=dict, description="Serving-stack profiles by name."
+    )
     files: dict[str, str] = Field(description="'kind:name' -> the file it was loaded from.")
 
     def get_hardware(self, name: str) -> HardwareProfile:
@@ -90,6 +107,40 @@ class ProfileCatalog(_Frozen):
             UnknownNameError: no such model; the message lists the known names.
         """
         return _lookup("model profile", name, self.models)
+
+    def get_stack(self, name: str, hardware: HardwareProfile | None = None) -> StackProfile:
+        """Look up a serving stack by name or alias, checked against ``hardware`` if given.
+
+        Args:
+            name: e.g. ``"cs-current"``, ``"vllm"`` (case-insensitive).
+            hardware: the hardware it must run on.
+
+        Returns:
+            The stack.
+
+        Raises:
+            UnknownNameError: no such stack; the message lists the stacks for ``hardware``
+                (or all), with the closest as a suggestion.
+            ConfigError: the stack exists but runs on other hardware.
+        """
+        fitting = sorted(
+            n for n, s in self.stacks.items() if hardware is None or s.applies_to(hardware)
+        )
+        try:
+            stack = _lookup("stack", name, self.stacks)
+        except UnknownNameError:
+            raise UnknownNameError("stack", name, fitting) from None  # did-you-mean among these
+        if hardware is not None and not stack.applies_to(hardware):
+            where = ", ".join(stack.hardware) or f"{stack.kind} hardware"
+            raise ConfigError(
+                f"stack {stack.name!r} runs on {where}, not on {hardware.name} "
+                f"({hardware.kind}); stacks for {hardware.name}: {', '.join(fitting) or 'none'}"
+            )
+        return stack
+
+    def stacks_for(self, hardware: HardwareProfile) -> tuple[StackProfile, ...]:
+        """Every stack that runs on ``hardware``, by name."""
+        return tuple(s for _, s in sorted(self.stacks.items()) if s.applies_to(hardware))
 
 
 def _lookup(kind: str, name: str, table: Mapping[str, _P]) -> _P:
@@ -127,12 +178,12 @@ def _profile_files(directory: Path) -> list[Path]:
             f"fix {PROFILE_PATH_ENV} or the search path you passed"
         )
     files = [*directory.glob("*.toml")]
-    for sub in ("hardware", "models"):
+    for sub in ("hardware", "models", "stacks"):
         files.extend((directory / sub).glob("*.toml"))
     return sorted(files)
 
 
-def _read_profile(path: Path) -> HardwareProfile | ModelProfile:
+def _read_profile(path: Path) -> _Profile:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
@@ -140,15 +191,11 @@ def _read_profile(path: Path) -> HardwareProfile | ModelProfile:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read profile: {exc}") from exc
     kind = data.get("profile")
-    cls: type[HardwareProfile | ModelProfile]
-    if kind == "hardware":
-        cls = HardwareProfile
-    elif kind == "model":
-        cls = ModelProfile
-    else:
+    cls = _KINDS.get(str(kind))
+    if cls is None:
         raise ConfigError(
-            f'{path}: field \'profile\' must be "hardware" or "model", got {kind!r}; '
-            'every profile file starts with profile = "hardware" or profile = "model"'
+            f'{path}: field \'profile\' must be "hardware", "model" or "stack", got {kind!r}; '
+            'every profile file starts with profile = "hardware", "model" or "stack"'
         )
     try:
         return cls.model_validate(data)
@@ -167,6 +214,7 @@ def _describe(loc: tuple[int | str, ...], msg: str) -> str:
 def _catalog_for(search_path: tuple[Path, ...]) -> ProfileCatalog:
     hardware: dict[str, HardwareProfile] = {}
     models: dict[str, ModelProfile] = {}
+    stacks: dict[str, StackProfile] = {}
     files: dict[str, str] = {}
     for directory in search_path:
         seen_here: dict[str, Path] = {}
@@ -184,9 +232,11 @@ def _catalog_for(search_path: tuple[Path, ...]) -> ProfileCatalog:
             files[key] = str(path)
             if isinstance(profile, HardwareProfile):
                 hardware[profile.name.lower()] = profile
+            elif isinstance(profile, StackProfile):
+                stacks[profile.name.lower()] = profile
             else:
                 models[profile.name.lower()] = profile
-    return ProfileCatalog(hardware=hardware, models=models, files=files)
+    return ProfileCatalog(hardware=hardware, models=models, stacks=stacks, files=files)
 
 
 def load_catalog(search_path: Sequence[str | os.PathLike[str]] = ()) -> ProfileCatalog:
@@ -247,6 +297,41 @@ def load_model(name: str, *, search_path: Sequence[str | os.PathLike[str]] = ())
         ConfigError: a profile file on the path is malformed.
     """
     return load_catalog(search_path).get_model(name)
+
+
+def load_stack(
+    name: str,
+    *,
+    hardware: HardwareProfile | None = None,
+    search_path: Sequence[str | os.PathLike[str]] = (),
+) -> StackProfile:
+    """Look up a serving stack by name or alias (``cs-current``, ``cs-2024-08``, ``vllm``, ...).
+
+    Args:
+        name: the stack's name or one of its aliases, case-insensitive.
+        hardware: check that the stack runs on this hardware.
+        search_path: extra directories to search first.
+
+    Returns:
+        The stack.
+
+    Raises:
+        UnknownNameError: no stack of that name; the message lists those for ``hardware``.
+        ConfigError: the stack runs on other hardware, or a profile file is malformed.
+    """
+    return load_catalog(search_path).get_stack(name, hardware)
+
+
+def stack_names(search_path: Sequence[str | os.PathLike[str]] = ()) -> tuple[str, ...]:
+    """Names of every serving stack on the search path, sorted.
+
+    Args:
+        search_path: extra directories to search first.
+
+    Returns:
+        The names (aliases not included).
+    """
+    return tuple(sorted(load_catalog(search_path).stacks))
 
 
 def hardware_names(search_path: Sequence[str | os.PathLike[str]] = ()) -> tuple[str, ...]:

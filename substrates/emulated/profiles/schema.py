@@ -25,6 +25,8 @@ HardwareKind = Literal["gpu", "hbm", "wafer", "lpu", "rdu", "fpga"]
 
 #: Number formats the performance model knows; fp16 and int8/int4 map onto these (same bytes).
 Precision = Literal["bf16", "fp8", "fp4"]
+#: What a model mostly writes; a speculative draft's acceptance rate depends on it.
+ContentKind = Literal["chat", "code", "reasoning"]
 
 _Positive = Annotated[float, Field(gt=0)]
 _Fraction = Annotated[float, Field(gt=0, le=1)]
@@ -144,6 +146,30 @@ class Efficiency(_Frozen):
         description="Fixed latency per routed expert a pass touches, per MoE layer (RDU: each "
         "expert is a separate weight stream from HBM).",
     )
+    reduction_s_per_width: float = Field(
+        default=0.0,
+        ge=0,
+        description="Wafer: latency per unit of model width d of one layer's on-wafer "
+        "reductions and broadcasts (they cross a region whose side grows with d).",
+    )
+    moe_layer_latency_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Wafer: the extra dependent stages of a mixture-of-experts layer (router, "
+        "top-k, dispatch to the experts' cores, combine), per MoE layer.",
+    )
+    custom_allreduce_latency_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="GPU: latency floor of the stack's own one-shot/two-shot all-reduce kernel "
+        "over NVLink (0 = NCCL only).",
+    )
+    comm_overlap_fraction: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="GPU: share of the tensor-parallel communication hidden under compute.",
+    )
     fitted_to: dict[str, str] = Field(
         description="For each parameter: the CSV rows or measurements it was fitted to."
     )
@@ -217,6 +243,11 @@ class HardwareProfile(_Frozen):
         default_factory=dict, description="Published per-token prices by model name."
     )
     efficiency: Efficiency = Field(description="Fitted and assumed model parameters.")
+    default_stack: str | None = Field(
+        default=None,
+        description="Serving stack used when none is named (a file in profiles/stacks/); "
+        "None = the hardware's own efficiency table, no stack overrides.",
+    )
     sources: dict[str, str] = Field(description="Where each number comes from, by field name.")
 
     @model_validator(mode="after")
@@ -226,8 +257,6 @@ class HardwareProfile(_Frozen):
         if self.kind == "wafer":
             if self.cores is None:
                 raise ValueError("a wafer profile needs 'cores' (the mesh size)")
-            if self.efficiency.mesh_hop_s <= 0:
-                raise ValueError("a wafer profile needs efficiency.mesh_hop_s > 0")
         elif self.kind == "lpu":
             if self.efficiency.mesh_hop_s <= 0 or self.efficiency.layer_latency_s <= 0:
                 raise ValueError(
@@ -294,6 +323,11 @@ class ModelProfile(_Frozen):
     vocab_size: int = Field(ge=1, description="Tokenizer vocabulary.")
     experts: int | None = Field(default=None, ge=2, description="Routed experts per MoE layer.")
     experts_active: int | None = Field(default=None, ge=1, description="Routed experts per token.")
+    content: ContentKind = Field(
+        default="chat",
+        description="What the model mostly writes: 'reasoning' for models that think aloud "
+        "before answering (their text is harder to draft), else 'chat'.",
+    )
     moe_layers: int | None = Field(
         default=None,
         ge=1,

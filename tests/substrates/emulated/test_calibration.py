@@ -16,7 +16,7 @@ from substrates.emulated.calibration import (
     format_table,
     predict_point,
 )
-from substrates.emulated.profiles import load_catalog, load_hardware, load_model
+from substrates.emulated.profiles import load_catalog, load_hardware, load_model, load_stack
 
 SOURCE_COLUMNS = [
     "row",
@@ -151,6 +151,12 @@ def test_fitted_parameters_name_exactly_the_points_marked_fit(calibration):
     }
     assert named["h100"] == fit_by_chip["H100 SXM"] | fit_by_chip["H200"]
     assert named["b200"] == fit_by_chip["B200"]
+    # the wafer's per-layer and speculation parameters live in its stacks (cs-2024-08,
+    # cs-current), which name their rows the same way
+    wafer_stacks = catalog.stacks_for(catalog.get_hardware("wse3"))
+    assert {s.name for s in wafer_stacks} == {"cs-2024-08", "cs-current"}
+    for stack in wafer_stacks:
+        named["wse3"] |= set().union(*(_rows_named(t) for t in stack.fitted_to.values()))
     assert named["wse3"] == fit_by_chip["WSE-3"]
 
 
@@ -174,7 +180,9 @@ def test_unknown_metric_is_refused():
 def test_wse3_to_h100_per_user_speed_ratio_sits_in_the_published_range():
     """Llama 3.1 70B, one user: Cerebras 450 tok/s (row 2) against GPU clouds of the same
     weeks: 128 (best H100 instance, row 34), 71 (Fireworks, row 30), 49 (OctoAI, row 32)."""
-    wse3 = size_deployment(load_hardware("wse3"), load_model("llama-3.1-70b"))
+    wse3 = size_deployment(  # the stack of those weeks: the August 2024 launch
+        load_hardware("wse3"), load_model("llama-3.1-70b"), stack=load_stack("cs-2024-08")
+    )
     best_h100_node = Deployment(
         hardware=load_hardware("h100"), model=load_model("llama-3.1-70b"), tp=8, precision="fp8"
     )

@@ -44,8 +44,12 @@ FAST = settings(max_examples=60, deadline=None)
 
 
 def _sized(hw: str, model: str, precision: str) -> Deployment:
+    """Plain decoding (no stack speculation): the physics these properties are about."""
     return size_deployment(
-        CATALOG.get_hardware(hw), CATALOG.get_model(model), precision=parse_precision(precision)
+        CATALOG.get_hardware(hw),
+        CATALOG.get_model(model),
+        precision=parse_precision(precision),
+        spec_decode=None,
     )
 
 

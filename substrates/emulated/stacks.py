@@ -1,0 +1,89 @@
+"""Serving stacks at build time: which stack a deployment uses and what it turns on.
+
+`resolve_stack` picks the stack named (checked against the hardware) or the hardware's
+default; `stack_spec_decode` is the speculative decoding the stack ships for a model;
+`parse_spec_option` reads ``--spec-decode`` (absent = the stack's, ``off`` = none).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from agentrt.errors import ConfigError
+from substrates.emulated.deployment import SpecDecode, base_stack, default_spec_decode
+from substrates.emulated.profiles import (
+    ContentKind,
+    HardwareProfile,
+    ModelProfile,
+    ProfileCatalog,
+    StackProfile,
+    load_catalog,
+)
+
+__all__ = ["parse_content_kind", "parse_spec_option", "resolve_stack", "stack_spec_decode"]
+
+
+def resolve_stack(
+    hardware: HardwareProfile, name: str | None, catalog: ProfileCatalog | None = None
+) -> StackProfile:
+    """The stack named (checked against ``hardware``), or the hardware's default.
+
+    Raises:
+        UnknownNameError: no such stack; the message lists those for ``hardware``.
+        ConfigError: the stack runs on other hardware.
+    """
+    profiles = catalog or load_catalog()
+    if name:
+        return profiles.get_stack(name, hardware)
+    if hardware.default_stack:
+        return profiles.get_stack(hardware.default_stack, hardware)
+    return base_stack(hardware)
+
+
+def stack_spec_decode(
+    stack: StackProfile,
+    model: ModelProfile,
+    content: ContentKind | None = None,
+    catalog: ProfileCatalog | None = None,
+) -> SpecDecode | None:
+    """The speculation ``stack`` ships for ``model`` (its draft model looked up), or None."""
+    spec = stack.speculation
+    draft = None
+    if spec is not None and spec.draft_model is not None:
+        draft = (catalog or load_catalog()).get_model(spec.draft_model)
+    return default_spec_decode(stack, model, content, draft)
+
+
+_CONTENT_KINDS: tuple[ContentKind, ...] = ("chat", "code", "reasoning")
+
+
+def parse_content_kind(text: str) -> ContentKind:
+    """``chat``, ``code`` or ``reasoning`` (what the acceptance rate of a draft depends on).
+
+    Raises:
+        ConfigError: another word.
+    """
+    for kind in _CONTENT_KINDS:
+        if text.strip().lower() == kind:
+            return kind
+    raise ConfigError(f"spec_content must be one of {', '.join(_CONTENT_KINDS)}, got {text!r}")
+
+
+def parse_spec_option(
+    text: str | None,
+    stack: StackProfile,
+    model: ModelProfile,
+    content: ContentKind | None,
+    catalog: ProfileCatalog,
+) -> SpecDecode | Literal["stack"] | None:
+    """``--spec-decode``: absent = the stack's default, ``off`` = none, else ``K:A[:DRAFT]``."""
+    if text is None or not text.strip():
+        return "stack"
+    if text.strip().lower() in ("off", "none", "0"):
+        return None
+    parts = text.split(":")
+    draft = None
+    if len(parts) == 3 and parts[2].strip().lower() not in ("eagle", "mtp", "model"):
+        draft = catalog.get_model(parts[2].strip())
+        text = ":".join(parts[:2])
+    return SpecDecode.parse(text, draft_model=draft)
