@@ -9,7 +9,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agentrt.errors import ConfigError
 from substrates.emulated.profiles import (
-    ContentKind,
     DraftKind,
     Efficiency,
     HardwareProfile,
@@ -26,7 +25,6 @@ __all__ = [
     "SpecDecode",
     "attended_positions",
     "base_stack",
-    "default_spec_decode",
     "kv_bytes",
     "kv_bytes_per_token",
     "kv_shards",
@@ -139,49 +137,6 @@ class SpecDecode(BaseModel):
         """Tokens the target advances per verification step, on average."""
         a, k = self.acceptance_rate, self.draft_tokens
         return float(k + 1) if a >= 1.0 else (1.0 - float(a ** (k + 1))) / (1.0 - a)
-
-
-def default_spec_decode(
-    stack: StackProfile,
-    model: ModelProfile,
-    content: ContentKind | None = None,
-    draft_model: ModelProfile | None = None,
-) -> SpecDecode | None:
-    """The speculative decoding ``stack`` ships for ``model`` on ``content``, or None.
-
-    Args:
-        stack: the serving stack.
-        model: the target model.
-        content: the kind of text generated (``chat``, ``code``, ``reasoning``); it picks the
-            acceptance rate (``chat``'s when the stack gives none for it). Default: the
-            model's own (``reasoning`` for models that think aloud).
-        draft_model: the draft's profile when the stack drafts with a separate model.
-
-    Returns:
-        The configuration, or None when the stack does not speculate on this model.
-    """
-    if content is None:
-        content = model.content
-    spec = stack.speculation
-    if spec is None:
-        return None
-    draft = spec.draft
-    if model.is_moe and not spec.moe:
-        return None
-    if spec.models:
-        names = {model.name.lower(), *(a.lower() for a in model.aliases)}
-        kinds = [kind for name, kind in spec.models.items() if name.lower() in names]
-        if not kinds:
-            return None
-        draft = kinds[0]
-    if draft == "model" and draft_model is None:
-        raise ConfigError(f"stack {stack.name!r} drafts with {spec.draft_model}: pass its profile")
-    return SpecDecode(
-        draft_tokens=spec.draft_tokens,
-        acceptance_rate=spec.acceptance.get(content, spec.acceptance["chat"]),
-        draft=draft,
-        draft_model=draft_model if draft == "model" else None,
-    )
 
 
 def base_stack(hardware: HardwareProfile) -> StackProfile:

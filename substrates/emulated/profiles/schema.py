@@ -324,9 +324,7 @@ class ModelProfile(_Frozen):
     experts: int | None = Field(default=None, ge=2, description="Routed experts per MoE layer.")
     experts_active: int | None = Field(default=None, ge=1, description="Routed experts per token.")
     content: ContentKind = Field(
-        default="chat",
-        description="What the model mostly writes: 'reasoning' for models that think aloud "
-        "before answering (their text is harder to draft), else 'chat'.",
+        default="chat", description="What it mostly writes: 'reasoning' if it thinks aloud."
     )
     moe_layers: int | None = Field(
         default=None,
