@@ -11,6 +11,7 @@ import anyio
 from agentrt import current_clock
 from agentrt.errors import BadResponse
 from agentrt.substrate import InferenceRequest, InferenceResult, TokenChunk, Usage
+from agentrt.telemetry import semconv as sc
 from substrates.emulated.comm import network_s
 from substrates.emulated.content import (
     ContentSource,
@@ -248,6 +249,17 @@ class EmulatedEngine:
             usage = Usage(input_tokens=record.prompt_tokens, output_tokens=n)
             if len(self._usage) < 4096:
                 self._usage[record.prompt_tokens, n] = usage
+        attributes: dict[str, str | int | float] = {
+            "agentrt.deployment": self._described,
+            "agentrt.precision": dep.precision,
+            "agentrt.engine.busy_s": busy,
+            "agentrt.engine.cold_start_s": cold_s,
+        }
+        if dep.spec_decode is not None and n > 1:
+            # The stream's bursts, for the trace: one per verification cycle.
+            bursts = record.bursts
+            attributes[sc.SPEC_BURSTS] = bursts
+            attributes[sc.SPEC_TOKENS_PER_BURST] = (n - 1) / bursts
         # One validation of the whole result, the timing included as a mapping: the same
         # checks as building the `Timing` first, in one pass instead of two.
         return InferenceResult.model_validate(
@@ -269,12 +281,7 @@ class EmulatedEngine:
                 "cost_usd": price or 0.0,
                 "energy_j": energy_j(dep, busy),
                 "chips": dep.chips,
-                "attributes": {
-                    "agentrt.deployment": self._described,
-                    "agentrt.precision": dep.precision,
-                    "agentrt.engine.busy_s": busy,
-                    "agentrt.engine.cold_start_s": cold_s,
-                },
+                "attributes": attributes,
             }
         )
 

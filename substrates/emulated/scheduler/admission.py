@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from substrates.emulated.scheduler.records import ServiceRecord, TokenRun
+from substrates.emulated.scheduler.records import BurstRun, ServiceRecord, TokenRun
 
 if TYPE_CHECKING:
     from substrates.emulated.scheduler.segment import _Segment
@@ -43,7 +43,12 @@ class _Request:
     prefill_s: float = 0.0
     comm_s: float = 0.0
     busy_s: float = 0.0
-    runs: list[TokenRun] = field(default_factory=list)
+    runs: list[TokenRun | BurstRun] = field(default_factory=list)
+    # Speculative decoding: decode tokens after each of its cycles (drawn at admission), the
+    # cycles it needs and the cycles done. None on a plain engine: one token per iteration.
+    ends: list[int] | None = None
+    need: int = 0
+    cycles: int = 0
     seg: _Segment | None = None
     record: ServiceRecord | None = None
     error: Exception | None = None  # why a streamed request failed (raised to its reader)

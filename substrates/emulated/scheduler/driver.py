@@ -24,7 +24,7 @@ from substrates.emulated.scheduler.admission import (
     _RUNNING,
     _Request,
 )
-from substrates.emulated.scheduler.records import ServiceRecord, TokenRun
+from substrates.emulated.scheduler.records import BurstRun, ServiceRecord, TokenRun
 from substrates.emulated.scheduler.segment import _EPS, _Pricing, _Segment
 
 
@@ -244,7 +244,9 @@ class _Driver(_Pricing):
         if k:
             comm = seg.g * (k * seg.m0 + 0.5 * k * (k - 1) * seg.dm)
             share = (t_end - seg.t_dec0) / len(seg.batch)
-            run = TokenRun(seg.t_dec0, k, seg.f * seg.b0, seg.f * seg.db)
+            step, accel = seg.f * seg.b0, seg.f * seg.db
+            run = TokenRun(seg.t_dec0, k, step, accel)
+        bursts = self._bursts is not None
         finished = False
         for r in seg.batch:
             if r.state != _RUNNING:
@@ -258,11 +260,20 @@ class _Driver(_Pricing):
                     r.runs.append(first)
                 r.comm_s += head_comm
             if k:
-                r.generated += k
+                if bursts:  # each cycle delivers the tokens drawn for it, all at its end
+                    c, ends = r.cycles, r.ends
+                    assert ends is not None
+                    r.cycles = c + k
+                    got = 1 + min(ends[c + k], r.output - 1)
+                    n.tokens_generated += got - r.generated
+                    r.runs.append(BurstRun(seg.t_dec0, got - r.generated, step, accel, ends, c))
+                    r.generated = got
+                else:
+                    r.generated += k
+                    r.runs.append(run)
+                    n.tokens_generated += k
                 r.comm_s += comm
                 r.busy_s += share
-                r.runs.append(run)
-                n.tokens_generated += k
             if r.generated >= r.output:
                 self._complete(r, t_end)
                 finished = True
@@ -298,7 +309,7 @@ class _Driver(_Pricing):
         if r.watch is not None:
             self._notify((r,))
 
-    def _planned_runs(self, req: _Request) -> list[TokenRun]:
+    def _planned_runs(self, req: _Request) -> list[TokenRun | BurstRun]:
         """Token runs of ``req`` in the segment in progress (not yet accounted)."""
         seg = self._seg
         if seg is None or req.seg is not seg or req.state != _RUNNING:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, Protocol
 
 __all__ = [
+    "BurstRun",
     "IterCost",
     "PrefillPolicy",
     "SchedulerStatistics",
     "ServiceModel",
     "ServiceRecord",
+    "Speculation",
     "TokenArrivals",
     "TokenRun",
 ]
@@ -46,6 +49,10 @@ class ServiceModel(Protocol):
     with batch and context; a wafer-scale layer pipeline sets ``max_batch`` to the pipeline depth
     and keeps ``decode_iter`` nearly flat up to it.
 
+    A model of a speculative deployment also has a ``speculation`` attribute (a `Speculation`;
+    optional, read with ``getattr``): its ``decode_iter`` then prices one verification cycle,
+    and the scheduler draws how many tokens each request gains in it.
+
     Example:
         >>> @dataclass(frozen=True)
         ... class Linear:
@@ -79,6 +86,30 @@ class ServiceModel(Protocol):
         ...
 
 
+class Speculation(NamedTuple):
+    """Speculative decoding as the scheduler sees it: draft length and acceptance rate.
+
+    Each cycle proposes ``draft_tokens`` (k) tokens, each accepted with probability
+    ``acceptance_rate`` (a) until the first rejection, and delivers ``min(first rejection, k)
+    + 1`` tokens (the accepted drafts plus the target's own token): 1 .. k + 1, a truncated
+    geometric with mean ``(1 - a**(k+1)) / (1 - a)`` (`expected_tokens`).
+    """
+
+    draft_tokens: int
+    acceptance_rate: float
+
+    @property
+    def expected_tokens(self) -> float:
+        """Mean tokens per cycle, E = (1 - a^(k+1)) / (1 - a)."""
+        a, k = self.acceptance_rate, self.draft_tokens
+        return float(k + 1) if a >= 1.0 else (1.0 - a ** (k + 1)) / (1.0 - a)
+
+    def probabilities(self) -> list[float]:
+        """P(a cycle delivers j tokens) for j = 1 .. k + 1."""
+        a, k = self.acceptance_rate, self.draft_tokens
+        return [a ** (j - 1) * (1.0 - a) for j in range(1, k + 1)] + [a**k]
+
+
 class TokenRun(NamedTuple):
     """Arrival times of ``tokens`` consecutive tokens, in closed form.
 
@@ -99,6 +130,43 @@ class TokenRun(NamedTuple):
     def times(self) -> list[float]:
         """All arrival times of the run, in order."""
         return [self.time_of(j) for j in range(1, self.tokens + 1)]
+
+
+class BurstRun(NamedTuple):
+    """Arrival times of ``tokens`` consecutive tokens delivered in bursts, one per cycle.
+
+    Speculative decoding: cycle ``i`` (1-based) of the run ends at ``start_s + i * step_s +
+    i * (i - 1) / 2 * accel_s`` (as token ``i`` of a `TokenRun`), and every token it accepted
+    arrives then. ``ends[c]`` is the request's decode tokens after its ``c``-th cycle (``ends[0]
+    == 0``; shared by all the request's runs, never copied); the run starts after cycle
+    ``cycle0``. The same interface as `TokenRun`.
+    """
+
+    start_s: float
+    tokens: int
+    step_s: float
+    accel_s: float
+    ends: Sequence[int]
+    cycle0: int
+
+    def cycle_of(self, j: int) -> int:
+        """The cycle of the run (1-based) that delivers token ``j`` of the run (1-based)."""
+        c0 = self.cycle0
+        return bisect_left(self.ends, self.ends[c0] + j, c0 + 1) - c0
+
+    def time_of(self, j: int) -> float:
+        """Arrival time of token ``j`` of the run (1-based): the end of its cycle."""
+        i = self.cycle_of(j)
+        return self.start_s + i * self.step_s + 0.5 * i * (i - 1) * self.accel_s
+
+    def times(self) -> list[float]:
+        """All arrival times of the run, in order (a burst's tokens share one time)."""
+        return [self.time_of(j) for j in range(1, self.tokens + 1)]
+
+    @property
+    def cycles(self) -> int:
+        """Cycles of the run (its bursts)."""
+        return self.cycle_of(self.tokens) if self.tokens else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +192,7 @@ class ServiceRecord:
     decode_s: float
     comm_s: float
     busy_share_s: float
-    token_runs: tuple[TokenRun, ...] = field(repr=False)
+    token_runs: tuple[TokenRun | BurstRun, ...] = field(repr=False)
 
     @property
     def e2e_s(self) -> float:
@@ -141,6 +209,16 @@ class ServiceRecord:
         """Mean time per output token after the first."""
         n = self.output_tokens - 1
         return (self.finished_s - self.first_token_s) / n if n > 0 else 0.0
+
+    @property
+    def bursts(self) -> int:
+        """Deliveries of tokens after the first: decode iterations, or speculative cycles.
+
+        Plain decoding delivers one token per iteration (``output_tokens - 1`` bursts of one);
+        speculative decoding delivers each cycle's accepted tokens together.
+        """
+        cycles = [run.cycles for run in self.token_runs if type(run) is BurstRun]
+        return sum(cycles) if cycles else self.output_tokens - 1
 
     def token_times(self) -> list[float]:
         """Arrival time of every output token, computed on demand from ``token_runs``.

@@ -11,7 +11,12 @@ import anyio
 from agentrt import current_clock
 from agentrt.errors import ConfigError
 from substrates.emulated.scheduler.admission import _Request
-from substrates.emulated.scheduler.records import ServiceRecord, TokenArrivals, TokenRun
+from substrates.emulated.scheduler.records import (
+    BurstRun,
+    ServiceRecord,
+    TokenArrivals,
+    TokenRun,
+)
 from substrates.emulated.scheduler.segment import _EPS
 
 if TYPE_CHECKING:
@@ -82,7 +87,7 @@ class ServiceStream:
         Only within the run holding token ``start``: a chunk never waits for a later event.
         """
         req = self._req
-        runs: Sequence[TokenRun] = req.record.token_runs if req.record else req.runs
+        runs: Sequence[TokenRun | BurstRun] = req.record.token_runs if req.record else req.runs
         i, base = self._ri, self._rb
         while i < len(runs) and base + runs[i].tokens <= start:
             base += runs[i].tokens
