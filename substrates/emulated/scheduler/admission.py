@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from substrates.emulated.scheduler.records import BurstRun, ServiceRecord, TokenRun
+from substrates.emulated.scheduler.records import ServiceRecord, TokenRun
 
 if TYPE_CHECKING:
     from substrates.emulated.scheduler.segment import _Segment
@@ -43,7 +43,7 @@ class _Request:
     prefill_s: float = 0.0
     comm_s: float = 0.0
     busy_s: float = 0.0
-    runs: list[TokenRun | BurstRun] = field(default_factory=list)
+    runs: list[TokenRun] = field(default_factory=list)  # decode runs count cycles if speculating
     # Speculative decoding: decode tokens after each of its cycles (drawn at admission), the
     # cycles it needs and the cycles done. None on a plain engine: one token per iteration.
     ends: list[int] | None = None

@@ -5,16 +5,16 @@ then adds its own token: 1 .. k + 1 tokens, a truncated geometric (`Speculation`
 whole sequence of cycles is drawn once, when it is admitted, as a pure function of the
 scheduler's seed and the request's number: SHAKE-128 of the two gives as many uniform 16-bit
 words as needed, and a 65,536-entry table maps each word to a burst size (probabilities exact
-to 2^-16). Drawing is C-level work (a hash, a table look-up, a running sum), a few microseconds
-for a 500-token answer, and independent of every other request and of the jitter draws.
+to 2^-16). Drawing is C-level work (a hash, a byte translation of the words' high bytes, a
+running sum; a word's low byte is read only when its high byte lies astride two sizes), a few
+microseconds for a 500-token answer, and independent of every other request and of the jitter
+draws.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import sys
-from array import array
 from bisect import bisect_left
 from itertools import accumulate, pairwise
 
@@ -36,13 +36,13 @@ class Bursts:
         (0, True)
     """
 
-    __slots__ = ("_key", "_per_token", "_table", "speculation")
+    __slots__ = ("_high", "_key", "_per_token", "_table", "speculation")
 
     def __init__(self, speculation: Speculation, seed: int) -> None:
         k, a = speculation.draft_tokens, speculation.acceptance_rate
-        if not (isinstance(k, int) and 1 <= k <= 255 and 0.0 <= a <= 1.0):
+        if not (isinstance(k, int) and 1 <= k <= 254 and 0.0 <= a <= 1.0):
             raise ConfigError(
-                f"speculation needs 1 <= draft_tokens <= 255 and 0 <= acceptance_rate <= 1, got "
+                f"speculation needs 1 <= draft_tokens <= 254 and 0 <= acceptance_rate <= 1, got "
                 f"{k} and {a}"
             )
         self.speculation = speculation
@@ -52,6 +52,9 @@ class Bursts:
         self._table = b"".join(
             bytes((j,)) * (hi - lo) for j, (lo, hi) in enumerate(pairwise(edges), 1)
         )
+        # By high byte alone: the size when all its 256 words share one, else 0 (look closer).
+        blocks = [self._table[h << 8 : (h + 1) << 8] for h in range(256)]
+        self._high = bytes(b[0] if b.count(b[0]) == 256 else 0 for b in blocks)
         self._key = f"agentrt.bursts:{seed}:".encode()
         # Cycles to draw per token wanted: the mean, plus room for a long run of bad luck.
         self._per_token = 1.1 / speculation.expected_tokens
@@ -70,12 +73,19 @@ class Bursts:
         drawn = 0
         ends = [0]
         while True:
-            # A longer digest extends a shorter one: read only its new words.
-            words = array("H", shake.digest(2 * n)[2 * drawn :])
-            if sys.byteorder == "big":
-                words.byteswap()  # the same bursts on every machine
+            # A longer digest extends a shorter one: read only its new words. Word i is
+            # digest[2i] + 256 * digest[2i + 1], on every machine.
+            digest = shake.digest(2 * n)[2 * drawn :]
             drawn = n
-            sums = accumulate(map(self._table.__getitem__, words), initial=ends[-1])
+            high = digest[1::2]
+            sizes: bytes | bytearray = high.translate(self._high)
+            if 0 in sizes:  # a high byte astride two sizes: its low byte decides
+                sizes, low, table = bytearray(sizes), digest[0::2], self._table
+                i = sizes.find(0)
+                while i >= 0:
+                    sizes[i] = table[high[i] << 8 | low[i]]
+                    i = sizes.find(0, i + 1)
+            sums = accumulate(sizes, initial=ends[-1])
             next(sums)  # the initial value, already the last entry
             ends.extend(sums)
             if ends[-1] >= tokens:

@@ -244,8 +244,7 @@ class _Driver(_Pricing):
         if k:
             comm = seg.g * (k * seg.m0 + 0.5 * k * (k - 1) * seg.dm)
             share = (t_end - seg.t_dec0) / len(seg.batch)
-            step, accel = seg.f * seg.b0, seg.f * seg.db
-            run = TokenRun(seg.t_dec0, k, step, accel)
+            run = TokenRun(seg.t_dec0, k, seg.f * seg.b0, seg.f * seg.db)
         bursts = self._bursts is not None
         finished = False
         for r in seg.batch:
@@ -260,14 +259,14 @@ class _Driver(_Pricing):
                     r.runs.append(first)
                 r.comm_s += head_comm
             if k:
-                if bursts:  # each cycle delivers the tokens drawn for it, all at its end
-                    c, ends = r.cycles, r.ends
-                    assert ends is not None
-                    r.cycles = c + k
-                    got = 1 + min(ends[c + k], r.output - 1)
+                if bursts:  # k cycles, each delivering the tokens drawn for it
+                    c = r.cycles = r.cycles + k
+                    got = r.ends[c] + 1  # type: ignore[index]
+                    if got > r.output:
+                        got = r.output  # the last cycle's extra tokens are not emitted
                     n.tokens_generated += got - r.generated
-                    r.runs.append(BurstRun(seg.t_dec0, got - r.generated, step, accel, ends, c))
                     r.generated = got
+                    r.runs.append(run)  # a run of cycles: `burst_runs` reads it per token
                 else:
                     r.generated += k
                     r.runs.append(run)
@@ -303,6 +302,7 @@ class _Driver(_Pricing):
             comm_s=r.comm_s,
             busy_share_s=r.busy_s,
             token_runs=tuple(r.runs),
+            cycle_ends=r.ends,
         )
         if r.wake is not None:
             r.wake.set()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, Protocol
 
@@ -17,6 +17,7 @@ __all__ = [
     "Speculation",
     "TokenArrivals",
     "TokenRun",
+    "burst_runs",
 ]
 
 #: How prefill is scheduled against decode (see docs/scheduler.md for why this one).
@@ -179,6 +180,10 @@ class ServiceRecord:
     requests' prefill passes); ``comm_s`` is the communication share of every pass the request
     sat in. ``busy_share_s`` is the request's share of engine busy time (its part of each pass:
     by prompt tokens in prefill, equal per request in decode), for energy accounting.
+
+    ``token_runs`` are kept as the scheduler ran them: with speculative decoding each decode
+    run counts verification cycles, and ``cycle_ends`` (decode tokens after each cycle) maps
+    them to tokens; `runs` gives them per token either way.
     """
 
     prompt_tokens: int
@@ -192,7 +197,8 @@ class ServiceRecord:
     decode_s: float
     comm_s: float
     busy_share_s: float
-    token_runs: tuple[TokenRun | BurstRun, ...] = field(repr=False)
+    token_runs: tuple[TokenRun, ...] = field(repr=False)
+    cycle_ends: Sequence[int] | None = field(default=None, repr=False)
 
     @property
     def e2e_s(self) -> float:
@@ -217,18 +223,54 @@ class ServiceRecord:
         Plain decoding delivers one token per iteration (``output_tokens - 1`` bursts of one);
         speculative decoding delivers each cycle's accepted tokens together.
         """
-        cycles = [run.cycles for run in self.token_runs if type(run) is BurstRun]
-        return sum(cycles) if cycles else self.output_tokens - 1
+        if self.cycle_ends is None:
+            return self.output_tokens - 1
+        return bisect_left(self.cycle_ends, self.output_tokens - 1)
+
+    def runs(self) -> list[TokenRun | BurstRun]:
+        """``token_runs`` per token: each speculative run of cycles as a `BurstRun`."""
+        if self.cycle_ends is None:
+            return list(self.token_runs)
+        return burst_runs(self.token_runs, self.cycle_ends, self.output_tokens - 1)[0]
 
     def token_times(self) -> list[float]:
         """Arrival time of every output token, computed on demand from ``token_runs``.
 
-        The first is at ``first_token_s``, the last at ``finished_s``.
+        The first is at ``first_token_s``, the last at ``finished_s``; the tokens of one
+        speculative cycle share its end.
         """
         out: list[float] = []
-        for run in self.token_runs:
+        for run in self.runs():
             out.extend(run.times())
         return out
+
+
+def burst_runs(
+    runs: Iterable[TokenRun], ends: Sequence[int], tokens: int, cycle0: int = 0
+) -> tuple[list[TokenRun | BurstRun], int]:
+    """A speculative request's runs of cycles as runs of tokens, from its cycle ``cycle0`` on.
+
+    Args:
+        runs: the request's token runs (the first token's, then runs of cycles).
+        ends: its decode tokens after each cycle.
+        tokens: its decode tokens (output - 1): a last cycle's extra tokens are not emitted.
+        cycle0: the cycles before ``runs``.
+
+    Returns:
+        The runs (the first token's run as is, each run of cycles as a `BurstRun`) and the
+        cycles after them.
+    """
+    out: list[TokenRun | BurstRun] = []
+    c = cycle0
+    for run in runs:
+        if not (run.step_s or run.accel_s):
+            out.append(run)  # the first token, at the end of the prefill pass
+            continue
+        k = run.tokens
+        got = min(ends[c + k], tokens) - ends[c]
+        out.append(BurstRun(run.start_s, got, run.step_s, run.accel_s, ends, c))
+        c += k
+    return out, c
 
 
 @dataclass(frozen=True, slots=True)

@@ -156,11 +156,9 @@ class _Pricing(_Admission):
                 ctx.append(r.prompt + done)
                 if r.output - done < k:
                     k = r.output - done
-        else:  # k cycles, until the first member has had all the cycles it needs
-            for r in batch:
-                ctx.append(r.prompt + (r.generated or 1))
-                if r.need - r.cycles < k:
-                    k = r.need - r.cycles
+        elif batch:  # k cycles, until the first member has had all the cycles it needs
+            ctx = [r.prompt + (r.generated or 1) for r in batch]
+            k = min([r.need - r.cycles for r in batch])
         if k == 0:
             return seg
         c0 = model.decode_iter(ctx)

@@ -16,6 +16,7 @@ from substrates.emulated.scheduler.records import (
     ServiceRecord,
     TokenArrivals,
     TokenRun,
+    burst_runs,
 )
 from substrates.emulated.scheduler.segment import _EPS
 
@@ -32,13 +33,16 @@ class ServiceStream:
     Opened by `Scheduler.stream`; read with `arrivals`, then `wait` for the `ServiceRecord`.
     """
 
-    __slots__ = ("_rb", "_req", "_ri", "_sched")
+    __slots__ = ("_bursts", "_cycles", "_rb", "_req", "_ri", "_sched")
 
     def __init__(self, sched: Scheduler, req: _Request) -> None:
         self._sched = sched
         self._req = req
         self._ri = 0  # cursor into the request's finished token runs
         self._rb = 0  # index of the first token of run _ri
+        # Speculative decoding: the request's finished runs per token, and the cycles they hold.
+        self._bursts: list[TokenRun | BurstRun] = []
+        self._cycles = 0
 
     async def arrivals(self, *, max_tokens: int | None = 1) -> AsyncIterator[TokenArrivals]:
         """Yield tokens when they arrive: each chunk when its last token arrives.
@@ -87,7 +91,16 @@ class ServiceStream:
         Only within the run holding token ``start``: a chunk never waits for a later event.
         """
         req = self._req
-        runs: Sequence[TokenRun | BurstRun] = req.record.token_runs if req.record else req.runs
+        raw: Sequence[TokenRun] = req.record.token_runs if req.record else req.runs
+        runs: Sequence[TokenRun | BurstRun] = raw
+        if req.ends is not None:  # runs of cycles: read them per token, each once
+            done = self._bursts
+            if len(raw) > len(done):
+                more, self._cycles = burst_runs(
+                    raw[len(done) :], req.ends, req.output - 1, self._cycles
+                )
+                done += more
+            runs = done
         i, base = self._ri, self._rb
         while i < len(runs) and base + runs[i].tokens <= start:
             base += runs[i].tokens

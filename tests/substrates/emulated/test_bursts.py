@@ -172,7 +172,7 @@ def test_a_lone_speculative_request_arrives_in_bursts_one_cycle_apart() -> None:
     # 2,000 decode tokens: the mean burst is E (the standard error is ~0.03).
     assert 2000 / len(groups) == pytest.approx(SPEC.expected_tokens, abs=0.12)
     assert rec.bursts == len(groups)
-    assert all(type(r) is BurstRun for r in rec.token_runs[1:])
+    assert all(type(r) is BurstRun for r in rec.runs()[1:])
 
 
 def test_plain_decoding_has_no_bursts() -> None:
@@ -183,7 +183,8 @@ def test_plain_decoding_has_no_bursts() -> None:
     times = rec.token_times()
     assert all(b > a for a, b in itertools.pairwise(times))  # one token per iteration
     assert rec.bursts == 299
-    assert all(type(r) is TokenRun for r in rec.token_runs)
+    assert all(type(r) is TokenRun for r in rec.runs())
+    assert rec.cycle_ends is None
 
 
 def test_speculation_keeps_the_expected_decode_time_of_pricing_by_the_mean() -> None:
