@@ -249,17 +249,8 @@ class EmulatedEngine:
             usage = Usage(input_tokens=record.prompt_tokens, output_tokens=n)
             if len(self._usage) < 4096:
                 self._usage[record.prompt_tokens, n] = usage
-        attributes: dict[str, str | int | float] = {
-            "agentrt.deployment": self._described,
-            "agentrt.precision": dep.precision,
-            "agentrt.engine.busy_s": busy,
-            "agentrt.engine.cold_start_s": cold_s,
-        }
-        if dep.spec_decode is not None and n > 1:
-            # The stream's bursts, for the trace: one per verification cycle.
-            bursts = record.bursts
-            attributes[sc.SPEC_BURSTS] = bursts
-            attributes[sc.SPEC_TOKENS_PER_BURST] = (n - 1) / bursts
+        # Speculative decoding: the stream's bursts (one per verification cycle), for the trace.
+        bursts = _NO_BURSTS if dep.spec_decode is None or n < 2 else _bursts(record)
         # One validation of the whole result, the timing included as a mapping: the same
         # checks as building the `Timing` first, in one pass instead of two.
         return InferenceResult.model_validate(
@@ -281,7 +272,13 @@ class EmulatedEngine:
                 "cost_usd": price or 0.0,
                 "energy_j": energy_j(dep, busy),
                 "chips": dep.chips,
-                "attributes": attributes,
+                "attributes": {
+                    "agentrt.deployment": self._described,
+                    "agentrt.precision": dep.precision,
+                    "agentrt.engine.busy_s": busy,
+                    "agentrt.engine.cold_start_s": cold_s,
+                    **bursts,
+                },
             }
         )
 
@@ -334,6 +331,18 @@ def build_engine(
         jitter=jitter,
         stall_prob=stall_prob,
     )
+
+
+_NO_BURSTS: dict[str, int | float] = {}
+
+
+def _bursts(record: ServiceRecord) -> dict[str, int | float]:
+    """How a speculative request's tokens after the first came: bursts and their mean size."""
+    bursts = record.bursts
+    return {
+        sc.SPEC_BURSTS: bursts,
+        sc.SPEC_TOKENS_PER_BURST: (record.output_tokens - 1) / bursts,
+    }
 
 
 @final
