@@ -245,9 +245,38 @@ class _Driver(_Pricing):
             comm = seg.g * (k * seg.m0 + 0.5 * k * (k - 1) * seg.dm)
             share = (t_end - seg.t_dec0) / len(seg.batch)
             run = TokenRun(seg.t_dec0, k, seg.f * seg.b0, seg.f * seg.db)
-        bursts = self._bursts is not None
         finished = False
-        for r in seg.batch:
+        batch: list[_Request] = seg.batch
+        if k and self._bursts is not None:
+            # Speculative: k cycles, each delivering the tokens drawn for each request.
+            tokens = 0
+            for r in batch:
+                if r.state != _RUNNING:
+                    continue  # withdrawn mid-segment
+                if head:
+                    if r.generated == 0:
+                        r.generated = 1
+                        r.first_token = seg.t_dec0
+                        r.prefill_s += prefill_s
+                        r.busy_s += per_token * r.prompt
+                        r.runs.append(first)
+                    r.comm_s += head_comm
+                c = r.cycles = r.cycles + k
+                got = r.ends[c] + 1  # type: ignore[index]
+                out = r.output
+                if got > out:
+                    got = out  # the last cycle's extra tokens are not emitted
+                tokens += got - r.generated
+                r.generated = got
+                r.comm_s += comm
+                r.busy_s += share
+                r.runs.append(run)  # a run of cycles: `burst_runs` reads it per token
+                if got == out:
+                    self._complete(r, t_end)
+                    finished = True
+            n.tokens_generated += tokens
+            batch = []  # accounted: nothing left for the loop below
+        for r in batch:
             if r.state != _RUNNING:
                 continue  # withdrawn mid-segment: its passes ran, but it has no record to fill
             if head:
@@ -259,20 +288,11 @@ class _Driver(_Pricing):
                     r.runs.append(first)
                 r.comm_s += head_comm
             if k:
-                if bursts:  # k cycles, each delivering the tokens drawn for it
-                    c = r.cycles = r.cycles + k
-                    got = r.ends[c] + 1  # type: ignore[index]
-                    if got > r.output:
-                        got = r.output  # the last cycle's extra tokens are not emitted
-                    n.tokens_generated += got - r.generated
-                    r.generated = got
-                    r.runs.append(run)  # a run of cycles: `burst_runs` reads it per token
-                else:
-                    r.generated += k
-                    r.runs.append(run)
-                    n.tokens_generated += k
+                r.generated += k
                 r.comm_s += comm
                 r.busy_s += share
+                r.runs.append(run)
+                n.tokens_generated += k
             if r.generated >= r.output:
                 self._complete(r, t_end)
                 finished = True
