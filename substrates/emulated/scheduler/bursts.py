@@ -71,7 +71,7 @@ class Bursts:
         shake = hashlib.shake_128(self._key + str(seq).encode())
         n = math.ceil(tokens * self._per_token) + 8
         drawn = 0
-        ends = [0]
+        ends: list[int] = []
         while True:
             # A longer digest extends a shorter one: read only its new words. Word i is
             # digest[2i] + 256 * digest[2i + 1], on every machine.
@@ -85,9 +85,10 @@ class Bursts:
                 while i >= 0:
                     sizes[i] = table[high[i] << 8 | low[i]]
                     i = sizes.find(0, i + 1)
-            sums = accumulate(sizes, initial=ends[-1])
-            next(sums)  # the initial value, already the last entry
-            ends.extend(sums)
+            if ends:  # rare: a longer answer than drawn for; go on from the last sum
+                ends += accumulate(sizes, initial=ends.pop())
+            else:
+                ends = list(accumulate(sizes, initial=0))
             if ends[-1] >= tokens:
                 return ends, bisect_left(ends, tokens)
             n *= 2

@@ -137,6 +137,16 @@ def test_the_same_seed_and_request_give_the_same_bursts_others_do_not() -> None:
     assert long[: len(short)] == short
 
 
+def test_drawing_more_cycles_later_gives_the_same_sequence() -> None:
+    """A request that outlives its first draw (bad luck) reads on in the same stream."""
+    ample, scant = Bursts(SPEC, seed=1), Bursts(SPEC, seed=1)
+    scant._per_token = 0.01  # draws 8 + 1% of the tokens at first, then doubles
+    for seq in range(1, 30):
+        (few, n), (many, m) = scant.draw(seq, 700), ample.draw(seq, 700)
+        assert n == m
+        assert few[: n + 1] == many[: n + 1]
+
+
 def test_expected_tokens_is_the_papers_formula() -> None:
     for k, a in [(1, 0.5), (4, 0.7), (7, 0.9)]:
         spec = Speculation(k, a)
