@@ -8,20 +8,23 @@ words as needed, and a 65,536-entry table maps each word to a burst size (probab
 to 2^-16). Drawing is C-level work (a hash, a byte translation of the words' high bytes, a
 running sum; a word's low byte is read only when its high byte lies astride two sizes), a few
 microseconds for a 500-token answer, and independent of every other request and of the jitter
-draws.
+draws. `Ledger` keeps the cycles the engine has run, for accounting a segment without
+visiting every member of its batch.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 from bisect import bisect_left
 from itertools import accumulate, pairwise
 
 from agentrt.errors import ConfigError
-from substrates.emulated.scheduler.records import Speculation
+from substrates.emulated.scheduler.admission import _DONE, _RUNNING, _Request
+from substrates.emulated.scheduler.records import Speculation, TokenRun
 
-__all__ = ["Bursts"]
+__all__ = ["Bursts", "Ledger"]
 
 _WORDS = 1 << 16
 
@@ -92,3 +95,64 @@ class Bursts:
             if ends[-1] >= tokens:
                 return ends, bisect_left(ends, tokens)
             n *= 2
+
+
+class Ledger:
+    """The cycles a speculative engine has run, so that a segment costs O(1) per member.
+
+    Every running request advances one cycle per cycle of the engine, so its cycles are the
+    engine's cycles since it joined (``cycles - r.base``); its communication and busy shares
+    are differences of the running sums over the segments it sat in; its runs of cycles are
+    the ledger's runs since it joined. A segment then touches only its new members and the
+    requests it completes (a heap by the cycle each request is done), not the whole batch.
+    """
+
+    __slots__ = ("busy", "comm", "cycles", "due", "floor", "keep", "runs", "runs0")
+
+    def __init__(self) -> None:
+        self.cycles = 0  # cycles run
+        self.runs: list[TokenRun] = []  # the run of cycles of each decode segment accounted
+        self.runs0 = 0  # the number of runs dropped from the front of ``runs``
+        self.floor = 4096  # the least ``keep``
+        self.keep = 4096  # ``runs`` length at which the front is dropped
+        self.comm = 0.0  # a member's communication over every segment accounted
+        self.busy = 0.0  # a member's decode share over every segment accounted
+        self.due: list[tuple[int, int, _Request]] = []  # (cycle it is done, seq, request)
+
+    def join(self, r: _Request) -> None:
+        """``r`` is admitted to the segment being planned: its accounts start here."""
+        r.base = self.cycles
+        r.run0 = self.runs0 + len(self.runs)
+        r.comm0, r.busy0 = self.comm, self.busy
+        heapq.heappush(self.due, (self.cycles + r.need, r.seq, r))
+
+    def cycles_left(self) -> int:
+        """Cycles until the first running request is done."""
+        due = self.due
+        while True:  # drop requests withdrawn, or planned again since they were pushed
+            at, _, r = due[0]
+            if r.state == _RUNNING and r.base + r.need == at:
+                return at - self.cycles
+            heapq.heappop(due)
+
+    def runs_of(self, r: _Request) -> list[TokenRun]:
+        """The runs of cycles ``r`` has sat in (accounted segments)."""
+        return self.runs[r.run0 - self.runs0 :]
+
+    def done(self) -> list[_Request]:
+        """The running requests whose last cycle has been accounted, marked done."""
+        out: list[_Request] = []
+        due = self.due
+        while due and due[0][0] <= self.cycles:
+            at, _, r = heapq.heappop(due)
+            if r.state == _RUNNING and r.base + r.need == at:
+                r.state = _DONE  # once, though planned again at the same cycle it has two entries
+                out.append(r)
+        return out
+
+    def trim(self, running: list[_Request]) -> None:
+        """Drop the runs no running request needs any more (the records hold their own)."""
+        first = min((r.run0 for r in running), default=self.runs0 + len(self.runs))
+        del self.runs[: first - self.runs0]
+        self.runs0 = first
+        self.keep = max(self.floor, 2 * len(self.runs))

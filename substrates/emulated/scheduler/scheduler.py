@@ -18,7 +18,7 @@ import anyio
 
 from agentrt.errors import ConfigError
 from substrates.emulated.scheduler.admission import _Request
-from substrates.emulated.scheduler.bursts import Bursts
+from substrates.emulated.scheduler.bursts import Bursts, Ledger
 from substrates.emulated.scheduler.driver import _Counters, _Driver
 from substrates.emulated.scheduler.records import (
     PrefillPolicy,
@@ -122,6 +122,7 @@ class Scheduler(_Driver):
         self._stall_log_q = math.log1p(-self._stall_p) if self._stall_p < 1.0 else -math.inf
         speculation = getattr(model, "speculation", None)
         self._bursts = None if speculation is None else Bursts(speculation, seed)
+        self._ledger = Ledger()
         self._heap = []
         self._seq = 0
         self._queued = 0

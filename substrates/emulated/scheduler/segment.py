@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from agentrt.errors import ConfigError
 from substrates.emulated.scheduler.admission import _Admission, _Request
-from substrates.emulated.scheduler.bursts import Bursts
+from substrates.emulated.scheduler.bursts import Bursts, Ledger
 from substrates.emulated.scheduler.records import BurstRun, IterCost, ServiceModel, TokenRun
 
 # Two clock readings this close are the same instant: the virtual loop runs a timer up to its
@@ -51,6 +51,7 @@ class _Segment:
     dm: float = 0.0
     f: float = 1.0
     g: float = 1.0
+    cyc0: int = 0  # speculative decoding: the engine's cycles when the segment starts
 
     def base(self, j: int) -> float:
         """Base (undrawn) time of the first j decode iterations."""
@@ -102,7 +103,7 @@ class _Segment:
             if ends is None:
                 runs.append(TokenRun(self.t_dec0, self.k, step, accel))
             else:
-                c = req.cycles
+                c = self.cyc0 - req.base
                 got = min(ends[c + self.k], req.output - 1) - ends[c]
                 runs.append(BurstRun(self.t_dec0, got, step, accel, ends, c))
         return runs
@@ -119,6 +120,7 @@ class _Pricing(_Admission):
     _stall_s: float
     _stall_log_q: float
     _bursts: Bursts | None  # speculative decoding: draws each request's cycles
+    _ledger: Ledger  # and keeps the cycles run (unused on a plain engine)
 
     def _price(self, t0: float, new: list[_Request]) -> _Segment:
         """Price and draw a segment: a prefill pass for ``new``, then steady decode iterations."""
@@ -131,6 +133,7 @@ class _Pricing(_Admission):
                 for r in new:
                     if r.ends is None:  # drawn once, even if the request is planned again
                         r.ends, r.need = bursts.draw(r.seq, r.output - 1)
+                    self._ledger.join(r)
             prompts = [r.prompt for r in new]
             cost = model.prefill(prompts)
             compute, comm = cost
@@ -157,8 +160,9 @@ class _Pricing(_Admission):
                 if r.output - done < k:
                     k = r.output - done
         elif batch:  # k cycles, until the first member has had all the cycles it needs
-            ctx = [r.prompt + (r.generated or 1) for r in batch]
-            k = min([r.need - r.cycles for r in batch])
+            g = seg.cyc0 = self._ledger.cycles
+            ctx = [r.prompt + 1 + r.ends[g - r.base] for r in batch]  # type: ignore[index]
+            k = self._ledger.cycles_left()
         if k == 0:
             return seg
         c0 = model.decode_iter(ctx)
@@ -170,7 +174,8 @@ class _Pricing(_Admission):
             if self._bursts is None:
                 ctx = [c + k - 1 for c in ctx]
             else:  # the contexts at the start of the last cycle, from each request's draws
-                ctx = [r.prompt + 1 + r.ends[r.cycles + k - 1] for r in batch]  # type: ignore[index]
+                last = seg.cyc0 + k - 1
+                ctx = [r.prompt + 1 + r.ends[last - r.base] for r in batch]  # type: ignore[index]
             c1 = model.decode_iter(ctx)
             b1 = c1[0] + c1[1]
             if not (c1[0] >= 0.0 and c1[1] >= 0.0 and 0.0 < b1 < math.inf):

@@ -344,6 +344,45 @@ def test_a_speculative_stream_delivers_each_burst_when_its_cycle_ends() -> None:
     assert any(n > 1 for _, n in bursts_of(flat[1:]))
 
 
+def test_streams_read_their_bursts_while_the_ledger_drops_old_cycles() -> None:
+    """Many overlapping speculative streams, the engine's ledger of cycles trimmed often: every
+    stream reads exactly its record's token times, and leaving one early withdraws it."""
+    jobs = [(0.02 * i, 50 + 13 * i, 30 + 17 * (i % 7), 0) for i in range(40)]
+
+    async def main() -> tuple[list[tuple[list[float], ServiceRecord]], Any]:
+        sched = Scheduler(Speculative(max_batch=5), seed=6, jitter=0.05)
+        sched._ledger.floor = sched._ledger.keep = 3  # trim after every few segments
+        out: list[tuple[list[float], ServiceRecord]] = []
+
+        async def one(at: float, prompt: int, output: int, quit_early: bool) -> None:
+            await anyio.sleep(at)
+            async with sched.stream(prompt, output) as stream:
+                times: list[float] = []
+                async for chunk in stream.arrivals(max_tokens=3):
+                    times += chunk.times_s
+                    if quit_early and len(times) > 10:
+                        return
+                out.append((times, await stream.wait()))
+
+        async with anyio.create_task_group() as tg:
+            for i, (at, prompt, output, _) in enumerate(jobs):
+                tg.start_soon(one, at, prompt, output, i % 9 == 4)
+        assert sched._ledger.runs0 > 0  # runs no stream needs were dropped
+        return out, sched.statistics()
+
+    out, stats = simulate(main)
+    quitters = sum(1 for i in range(40) if i % 9 == 4)
+    assert len(out) == 40 - quitters
+    assert stats.cancelled == quitters
+    assert (stats.running, stats.queued, stats.kv_tokens_used) == (0, 0, 0)
+    for times, rec in out:
+        assert times == pytest.approx(rec.token_times(), rel=1e-12)
+        assert all(1 <= n <= SPEC.draft_tokens + 1 for _, n in bursts_of(times[1:]))
+    # Every token of a served request counted, and some of each withdrawn one's.
+    served = sum(rec.output_tokens for _, rec in out)
+    assert served < stats.tokens_generated < served + quitters * max(o for _, _, o, _ in jobs)
+
+
 def test_same_seed_same_bursts_under_load() -> None:
     jobs = [(0.03 * i, 100 + 50 * i, 40 + 7 * i, i % 2) for i in range(15)]
 
