@@ -11,7 +11,6 @@ import anyio
 from agentrt import current_clock
 from agentrt.errors import BadResponse
 from agentrt.substrate import InferenceRequest, InferenceResult, TokenChunk, Usage
-from agentrt.telemetry import semconv as sc
 from substrates.emulated.comm import network_s
 from substrates.emulated.content import (
     ContentSource,
@@ -23,7 +22,7 @@ from substrates.emulated.content import (
 from substrates.emulated.deployment import Deployment, weight_bytes
 from substrates.emulated.predict import cost_usd, energy_j
 from substrates.emulated.scheduler import Scheduler, SchedulerStatistics, ServiceRecord
-from substrates.emulated.service import PerfServiceModel
+from substrates.emulated.service import PerfServiceModel, burst_attributes
 from substrates.emulated.sizing import (
     DEFAULT_MODEL,
     build_deployment,
@@ -249,8 +248,6 @@ class EmulatedEngine:
             usage = Usage(input_tokens=record.prompt_tokens, output_tokens=n)
             if len(self._usage) < 4096:
                 self._usage[record.prompt_tokens, n] = usage
-        # Speculative decoding: the stream's bursts (one per verification cycle), for the trace.
-        bursts = _NO_BURSTS if dep.spec_decode is None or n < 2 else _bursts(record)
         # One validation of the whole result, the timing included as a mapping: the same
         # checks as building the `Timing` first, in one pass instead of two.
         return InferenceResult.model_validate(
@@ -277,7 +274,7 @@ class EmulatedEngine:
                     "agentrt.precision": dep.precision,
                     "agentrt.engine.busy_s": busy,
                     "agentrt.engine.cold_start_s": cold_s,
-                    **bursts,
+                    **(burst_attributes(record) if dep.spec_decode else {}),
                 },
             }
         )
@@ -331,18 +328,6 @@ def build_engine(
         jitter=jitter,
         stall_prob=stall_prob,
     )
-
-
-_NO_BURSTS: dict[str, int | float] = {}
-
-
-def _bursts(record: ServiceRecord) -> dict[str, int | float]:
-    """How a speculative request's tokens after the first came: bursts and their mean size."""
-    bursts = record.bursts
-    return {
-        sc.SPEC_BURSTS: bursts,
-        sc.SPEC_TOKENS_PER_BURST: (record.output_tokens - 1) / bursts,
-    }
 
 
 @final

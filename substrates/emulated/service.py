@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import final
 
+from agentrt.telemetry import semconv as sc
 from substrates.emulated.deployment import Deployment
 from substrates.emulated.perfmodel import decode_iteration, prefill
-from substrates.emulated.scheduler import IterCost, Speculation
+from substrates.emulated.scheduler import IterCost, ServiceRecord, Speculation
 from substrates.emulated.sizing import kv_capacity_tokens
 
-__all__ = ["PerfServiceModel"]
+__all__ = ["PerfServiceModel", "burst_attributes"]
 
 
 @final
@@ -66,3 +67,18 @@ class PerfServiceModel:
             if len(self._cache) < 65536:
                 self._cache[key] = cost
         return cost
+
+
+def burst_attributes(record: ServiceRecord) -> dict[str, int | float]:
+    """How a speculative request's tokens after the first came, for its result and trace.
+
+    ``agentrt.spec.bursts`` (verification cycles: each delivered its accepted tokens at once)
+    and ``agentrt.spec.tokens_per_burst`` (their mean size); none for a single token.
+    """
+    bursts = record.bursts
+    if bursts < 1:
+        return {}
+    return {
+        sc.SPEC_BURSTS: bursts,
+        sc.SPEC_TOKENS_PER_BURST: (record.output_tokens - 1) / bursts,
+    }
