@@ -22,6 +22,7 @@ import agentrt
 from agentrt import Agent, InferenceRequest, Plan, Step, VirtualClock, current_clock
 from agentrt.telemetry import semconv as sc
 from substrates.emulated import build_engine
+from substrates.emulated.predict import predict_request
 from substrates.emulated.scheduler import (
     BurstRun,
     IterCost,
@@ -422,6 +423,37 @@ def test_an_engine_streams_bursts_and_says_so_in_its_result() -> None:
     # The speculative service model prices a whole cycle: E tokens' worth of the old price.
     service = PerfServiceModel(engine.deployment)
     assert service.speculation == Speculation(4, 0.7)
+
+
+@pytest.mark.parametrize(("hw", "spec"), [("wse3", "3:0.6"), ("h100", "4:0.7")])
+def test_a_lone_speculative_request_matches_the_performance_model_on_average(
+    hw: str, spec: str
+) -> None:
+    """Per seed, a request takes a whole number of cycles (its own draws); over seeds its
+    time is the performance model's, which prices (output - 1) / E cycles, plus at most about
+    half a cycle (the last cycle's extra tokens are not emitted)."""
+    prompt, output, seeds = 1000, 200, 120
+
+    async def one(seed: int) -> tuple[float, float, float]:
+        engine = build_engine(hw, spec_decode=spec, seed=seed, jitter=0, stall_prob=0)
+        t = (await engine.infer(InferenceRequest.from_prompt(
+            "x", prompt_tokens=prompt, max_output_tokens=output))).timing  # fmt: skip
+        return t.ttft_s, t.e2e_s, t.comm_s
+
+    runs = [agentrt.run(one, seed, clock=VirtualClock()) for seed in range(seeds)]
+    engine = build_engine(hw, spec_decode=spec, seed=0)
+    want = predict_request(engine.deployment, prompt, output)
+    cycle = (want.e2e_s - want.ttft_s) / (
+        (output - 1) / engine.deployment.spec_decode.expected_tokens_per_step  # type: ignore[union-attr]
+    )
+    assert all(ttft == pytest.approx(want.ttft_s, rel=1e-9) for ttft, _, _ in runs)
+    e2e = [e for _, e, _ in runs]
+    sd = statistics.stdev(e2e)
+    assert sd > 0
+    noise = 4 * sd / seeds**0.5
+    assert -noise <= statistics.fmean(e2e) - want.e2e_s <= 0.7 * cycle + noise
+    comm = statistics.fmean(c for _, _, c in runs)
+    assert comm == pytest.approx(want.comm_s, rel=0.05)
 
 
 def test_a_plain_engine_streams_one_token_at_a_time() -> None:
