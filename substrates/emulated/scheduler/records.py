@@ -279,7 +279,9 @@ class SchedulerStatistics:
 
     ``events`` counts what a discrete-event simulation of the server must handle (arrivals,
     completions, cancellations); ``waits`` counts the clock waits the scheduler made for them.
-    Both grow with events, not with tokens.
+    Both grow with events, not with tokens. On a speculative engine ``decode_iterations`` counts
+    verification cycles, and a request's tokens count in ``tokens_generated`` when it completes
+    or is withdrawn (its first token when it is prefilled).
     """
 
     queued: int
