@@ -45,6 +45,8 @@ __all__ = [
     "RUN_STATUS",
     "SERVER_ADDRESS",
     "SERVER_PORT",
+    "SPEC_BURSTS",
+    "SPEC_TOKENS_PER_BURST",
     "STEP_ATTEMPTS",
     "STEP_ID",
     "STEP_INDEX",
@@ -117,6 +119,10 @@ DECODE_S: Final = "agentrt.timing.decode_s"
 COMM_S: Final = "agentrt.timing.comm_s"
 TTFT_S: Final = "agentrt.timing.ttft_s"
 TPOT_S: Final = "agentrt.timing.tpot_s"
+#: Speculative decoding: the bursts that delivered the tokens after the first (verification
+#: cycles; each cycle's accepted tokens arrive together) and their mean size.
+SPEC_BURSTS: Final = "agentrt.spec.bursts"
+SPEC_TOKENS_PER_BURST: Final = "agentrt.spec.tokens_per_burst"
 #: The timing breakdown of one inference: field name of `Timing` -> attribute name.
 TIMING: Final = {
     "queue_s": QUEUE_S,

@@ -22,7 +22,7 @@ from substrates.emulated.content import (
 from substrates.emulated.deployment import Deployment, weight_bytes
 from substrates.emulated.predict import cost_usd, energy_j
 from substrates.emulated.scheduler import Scheduler, SchedulerStatistics, ServiceRecord
-from substrates.emulated.service import PerfServiceModel
+from substrates.emulated.service import PerfServiceModel, burst_attributes
 from substrates.emulated.sizing import (
     DEFAULT_MODEL,
     build_deployment,
@@ -275,6 +275,7 @@ class EmulatedEngine:
                     "agentrt.stack": dep.stack.name,
                     "agentrt.engine.busy_s": busy,
                     "agentrt.engine.cold_start_s": cold_s,
+                    **(burst_attributes(record) if dep.spec_decode else {}),
                 },
             }
         )

@@ -317,6 +317,14 @@ def _end(span: trace.Span, result: InferenceResult | None, error: BaseException 
                 "agentrt.timing.queue_s": result.timing.queue_s,
             }
         )
+        bursts = result.attributes.get(sc.SPEC_BURSTS)
+        if bursts is not None:  # speculative decoding: the stream came in bursts
+            span.set_attributes(
+                {
+                    sc.SPEC_BURSTS: bursts,
+                    sc.SPEC_TOKENS_PER_BURST: result.attributes[sc.SPEC_TOKENS_PER_BURST],
+                }
+            )
     if error is not None:
         span.set_attribute(sc.ERROR_TYPE, type(error).__name__)
         span.set_status(Status(StatusCode.ERROR, str(error) or type(error).__name__))

@@ -5,17 +5,20 @@ call or attribute hop for the split: `admission` (the queue, the batch and the K
 share), `segment` (what the engine does between two events, priced and drawn), `driver` (the
 events on the clock: arrivals, cancellations, completions, leader/followers) and `scheduler`
 (`Scheduler`, the public face). `records` holds the service model and the records returned;
-`stream` the `ServiceStream` of a streamed request. See docs/scheduler.md.
+`stream` the `ServiceStream` of a streamed request; `bursts` draws the tokens each cycle of a
+speculative request delivers. See docs/scheduler.md.
 """
 
 from __future__ import annotations
 
 from substrates.emulated.scheduler.records import (
+    BurstRun,
     IterCost,
     PrefillPolicy,
     SchedulerStatistics,
     ServiceModel,
     ServiceRecord,
+    Speculation,
     TokenArrivals,
     TokenRun,
 )
@@ -23,6 +26,7 @@ from substrates.emulated.scheduler.scheduler import Scheduler
 from substrates.emulated.scheduler.stream import ServiceStream
 
 __all__ = [
+    "BurstRun",
     "IterCost",
     "PrefillPolicy",
     "Scheduler",
@@ -30,6 +34,7 @@ __all__ = [
     "ServiceModel",
     "ServiceRecord",
     "ServiceStream",
+    "Speculation",
     "TokenArrivals",
     "TokenRun",
 ]

@@ -43,7 +43,16 @@ class _Request:
     prefill_s: float = 0.0
     comm_s: float = 0.0
     busy_s: float = 0.0
-    runs: list[TokenRun] = field(default_factory=list)
+    runs: list[TokenRun] = field(default_factory=list)  # decode runs count cycles if speculating
+    # Speculative decoding: decode tokens after each of its cycles (drawn at admission) and the
+    # cycles it needs (None on a plain engine: one token per iteration); where the engine's
+    # cycles, runs of cycles, communication and busy sums stood when it joined (see Ledger).
+    ends: list[int] | None = None
+    need: int = 0
+    base: int = 0
+    run0: int = 0
+    comm0: float = 0.0
+    busy0: float = 0.0
     seg: _Segment | None = None
     record: ServiceRecord | None = None
     error: Exception | None = None  # why a streamed request failed (raised to its reader)

@@ -24,7 +24,7 @@ from substrates.emulated.scheduler.admission import (
     _RUNNING,
     _Request,
 )
-from substrates.emulated.scheduler.records import ServiceRecord, TokenRun
+from substrates.emulated.scheduler.records import BurstRun, ServiceRecord, TokenRun
 from substrates.emulated.scheduler.segment import _EPS, _Pricing, _Segment
 
 
@@ -108,6 +108,9 @@ class _Driver(_Pricing):
         if was_running:
             self._running.remove(req)
             self._kv_used -= req.kv
+            if req.ends is not None and req.generated:  # its cycles accounted so far
+                cycles = self._ledger.cycles - req.base
+                self._n.tokens_generated += min(req.ends[cycles], req.output - 1)
             seg = self._seg
             if seg is not None and req.seg is seg and seg.truncate(now):
                 self._replanned(seg)  # the batch shrank: iterations after the one in flight change
@@ -246,7 +249,11 @@ class _Driver(_Pricing):
             share = (t_end - seg.t_dec0) / len(seg.batch)
             run = TokenRun(seg.t_dec0, k, seg.f * seg.b0, seg.f * seg.db)
         finished = False
-        for r in seg.batch:
+        batch: list[_Request] = seg.batch
+        if self._bursts is not None:
+            finished = self._account_cycles(seg, t_end, comm if k else 0.0, share if k else 0.0)
+            batch = []  # accounted: nothing left for the loop below
+        for r in batch:
             if r.state != _RUNNING:
                 continue  # withdrawn mid-segment: its passes ran, but it has no record to fill
             if head:
@@ -271,6 +278,41 @@ class _Driver(_Pricing):
         self._seg = None
         self._free_at = t_end
 
+    def _account_cycles(self, seg: _Segment, t_end: float, comm: float, share: float) -> bool:
+        """Account a speculative segment: its new members, its cycles, the requests it ends.
+
+        Members of the batch are not visited: the `Ledger` holds what they all share.
+        """
+        ledger, k = self._ledger, seg.k
+        head = seg.head
+        if head:
+            first = TokenRun(seg.t_dec0, 1, 0.0, 0.0)
+            prefill_s = seg.head_s - seg.head_comm_s
+            per_token = seg.head_s / seg.head_tokens
+            for r in head:
+                if r.state == _RUNNING:
+                    r.generated = 1
+                    r.first_token = seg.t_dec0
+                    r.prefill_s += prefill_s
+                    r.busy_s += per_token * r.prompt
+                    r.runs.append(first)
+        ledger.comm += seg.head_comm_s + comm
+        if k:
+            ledger.busy += share
+            ledger.runs.append(TokenRun(seg.t_dec0, k, seg.f * seg.b0, seg.f * seg.db))
+            ledger.cycles += k
+        done = ledger.done()
+        for r in done:
+            r.generated = r.output
+            r.comm_s += ledger.comm - r.comm0
+            r.busy_s += ledger.busy - r.busy0
+            r.runs += ledger.runs_of(r)  # runs of cycles: `burst_runs` reads them per token
+            self._n.tokens_generated += r.output - 1
+            self._complete(r, t_end)
+        if len(ledger.runs) > ledger.keep:
+            ledger.trim([r for r in self._running if r.state == _RUNNING])
+        return bool(done)
+
     def _complete(self, r: _Request, t_end: float) -> None:
         r.state = _DONE
         self._kv_used -= r.kv
@@ -292,13 +334,22 @@ class _Driver(_Pricing):
             comm_s=r.comm_s,
             busy_share_s=r.busy_s,
             token_runs=tuple(r.runs),
+            cycle_ends=r.ends,
         )
         if r.wake is not None:
             r.wake.set()
         if r.watch is not None:
             self._notify((r,))
 
-    def _planned_runs(self, req: _Request) -> list[TokenRun]:
+    def _cycle_runs(self, req: _Request) -> list[TokenRun]:
+        """A speculative request's accounted runs (its first token's, then runs of cycles)."""
+        if req.record is not None:
+            return list(req.record.token_runs)
+        if req.state != _RUNNING:
+            return []
+        return req.runs + self._ledger.runs_of(req)
+
+    def _planned_runs(self, req: _Request) -> list[TokenRun | BurstRun]:
         """Token runs of ``req`` in the segment in progress (not yet accounted)."""
         seg = self._seg
         if seg is None or req.seg is not seg or req.state != _RUNNING:

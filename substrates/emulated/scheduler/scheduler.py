@@ -18,6 +18,7 @@ import anyio
 
 from agentrt.errors import ConfigError
 from substrates.emulated.scheduler.admission import _Request
+from substrates.emulated.scheduler.bursts import Bursts, Ledger
 from substrates.emulated.scheduler.driver import _Counters, _Driver
 from substrates.emulated.scheduler.records import (
     PrefillPolicy,
@@ -45,6 +46,10 @@ class Scheduler(_Driver):
     waited for at once. There is no background task: whichever caller is waiting drives the
     engine (leader/followers), and hands over when it leaves. See docs/scheduler.md.
 
+    A model with a ``speculation`` attribute (`Speculation`) decodes speculatively: each
+    iteration is a verification cycle, and each request gains 1 .. k + 1 tokens in it, drawn
+    from the seed and the request's number; a cycle's tokens arrive together at its end.
+
     Example:
         >>> from collections.abc import Sequence
         >>> import agentrt
@@ -63,7 +68,8 @@ class Scheduler(_Driver):
 
     Args:
         model: the per-pass cost model of the deployment.
-        seed: seeds jitter and stalls; the same seed and arrivals give identical timings.
+        seed: seeds jitter, stalls and speculative bursts; the same seed and arrivals give
+            identical timings.
         jitter: sigma of the lognormal factor (mean 1) on each pass's time; 0 = none.
         stall_prob: probability that a pass stalls.
         stall_s: extra seconds a stalled pass takes.
@@ -114,6 +120,9 @@ class Scheduler(_Driver):
         self._stall_p = float(stall_prob)
         self._stall_s = float(stall_s)
         self._stall_log_q = math.log1p(-self._stall_p) if self._stall_p < 1.0 else -math.inf
+        speculation = getattr(model, "speculation", None)
+        self._bursts = None if speculation is None else Bursts(speculation, seed)
+        self._ledger = Ledger()
         self._heap = []
         self._seq = 0
         self._queued = 0

@@ -3,7 +3,8 @@
 A segment is an optional prefill pass, then k decode iterations over a steady batch. `_Pricing`
 prices one from the `ServiceModel` (two ``decode_iter`` calls whatever k is) and draws its
 jitter and stalls from the scheduler's seeded generator; `_Segment` answers where it stands at
-any instant and is cut short when the batch changes.
+any instant and is cut short when the batch changes. With speculative decoding an iteration is
+a verification cycle, and each request gains the tokens its own draws (`Bursts`) say.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from dataclasses import dataclass, field
 
 from agentrt.errors import ConfigError
 from substrates.emulated.scheduler.admission import _Admission, _Request
-from substrates.emulated.scheduler.records import IterCost, ServiceModel, TokenRun
+from substrates.emulated.scheduler.bursts import Bursts, Ledger
+from substrates.emulated.scheduler.records import BurstRun, IterCost, ServiceModel, TokenRun
 
 # Two clock readings this close are the same instant: the virtual loop runs a timer up to its
 # clock resolution (1e-9 s) early, and float sums differ in the last bits.
@@ -49,6 +51,7 @@ class _Segment:
     dm: float = 0.0
     f: float = 1.0
     g: float = 1.0
+    cyc0: int = 0  # speculative decoding: the engine's cycles when the segment starts
 
     def base(self, j: int) -> float:
         """Base (undrawn) time of the first j decode iterations."""
@@ -89,13 +92,20 @@ class _Segment:
             j -= 1
         return j
 
-    def planned_runs(self, req: _Request) -> list[TokenRun]:
+    def planned_runs(self, req: _Request) -> list[TokenRun | BurstRun]:
         """Token runs of ``req`` (a member) in this segment, before it is accounted."""
-        runs: list[TokenRun] = []
+        runs: list[TokenRun | BurstRun] = []
         if self.head and req.generated == 0:
             runs.append(TokenRun(self.t_dec0, 1, 0.0, 0.0))
         if self.k:
-            runs.append(TokenRun(self.t_dec0, self.k, self.f * self.b0, self.f * self.db))
+            step, accel = self.f * self.b0, self.f * self.db
+            ends = req.ends
+            if ends is None:
+                runs.append(TokenRun(self.t_dec0, self.k, step, accel))
+            else:
+                c = self.cyc0 - req.base
+                got = min(ends[c + self.k], req.output - 1) - ends[c]
+                runs.append(BurstRun(self.t_dec0, got, step, accel, ends, c))
         return runs
 
 
@@ -109,6 +119,8 @@ class _Pricing(_Admission):
     _stall_p: float
     _stall_s: float
     _stall_log_q: float
+    _bursts: Bursts | None  # speculative decoding: draws each request's cycles
+    _ledger: Ledger  # and keeps the cycles run (unused on a plain engine)
 
     def _price(self, t0: float, new: list[_Request]) -> _Segment:
         """Price and draw a segment: a prefill pass for ``new``, then steady decode iterations."""
@@ -116,6 +128,12 @@ class _Pricing(_Admission):
         batch = self._running[:]
         seg = _Segment(t0, batch, t0, t0)
         if new:
+            bursts = self._bursts
+            if bursts is not None:
+                for r in new:
+                    if r.ends is None:  # drawn once, even if the request is planned again
+                        r.ends, r.need = bursts.draw(r.seq, r.output - 1)
+                    self._ledger.join(r)
             prompts = [r.prompt for r in new]
             cost = model.prefill(prompts)
             compute, comm = cost
@@ -135,11 +153,16 @@ class _Pricing(_Admission):
         # Decode until the first member is done: k iterations over the same batch.
         ctx: list[int] = []
         k = 1 << 62
-        for r in batch:
-            done = r.generated or 1  # a member of the prefill pass has its first token then
-            ctx.append(r.prompt + done)
-            if r.output - done < k:
-                k = r.output - done
+        if self._bursts is None:
+            for r in batch:
+                done = r.generated or 1  # a member of the prefill pass has its first token then
+                ctx.append(r.prompt + done)
+                if r.output - done < k:
+                    k = r.output - done
+        elif batch:  # k cycles, until the first member has had all the cycles it needs
+            g = seg.cyc0 = self._ledger.cycles
+            ctx = [r.prompt + 1 + r.ends[g - r.base] for r in batch]  # type: ignore[index]
+            k = self._ledger.cycles_left()
         if k == 0:
             return seg
         c0 = model.decode_iter(ctx)
@@ -148,7 +171,11 @@ class _Pricing(_Admission):
             raise _bad_cost("decode_iter", ctx, c0)
         db = dm = 0.0
         if k > 1:
-            ctx = [c + k - 1 for c in ctx]
+            if self._bursts is None:
+                ctx = [c + k - 1 for c in ctx]
+            else:  # the contexts at the start of the last cycle, from each request's draws
+                last = seg.cyc0 + k - 1
+                ctx = [r.prompt + 1 + r.ends[last - r.base] for r in batch]  # type: ignore[index]
             c1 = model.decode_iter(ctx)
             b1 = c1[0] + c1[1]
             if not (c1[0] >= 0.0 and c1[1] >= 0.0 and 0.0 < b1 < math.inf):

@@ -11,7 +11,13 @@ import anyio
 from agentrt import current_clock
 from agentrt.errors import ConfigError
 from substrates.emulated.scheduler.admission import _Request
-from substrates.emulated.scheduler.records import ServiceRecord, TokenArrivals, TokenRun
+from substrates.emulated.scheduler.records import (
+    BurstRun,
+    ServiceRecord,
+    TokenArrivals,
+    TokenRun,
+    burst_runs,
+)
 from substrates.emulated.scheduler.segment import _EPS
 
 if TYPE_CHECKING:
@@ -27,13 +33,18 @@ class ServiceStream:
     Opened by `Scheduler.stream`; read with `arrivals`, then `wait` for the `ServiceRecord`.
     """
 
-    __slots__ = ("_rb", "_req", "_ri", "_sched")
+    __slots__ = ("_bursts", "_covered", "_cycles", "_rb", "_req", "_ri", "_sched")
 
     def __init__(self, sched: Scheduler, req: _Request) -> None:
         self._sched = sched
         self._req = req
         self._ri = 0  # cursor into the request's finished token runs
         self._rb = 0  # index of the first token of run _ri
+        # Speculative decoding: the request's finished runs per token, the cycles and the
+        # tokens they hold.
+        self._bursts: list[TokenRun | BurstRun] = []
+        self._cycles = 0
+        self._covered = 0
 
     async def arrivals(self, *, max_tokens: int | None = 1) -> AsyncIterator[TokenArrivals]:
         """Yield tokens when they arrive: each chunk when its last token arrives.
@@ -82,7 +93,19 @@ class ServiceStream:
         Only within the run holding token ``start``: a chunk never waits for a later event.
         """
         req = self._req
-        runs: Sequence[TokenRun] = req.record.token_runs if req.record else req.runs
+        runs: Sequence[TokenRun | BurstRun]
+        if req.ends is None:
+            runs = req.record.token_runs if req.record else req.runs
+        else:  # runs of cycles, some in the engine's ledger: read them per token, each once
+            runs = done = self._bursts
+            if start >= self._covered:
+                raw = self._sched._cycle_runs(req)
+                if len(raw) > len(done):
+                    more, self._cycles = burst_runs(
+                        raw[len(done) :], req.ends, req.output - 1, self._cycles
+                    )
+                    done += more
+                    self._covered += sum(run.tokens for run in more)
         i, base = self._ri, self._rb
         while i < len(runs) and base + runs[i].tokens <= start:
             base += runs[i].tokens
