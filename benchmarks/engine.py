@@ -94,9 +94,12 @@ class SchedulerTarget:
 class EngineTarget:
     """The full `EmulatedEngine` (h100 preset, Llama 3.1 70B on one 8-GPU node, TP 8)."""
 
-    def __init__(self, *, seed: int, spec: str | None = None) -> None:
+    def __init__(self, *, seed: int, spec: str | None = None, moe: str | None = None) -> None:
+        # ``moe``: an MoE model instead, its experts spread over the 8 GPUs (--ep 8)
+        options: dict[str, object] = {"model": moe, "ep": 8} if moe else {}
         self._engine = build_engine(
-            "h100", model="llama-3.1-70b", tp=8, seed=seed, spec_decode=spec
+            "h100",
+            **{"model": "llama-3.1-70b", "tp": 8, "seed": seed, "spec_decode": spec, **options},  # type: ignore[arg-type]
         )
         self._requests: dict[tuple[int, int], InferenceRequest] = {}
         self.e2e_s: list[float] = []
@@ -120,11 +123,11 @@ class EngineTarget:
 ENGINE = "emulated"
 
 
-def make_target(seed: int, spec: str | None = None) -> Target:
+def make_target(seed: int, spec: str | None = None, moe: str | None = None) -> Target:
     """The engine under test: the full ``EmulatedEngine``, or the bare scheduler."""
     if ENGINE == "scheduler":
         return SchedulerTarget(seed=seed, spec=spec)
-    return EngineTarget(seed=seed, spec=spec)
+    return EngineTarget(seed=seed, spec=spec, moe=moe)
 
 
 @dataclass
@@ -157,11 +160,12 @@ def measure(
     output: int,
     repeat: int,
     spec: str | None = None,
+    moe: str | None = None,
 ) -> Outcome:
     """Run the load ``repeat`` times (same seed: the same simulation); keep the fastest."""
 
     async def main() -> Outcome:
-        target = make_target(seed=1, spec=spec)
+        target = make_target(seed=1, spec=spec, moe=moe)
         clock = current_clock()
         sim0, wall0 = clock.current_time(), time.perf_counter()
         await load(target, n, prompt, output)
@@ -187,6 +191,13 @@ def main() -> None:
         help="speculative decoding of the last two rows (draft tokens : acceptance); '' = none",
     )
     parser.add_argument(
+        "--moe",
+        default="gpt-oss-120b",
+        metavar="MODEL",
+        help="two more rows: this MoE model on the same node, --ep 8, with --spec-decode; "
+        "'' = none",
+    )
+    parser.add_argument(
         "--engine",
         choices=("emulated", "scheduler"),
         default="emulated",
@@ -196,28 +207,37 @@ def main() -> None:
     global ENGINE
     ENGINE = args.engine
     logging_off()
-    specs: list[str | None] = [None] + ([args.spec_decode] if args.spec_decode else [])
+    spec = args.spec_decode or None
+    variants: list[tuple[str | None, str | None]] = [(None, None)]
+    variants += [(spec, None)] if spec else []
+    variants += [(spec, args.moe)] if args.moe and ENGINE == "emulated" else []
+
+    def label(load: str, spec: str | None, moe: str | None) -> str:
+        return load + (f", {moe} --ep 8" if moe else "") + (f", spec {spec}" if spec else "")
+
     outcomes = [
         o
-        for spec in specs
+        for spec, moe in variants
         for o in (
             measure(
-                "sequential" + (f", spec {spec}" if spec else ""),
+                label("sequential", spec, moe),
                 sequential,
                 args.sequential,
                 args.prompt_tokens,
                 args.sequential_output_tokens,
                 args.repeat,
                 spec,
+                moe,
             ),
             measure(
-                "concurrent" + (f", spec {spec}" if spec else ""),
+                label("concurrent", spec, moe),
                 concurrent,
                 args.concurrent,
                 args.prompt_tokens,
                 args.output_tokens,
                 args.repeat,
                 spec,
+                moe,
             ),
         )
     ]
