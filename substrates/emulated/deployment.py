@@ -130,6 +130,11 @@ class SpecDecode(BaseModel):
                 f"--spec-decode expects DRAFT:ACCEPT[:eagle|mtp|model] like 4:0.7, got {text!r}"
             ) from exc
         draft: DraftKind = "model" if draft_model is not None else (kind or "eagle")  # type: ignore[assignment]
+        if not (1 <= k <= 32 and 0.0 <= a <= 1.0):  # also refuses nan
+            raise ConfigError(
+                f"--spec-decode {text!r}: the draft length is 1 to 32 tokens and the acceptance "
+                "rate 0 to 1, e.g. 4:0.7"
+            )
         return cls(draft_tokens=k, acceptance_rate=a, draft=draft, draft_model=draft_model)
 
     @property

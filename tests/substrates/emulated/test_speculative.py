@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agentrt.errors import ConfigError
 from substrates.emulated.deployment import SpecDecode
 from substrates.emulated.families import wafer_layer_s
 from substrates.emulated.perfmodel import _pass, decode_iteration, decode_span, wafer_pipeline
@@ -133,3 +134,22 @@ def test_wafer_token_latency_sums_its_layers():
         )
         pipe = wafer_pipeline(dep)
         assert pipe.token_latency_s == pytest.approx(dep.model.layers * pipe.layer_latency_s)
+
+
+@pytest.mark.parametrize("text", ["4:1.5", "4:-0.1", "0:0.5", "40:0.5", "4:nan", "4", "4:0.7:tree"])
+def test_a_bad_spec_decode_is_one_clear_error(text: str) -> None:
+    with pytest.raises(ConfigError, match="spec-decode"):
+        SpecDecode.parse(text)
+
+
+def test_a_bad_spec_decode_on_the_command_line_exits_2_without_a_traceback() -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "agentrt", "predict", "-s", "h100", "--spec-decode", "4:1.5"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "acceptance rate 0 to 1" in proc.stderr
