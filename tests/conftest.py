@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -18,3 +20,16 @@ def vrun() -> Callable[..., Any]:
         return run(fn, *args, clock=VirtualClock())
 
     return runner
+
+
+@pytest.fixture
+def agentrt_command() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run ``python -m agentrt ARGS`` in a subprocess (the command a user types), text output."""
+
+    def command(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "agentrt", *args],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+
+    return command

@@ -142,14 +142,10 @@ def test_a_bad_spec_decode_is_one_clear_error(text: str) -> None:
         SpecDecode.parse(text)
 
 
-def test_a_bad_spec_decode_on_the_command_line_exits_2_without_a_traceback() -> None:
-    import subprocess
-    import sys
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "agentrt", "predict", "-s", "h100", "--spec-decode", "4:1.5"],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+def test_a_bad_spec_decode_on_the_command_line_exits_2_without_a_traceback(
+    agentrt_command,
+) -> None:
+    proc = agentrt_command("predict", "-s", "h100", "--spec-decode", "4:1.5")
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "acceptance rate 0 to 1" in proc.stderr

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -163,24 +161,14 @@ def test_calibration_scenario_keys():
         predict_point("output_tokens_per_s_per_user", f"{base} draft=mtp", CATALOG)
 
 
-def _agentrt(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agentrt", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def test_predict_prints_the_stack_and_takes_it_as_an_option():
-    out = _agentrt("predict", "-s", "wse3", "--model", "llama-3.1-8b", "--json")
+def test_predict_prints_the_stack_and_takes_it_as_an_option(agentrt_command):
+    out = agentrt_command("predict", "-s", "wse3", "--model", "llama-3.1-8b", "--json")
     assert json.loads(out.stdout)["stack"] == "cs-current"
-    old = _agentrt("predict", "-s", "wse3", "-o", "stack=cs-2024-08", "--json")
+    old = agentrt_command("predict", "-s", "wse3", "-o", "stack=cs-2024-08", "--json")
     data = json.loads(old.stdout)
     assert data["stack"] == "cs-2024-08"
     assert data["speculation"] is None
-    wrong = _agentrt("predict", "-s", "h100", "--stack", "cs-current")
+    wrong = agentrt_command("predict", "-s", "h100", "--stack", "cs-current")
     assert wrong.returncode == 2
     assert len(wrong.stderr.strip().splitlines()) == 1
     assert "stacks for h100: trtllm, vllm" in wrong.stderr
