@@ -43,9 +43,12 @@ from agentrt.substrate import (
     Timing,
     TokenChunk,
     TokenStream,
+    ToolCall,
+    ToolCallDelta,
+    ToolSpec,
     Usage,
 )
-from agentrt.tool import Tool, ToolCall, ToolResult
+from agentrt.tool import Tool, ToolResult
 
 try:
     __version__ = version("agentrt")
@@ -92,8 +95,10 @@ __all__ = [
     "TokenStream",
     "Tool",
     "ToolCall",
+    "ToolCallDelta",
     "ToolError",
     "ToolResult",
+    "ToolSpec",
     "UnknownNameError",
     "Usage",
     "VirtualClock",

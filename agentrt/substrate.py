@@ -1,12 +1,28 @@
-"""The `Substrate` protocol and its data: `InferenceRequest`, `InferenceResult`, `Timing`."""
+"""The `Substrate` protocol and its data: `InferenceRequest`, `InferenceResult`, `Timing`.
+
+The conversation data follows OpenAI's chat-completions semantics so that every endpoint maps
+1:1: a `Message` may carry the assistant's `ToolCall` list or answer one (``role="tool"`` with its
+``tool_call_id``); a request may offer `ToolSpec` list with a ``tool_choice``; a result may end in
+tool calls (``finish_reason="tool_calls"``) and a stream carries them as `ToolCallDelta` pieces.
+"""
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    NonNegativeFloat,
+    NonNegativeInt,
+    model_validator,
+)
 
 __all__ = [
     "FinishReason",
@@ -18,21 +34,143 @@ __all__ = [
     "Timing",
     "TokenChunk",
     "TokenStream",
+    "ToolCall",
+    "ToolCallDelta",
+    "ToolSpec",
     "Usage",
 ]
 
-FinishReason = Literal["stop", "length", "tool_call", "content_filter", "error"]
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error"]
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
+#: ``tool_choice`` values that are not a tool name.
+_TOOL_CHOICE_MODES = frozenset({"auto", "none", "required"})
+
+
+class ToolCall(BaseModel):
+    """One tool call a model asked for: an id, the tool's name and its arguments as JSON text.
+
+    The arguments stay the model's text (it may be invalid JSON or miss a field): the agent
+    validates them against the tool's argument model and answers a bad call with a tool message.
+
+    Example:
+        >>> call = ToolCall(id="call_1", name="search", arguments='{"query": "parser bug"}')
+        >>> call.parsed_arguments()
+        {'query': 'parser bug'}
+    """
+
+    model_config = _FROZEN
+
+    id: str = Field(min_length=1, description="Unique within the conversation, e.g. 'call_1'.")
+    name: str = Field(min_length=1, description="The tool's name.")
+    arguments: str = Field(default="{}", description="The arguments as JSON text.")
+
+    def parsed_arguments(self) -> JsonValue:
+        """``arguments`` parsed as JSON.
+
+        Raises:
+            ValueError: the text is not JSON (the message says where).
+        """
+        parsed: JsonValue = json.loads(self.arguments) if self.arguments.strip() else {}
+        return parsed
+
+
+class ToolCallDelta(BaseModel):
+    """A piece of a streamed tool call (OpenAI's ``delta.tool_calls[i]``).
+
+    The first delta of a call carries its ``id`` and ``name``; later ones append to
+    ``arguments``. Deltas with the same ``index`` belong to the same call.
+    """
+
+    model_config = _FROZEN
+
+    index: NonNegativeInt = Field(description="Which call of the message this piece belongs to.")
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+def _empty_object_schema() -> dict[str, JsonValue]:
+    return {"type": "object", "properties": {}}
+
+
+class ToolSpec(BaseModel):
+    """A tool offered to the model: name, description and a JSON schema of its arguments.
+
+    Example:
+        >>> schema = {"type": "object", "properties": {"query": {"type": "string"}}}
+        >>> spec = ToolSpec(name="search", description="Search the docs.", parameters=schema)
+        >>> spec.to_openai()["function"]["name"]
+        'search'
+    """
+
+    model_config = _FROZEN
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="OpenAI's name rule.")
+    description: str = ""
+    parameters: dict[str, JsonValue] = Field(
+        default_factory=_empty_object_schema,
+        description="JSON schema of the arguments object.",
+    )
+
+    @functools.cached_property
+    def rendered_chars(self) -> int:
+        """Characters of this tool's compact JSON (what a chat template puts in the prompt)."""
+        return len(json.dumps(self.to_openai(), separators=(",", ":")))
+
+    def to_openai(self) -> dict[str, JsonValue]:
+        """The chat-completions ``tools[i]`` entry."""
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters,
+            },
+        }
+
 
 class Message(BaseModel):
-    """One chat message."""
+    """One chat message, with OpenAI's roles.
+
+    An assistant message may carry ``tool_calls`` (its ``content`` may then be empty); a ``tool``
+    message answers one call and names it with ``tool_call_id``.
+
+    Example:
+        >>> ask = Message(role="assistant", tool_calls=(ToolCall(id="c1", name="search"),))
+        >>> Message(role="tool", content="3 hits", tool_call_id="c1").tool_call_id
+        'c1'
+    """
 
     model_config = _FROZEN
 
     role: Literal["system", "user", "assistant", "tool"]
-    content: str
+    content: str = ""
+    tool_calls: tuple[ToolCall, ...] = Field(
+        default=(), description="Assistant messages only: the tools the model asked for."
+    )
+    tool_call_id: str | None = Field(
+        default=None, description="Tool messages only: the call this message answers."
+    )
+    name: str | None = Field(default=None, description="Tool messages: the tool's name.")
+
+    @model_validator(mode="after")
+    def _check_role_fields(self) -> Message:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError(f"only assistant messages carry tool_calls, not {self.role!r} ones")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs tool_call_id: the id of the call it answers")
+        if self.tool_call_id is not None and self.role != "tool":
+            raise ValueError(f"only tool messages carry tool_call_id, not {self.role!r} ones")
+        return self
+
+    def text_length(self) -> int:
+        """Characters the model reads for this message (content plus tool-call names and JSON)."""
+        n = len(self.content)
+        for call in self.tool_calls:
+            n += len(call.name) + len(call.arguments)
+        return n
 
 
 class InferenceRequest(BaseModel):
@@ -85,6 +223,27 @@ messages joined) or 'messages'
         default=None, description="Preferred substrate name (used by routers)."
     )
     priority: int = Field(default=0, description="Higher is served first by emulated engines.")
+    tools: tuple[ToolSpec, ...] = Field(
+        default=(), description="Tools the model may call; empty = a plain completion."
+    )
+    tool_choice: str | None = Field(
+        default=None,
+        description="'auto', 'none', 'required', or one tool's name; None = the substrate's "
+        "default ('auto' when tools are offered).",
+    )
+
+    @model_validator(mode="after")
+    def _check_tools(self) -> InferenceRequest:
+        if self.tool_choice is None or self.tool_choice in _TOOL_CHOICE_MODES:
+            return self
+        names = [t.name for t in self.tools]
+        if self.tool_choice not in names:
+            offered = ", ".join(names) or "none offered"
+            raise ValueError(
+                f"tool_choice {self.tool_choice!r} is not 'auto', 'none', 'required' or the name "
+                f"of an offered tool ({offered})"
+            )
+        return self
 
     def __getattr__(self, name: str) -> object:
         hint = _REQUEST_HINTS.get(name)
@@ -103,12 +262,21 @@ messages joined) or 'messages'
         return "\n".join(m.content for m in self.messages)
 
     def estimated_prompt_tokens(self) -> int:
-        """``prompt_tokens`` if given, else a 4-characters-per-token estimate of the messages."""
+        """``prompt_tokens`` if given, else a 4-characters-per-token estimate.
+
+        The estimate counts the messages (content, tool-call names and arguments) and the
+        offered tools' schemas, which chat templates put in the prompt too.
+        """
         if self.prompt_tokens is not None:
             return self.prompt_tokens
-        chars = sum(len(m.content) for m in self.messages)
+        chars = sum(m.text_length() for m in self.messages) + _tools_chars(self.tools)
         # Chat templates add a few tokens per message around the content.
         return max(1, (chars + 3) // 4 + 4 * len(self.messages))
+
+
+def _tools_chars(tools: tuple[ToolSpec, ...]) -> int:
+    """Characters of the offered tools' JSON, as a chat template would render them."""
+    return sum(t.rendered_chars for t in tools)
 
 
 #: Names people reach for on a request, and what to use instead.
@@ -243,6 +411,19 @@ class InferenceResult(BaseModel):
         default_factory=dict,
         description="Substrate-specific facts for traces (e.g. routing decision, deployment).",
     )
+    tool_calls: tuple[ToolCall, ...] = Field(
+        default=(), description="The tools the model asked for (finish_reason 'tool_calls')."
+    )
+
+    @model_validator(mode="after")
+    def _check_tool_calls(self) -> InferenceResult:
+        if self.finish_reason == "tool_calls" and not self.tool_calls:
+            raise ValueError("finish_reason 'tool_calls' needs at least one tool call")
+        return self
+
+    def message(self) -> Message:
+        """The assistant message to append to the conversation."""
+        return Message(role="assistant", content=self.text, tool_calls=self.tool_calls)
 
 
 class TokenChunk(BaseModel):
@@ -254,6 +435,9 @@ class TokenChunk(BaseModel):
     index: NonNegativeInt = Field(description="Index of the first token in this chunk.")
     tokens: Annotated[int, Field(ge=1)] = 1
     t_s: float = Field(description="Arrival time on the run's clock.")
+    tool_calls: tuple[ToolCallDelta, ...] = Field(
+        default=(), description="Pieces of tool calls that arrived with this chunk."
+    )
 
 
 class TokenStream(Protocol):

@@ -1,4 +1,8 @@
-"""The `Tool` protocol and the data it exchanges: `ToolCall` and `ToolResult`."""
+"""The `Tool` protocol and the data it exchanges: `ToolResult` (and the model's `ToolCall`).
+
+`ToolCall` (what a model asks for: id, name, arguments as JSON text) lives with the rest of the
+conversation data in `agentrt.substrate` and is re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,9 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from agentrt.substrate import ToolCall
+
 __all__ = ["Tool", "ToolCall", "ToolResult"]
-
-
-class ToolCall(BaseModel):
-    """A request to run a tool with arguments (already validated against its argument model)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    tool: str
-    args: dict[str, JsonValue] = Field(default_factory=dict)
-    run_id: str | None = None
-    step_id: str | None = None
 
 
 class ToolResult(BaseModel):

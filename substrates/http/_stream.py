@@ -35,8 +35,8 @@ __all__ = ["HTTPStream"]
 _FINISH: Final[dict[str, FinishReason]] = {
     "stop": "stop",
     "length": "length",
-    "tool_calls": "tool_call",
-    "function_call": "tool_call",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
     "content_filter": "content_filter",
 }
 
