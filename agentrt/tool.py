@@ -6,13 +6,15 @@ conversation data in `agentrt.substrate` and is re-exported here.
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from agentrt.substrate import ToolCall
+from agentrt.substrate import ToolCall, ToolSpec
 
-__all__ = ["Tool", "ToolCall", "ToolResult"]
+__all__ = ["Tool", "ToolCall", "ToolResult", "tool_spec"]
 
 
 class ToolResult(BaseModel):
@@ -70,3 +72,37 @@ class Tool(Protocol):
     async def aclose(self) -> None:
         """Release resources; safe to call more than once."""
         ...
+
+
+_SPECS: weakref.WeakKeyDictionary[Any, ToolSpec] = weakref.WeakKeyDictionary()
+
+
+def tool_spec(tool: Tool) -> ToolSpec:
+    """The `ToolSpec` a model sees for ``tool``: its name, description and argument schema.
+
+    The schema is pydantic's JSON schema of ``tool.args_model`` (computed once per tool).
+
+    Example:
+        >>> from pydantic import BaseModel
+        >>> class GrepArgs(BaseModel):
+        ...     pattern: str
+        >>> class Grep:
+        ...     name = "grep"
+        ...     description = "Search files."
+        ...     args_model = GrepArgs
+        ...     async def call(self, args: GrepArgs) -> ToolResult: ...
+        ...     async def aclose(self) -> None: ...
+        >>> spec = tool_spec(Grep())
+        >>> spec.parameters["required"], spec.parameters["properties"]["pattern"]["type"]
+        (['pattern'], 'string')
+    """
+    try:
+        return _SPECS[tool]
+    except (KeyError, TypeError):
+        pass
+    schema = tool.args_model.model_json_schema()
+    schema.pop("title", None)
+    spec = ToolSpec(name=tool.name, description=tool.description, parameters=schema)
+    with contextlib.suppress(TypeError):  # not weak-referenceable: computed each time
+        _SPECS[tool] = spec
+    return spec
