@@ -13,7 +13,7 @@ from substrates.emulated.perfmodel import prefill
 from substrates.emulated.predict import LoadPoint, closed_loop, cost_usd, predict_request
 from substrates.emulated.profiles import ModelProfile, ProfileCatalog, StackProfile
 from substrates.emulated.sizing import check_fits, size_deployment
-from substrates.emulated.stacks import parse_content_kind, resolve_stack
+from substrates.emulated.stacks import forced_spec_decode, parse_content_kind, resolve_stack
 
 __all__ = ["parse_scenario", "predict_point"]
 
@@ -29,12 +29,17 @@ def parse_scenario(text: str) -> dict[str, str]:
 def _spec_decode(
     spec: dict[str, str], stack: StackProfile, model: ModelProfile, catalog: ProfileCatalog
 ) -> SpecDecode | Literal["stack"] | None:
-    """``spec=K:A`` (``off``) and ``draft=eagle|mtp|MODEL``, or the stack's default."""
+    """``spec=K:A`` (``off``, ``on``) and ``draft=eagle|mtp|MODEL``, or the stack's default."""
     text, draft = spec.get("spec"), spec.get("draft")
     if text is None and draft is None:
         return "stack"
     if text is not None and text.lower() in ("off", "none", "0"):
         return None
+    if text is not None and text.lower() == "on" and draft is None:
+        content = spec.get("content")
+        return forced_spec_decode(
+            stack, model, parse_content_kind(content) if content else None, catalog
+        )
     if text is None:
         raise ConfigError("draft= needs spec=K:A (draft length and acceptance rate)")
     if draft is None or draft.lower() in ("eagle", "mtp", "model"):

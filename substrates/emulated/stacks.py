@@ -22,6 +22,7 @@ from substrates.emulated.profiles import (
 
 __all__ = [
     "default_spec_decode",
+    "forced_spec_decode",
     "parse_content_kind",
     "parse_spec_option",
     "resolve_stack",
@@ -34,8 +35,13 @@ def default_spec_decode(
     model: ModelProfile,
     content: ContentKind | None = None,
     draft_model: ModelProfile | None = None,
+    *,
+    force: bool = False,
 ) -> SpecDecode | None:
     """The speculative decoding ``stack`` ships for ``model`` on ``content``, or None.
+
+    A stack whose speculation is not ``enabled`` out of the box gives None unless ``force``
+    (``--spec-decode on``).
 
     Args:
         stack: the serving stack.
@@ -44,6 +50,7 @@ def default_spec_decode(
             acceptance rate (``chat``'s when the stack gives none for it). Default: the
             model's own (``reasoning`` for models that think aloud).
         draft_model: the draft's profile when the stack drafts with a separate model.
+        force: give the stack's draft even if the stack does not enable it by default.
 
     Returns:
         The configuration, or None when the stack does not speculate on this model.
@@ -51,7 +58,7 @@ def default_spec_decode(
     if content is None:
         content = model.content
     spec = stack.speculation
-    if spec is None:
+    if spec is None or not (spec.enabled or force):
         return None
     draft = spec.draft
     if model.is_moe and not spec.moe:
@@ -94,13 +101,38 @@ def stack_spec_decode(
     model: ModelProfile,
     content: ContentKind | None = None,
     catalog: ProfileCatalog | None = None,
+    *,
+    force: bool = False,
 ) -> SpecDecode | None:
-    """The speculation ``stack`` ships for ``model`` (its draft model looked up), or None."""
+    """The speculation ``stack`` ships for ``model`` (its draft model looked up), or None.
+
+    ``force`` turns on a draft the stack ships but does not enable by default.
+    """
     spec = stack.speculation
     draft = None
     if spec is not None and spec.draft_model is not None:
         draft = (catalog or load_catalog()).get_model(spec.draft_model)
-    return default_spec_decode(stack, model, content, draft)
+    return default_spec_decode(stack, model, content, draft, force=force)
+
+
+def forced_spec_decode(
+    stack: StackProfile,
+    model: ModelProfile,
+    content: ContentKind | None,
+    catalog: ProfileCatalog | None = None,
+) -> SpecDecode:
+    """``--spec-decode on``: the stack's draft for ``model``, enabled or not by default.
+
+    Raises:
+        ConfigError: the stack ships no draft for this model (the message says what to pass).
+    """
+    spec = stack_spec_decode(stack, model, content, catalog, force=True)
+    if spec is None:
+        raise ConfigError(
+            f"--spec-decode on: stack {stack.name!r} ships no draft for {model.name}; give one "
+            "as DRAFT:ACCEPT[:eagle|mtp|MODEL], e.g. 3:0.7:eagle"
+        )
+    return spec
 
 
 _CONTENT_KINDS: tuple[ContentKind, ...] = ("chat", "code", "reasoning")
@@ -125,11 +157,16 @@ def parse_spec_option(
     content: ContentKind | None,
     catalog: ProfileCatalog,
 ) -> SpecDecode | Literal["stack"] | None:
-    """``--spec-decode``: absent = the stack's default, ``off`` = none, else ``K:A[:DRAFT]``."""
+    """``--spec-decode``: absent = the stack's default, ``off`` = none, ``on``, or ``K:A[:DRAFT]``.
+
+    ``on`` is the stack's draft for the model even where the stack leaves it off by default.
+    """
     if text is None or not text.strip():
         return "stack"
     if text.strip().lower() in ("off", "none", "0"):
         return None
+    if text.strip().lower() == "on":
+        return forced_spec_decode(stack, model, content, catalog)
     parts = text.split(":")
     draft = None
     if len(parts) == 3 and parts[2].strip().lower() not in ("eagle", "mtp", "model"):

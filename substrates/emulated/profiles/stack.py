@@ -51,6 +51,11 @@ class Speculation(_Frozen):
         default=True,
         description="Whether the stack speculates on mixture-of-experts models too.",
     )
+    enabled: bool = Field(
+        default=True,
+        description="Whether the stack speculates out of the box; False = it ships the drafts "
+        "but a deployment turns them on (``--spec-decode on``), as TensorRT-LLM does.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Speculation:

@@ -56,11 +56,15 @@ def test_every_declared_parameter_resolves_to_a_family(catalog, table):
     assert "unused" not in params
     paths = {p.path for family in params.values() for p in family}
     assert "hardware:h100.efficiency.flop_efficiency" in paths
-    h100_bw = next(
-        p for p in params["gpu"] if p.path.endswith("h100.efficiency.bandwidth_efficiency")
+    h100_flops = next(
+        p for p in params["gpu"] if p.path.endswith("h100.efficiency.flop_efficiency")
     )
     # h200 declares no parameter of its own: it shares the H100 fit
-    assert "hardware:h200.efficiency.bandwidth_efficiency" in h100_bw.targets
+    assert "hardware:h200.efficiency.flop_efficiency" in h100_flops.targets
+    # a stack declares its own parameters (TensorRT-LLM's per-layer kernel latency)
+    assert "stack:trtllm.efficiency.layer_latency_s" in paths
+    # bandwidth efficiency is measured (vidur), not fitted
+    assert not any(p.endswith("bandwidth_efficiency") for p in paths)
     assert not any(p.path.startswith("hardware:h200.") for p in params["gpu"])
     for family in params.values():
         for p in family:

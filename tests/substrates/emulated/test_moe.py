@@ -100,7 +100,10 @@ def _old_gpu_pass_s(dep: Deployment, tokens: float, attended: float, kv_position
 @pytest.mark.parametrize("hw", GPU_LIKE)
 @pytest.mark.parametrize("model", DENSE_MODELS)
 def test_ep_1_reproduces_the_dense_model_exactly(hw, model):
-    dep = size_deployment(CATALOG.get_hardware(hw), CATALOG.get_model(model), precision="fp8")
+    hardware = CATALOG.get_hardware(hw)
+    # the oracle prices the hardware's own efficiency (NCCL, no stack overrides): the vllm stack
+    stack = CATALOG.get_stack("vllm", hardware) if hw in ("h100", "h200", "b200") else None
+    dep = size_deployment(hardware, CATALOG.get_model(model), precision="fp8", stack=stack)
     assert dep.ep == 1
     assert not dep.attention_dp
     for batch in (1, 7, 64):

@@ -120,4 +120,8 @@ def test_an_fpga_pays_its_pipeline_fill_once_per_pass() -> None:
     fill = families.pipeline_fill_s(dep, 1)
     assert fill == pytest.approx(dep.model.layers * dep.hardware.efficiency.layer_latency_s)
     assert decode_iteration(dep, [1000]).work_s > fill
-    assert families.pipeline_fill_s(build_deployment("h100"), 1) == 0
+    assert families.pipeline_fill_s(build_deployment("h100", stack="vllm"), 1) == 0
+    trt = build_deployment("h100")  # the default trtllm stack: a fixed latency per layer
+    assert families.pipeline_fill_s(trt, 1) == pytest.approx(
+        trt.model.layers * trt.efficiency.layer_latency_s
+    )

@@ -171,7 +171,7 @@ def test_a_user_file_shadows_the_builtin_of_the_same_name(tmp_path):
         (("memory_gb = 80", "memory_gb = -80"), "memory_gb"),
         (("memory_gb = 80", 'memory_gb = "eighty"'), "memory_gb"),
         (("power_w = 700", "power_w = 700\nwatts = 1"), "watts"),
-        (("bandwidth_efficiency = 0.918", "bandwidth_efficiency = 1.5"), "bandwidth_efficiency"),
+        (("bandwidth_efficiency = 0.90", "bandwidth_efficiency = 1.5"), "bandwidth_efficiency"),
         (('\npower_w = "NVIDIA H100 SXM datasheet TDP 700 W"', ""), "power_w"),
         (('profile = "hardware"', 'profile = "gpu"'), "profile"),
     ],

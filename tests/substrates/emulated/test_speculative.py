@@ -78,12 +78,19 @@ def test_content_sets_the_acceptance_of_the_stacks_draft():
 
 
 def test_a_stack_drafts_only_for_the_models_it_ships_drafts_for():
-    assert build_deployment("b200", model="deepseek-r1", stack="trtllm").spec_decode.draft == "mtp"  # type: ignore[union-attr]
-    assert (
-        build_deployment("h100", model="llama-3.1-8b", stack="trtllm").spec_decode.draft == "eagle"
-    )  # type: ignore[union-attr]
-    assert build_deployment("h100", model="qwen3-32b", stack="trtllm").spec_decode is None
-    assert build_deployment("h100", model="llama-3.1-8b").spec_decode is None  # vllm: off
+    r1 = build_deployment("b200", model="deepseek-r1", stack="trtllm", spec_decode="on")
+    assert r1.spec_decode is not None
+    assert r1.spec_decode.draft == "mtp"
+    eight = build_deployment("h100", model="llama-3.1-8b", stack="trtllm", spec_decode="on")
+    assert eight.spec_decode is not None
+    assert eight.spec_decode.draft == "eagle"
+    with pytest.raises(ConfigError, match="ships no draft for qwen3-32b"):
+        build_deployment("h100", model="qwen3-32b", stack="trtllm", spec_decode="on")
+    # TensorRT-LLM ships the drafts but runs them only when asked; vLLM likewise
+    assert build_deployment("h100", model="llama-3.1-8b").spec_decode is None
+    assert build_deployment("h100", model="llama-3.1-8b", stack="vllm").spec_decode is None
+    # cs-current speculates out of the box
+    assert build_deployment("wse3", model="llama-3.3-70b").spec_decode is not None
 
 
 def test_a_speculative_span_advances_the_expected_tokens():
