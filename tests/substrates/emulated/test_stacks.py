@@ -196,3 +196,18 @@ def test_calibration_scenario_moe_keys():
         predict_point("output_tokens_per_s_per_user", f"{moe} adp=2", CATALOG)
     with pytest.raises(ConfigError, match="dense"):
         predict_point("output_tokens_per_s_per_user", "hw=h100 model=llama-3.1-8b ep=2", CATALOG)
+
+
+def test_spec_decode_on_turns_on_a_shipped_draft_from_the_command_line(agentrt_command):
+    plain = json.loads(agentrt_command("predict", "-s", "b200", "--json").stdout)
+    drafted = json.loads(
+        agentrt_command("predict", "-s", "b200", "--spec-decode", "on", "--json").stdout
+    )
+    assert plain["stack"] == drafted["stack"] == "trtllm"
+    assert drafted["output_tokens_per_s"] > plain["output_tokens_per_s"]
+    refused = agentrt_command(
+        "predict", "-s", "h100", "--model", "qwen3-32b", "--spec-decode", "on"
+    )
+    assert refused.returncode == 2
+    assert "ships no draft for qwen3-32b" in refused.stderr
+    assert "Traceback" not in refused.stderr
