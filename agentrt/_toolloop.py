@@ -12,6 +12,7 @@ call.
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -23,6 +24,7 @@ from opentelemetry.trace import Span
 from pydantic import BaseModel, ValidationError
 
 from agentrt._construct import trusted
+from agentrt.clock import Clock, RealClock
 from agentrt.errors import StepTimeout, ToolError, ToolLoopFailed
 from agentrt.plan import RetryPolicy
 from agentrt.redact import redact
@@ -52,6 +54,8 @@ __all__ = [
     "ToolLoop",
     "call_with_retries",
     "conversation",
+    "fast_clock",
+    "retry_after",
 ]
 
 #: Model calls a conversation may make before it fails (a 50-tool-call loop needs 51).
@@ -84,7 +88,23 @@ async def call_with_retries(
     except Exception as exc:
         if policy.max_attempts == 1 or not is_retryable(exc):
             raise
-        replay: list[Exception] = [exc]
+        failed = exc
+    return await retry_after(failed, attempt, policy, rng=rng, before_sleep=before_sleep)
+
+
+async def retry_after(
+    failed: Exception,
+    attempt: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    rng: Any,
+    before_sleep: Callable[[RetryCallState], None] | None = None,
+) -> T:
+    """`call_with_retries` after its first attempt failed with ``failed`` (a retryable error).
+
+    For hot paths that make the first attempt themselves, without building a closure.
+    """
+    replay: list[Exception] = [failed]
     async for retry in retrying(policy, rng=rng, before_sleep=before_sleep):
         with retry:
             if replay:
@@ -140,40 +160,52 @@ class LoopStep:
 
     def freeze(self, origin: float, now: float) -> StepResult:
         """The step's `StepResult` (a running step shows as cancelled, ending ``now``)."""
+        values = _STEP_DEFAULTS.copy()
+        values["id"] = self.id
+        values["kind"] = self.kind
+        values["status"] = "cancelled" if self.state == "running" else self.state
+        values["start_s"] = self.start - origin
+        values["end_s"] = (self.end if self.end is not None else now) - origin
+        values["attempts"] = self.attempts
+        values["index"] = self.index
+        values["waits_for"] = self.waits_for
+        values["error"] = self.error
+        if self.attempts > 1:
+            values["retry_s"] = self.last_attempt_start - self.start
         inference = self.inference
-        call = self.call
-        tool_result = self.tool_result
-        end = self.end if self.end is not None else now
-        values: dict[str, Any] = {
-            "id": self.id,
-            "kind": self.kind,
-            "status": "cancelled" if self.state == "running" else self.state,
-            "start_s": self.start - origin,
-            "end_s": end - origin,
-            "attempts": self.attempts,
-            "index": self.index,
-            "waits_for": self.waits_for,
-            "retry_s": self.retry_s,
-            "error": self.error,
-        }
         if inference is not None:
+            usage = inference.usage
             values["substrate"] = inference.substrate
             values["model"] = inference.model
-            values["input_tokens"] = inference.usage.input_tokens
-            values["output_tokens"] = inference.usage.output_tokens
+            values["input_tokens"] = usage.input_tokens
+            values["output_tokens"] = usage.output_tokens
             values["timing"] = inference.timing
             values["cost_usd"] = inference.cost_usd
             values["energy_j"] = inference.energy_j
             values["text"] = inference.text
             values["tool_calls"] = inference.tool_calls
+        call = self.call
         if call is not None:
             values["tool"] = call.name
             values["tool_call_id"] = call.id
             values["tool_s"] = self.tool_s
+            tool_result = self.tool_result
             if tool_result is not None:
                 values["tool_ok"] = tool_result.ok
                 values["tool_output"] = tool_result.output
         return trusted(StepResult, values)
+
+
+#: Every `StepResult` field's default: a step's values start as a copy (no merge per step).
+_STEP_DEFAULTS: dict[str, Any] = {
+    name: field.default for name, field in StepResult.model_fields.items()
+}
+#: The same for requests: a conversation's requests start from one full dict.
+_REQUEST_DEFAULTS: dict[str, Any] = {
+    name: field.default
+    for name, field in InferenceRequest.model_fields.items()
+    if not field.is_required()
+}
 
 
 class ToolLoop:
@@ -188,7 +220,8 @@ class ToolLoop:
         timeout_s: per attempt of each model and tool call.
         retry: the retry policy of model and tool calls.
         request: fields every request carries (run and step ids, hints, output length).
-        parent: the trace context the spans go under (the run's root, or a plan step's span).
+        parent: the trace context the spans go under (the run's root, or a plan step's span);
+            None when the run is not traced.
         as_steps: the model and tool calls are steps of the run (else parts of one plan step).
         attempt: the plan step's attempt number, for the ``agentrt.attempt`` of child spans.
     """
@@ -208,6 +241,7 @@ class ToolLoop:
         as_steps: bool,
         attempt: int = 1,
     ) -> None:
+        agent = run.agent
         self.run = run
         self.messages = messages
         self.tools = tools
@@ -217,7 +251,16 @@ class ToolLoop:
         self.parent = parent
         self.as_steps = as_steps
         self.attempt = attempt
-        self._request = {**request, "tools": specs}
+        self._request = {**_REQUEST_DEFAULTS, **request, "tools": specs}
+        self._step_id: str | None = request.get("step_id")
+        self._now = fast_clock(run._clock)
+        self._substrate = agent.substrate
+        self._recorder = agent.recorder
+        self._remote_tools = frozenset(n for n, t in tools.items() if getattr(t, "remote", False))
+        # Per-step log events and context variables: only for a run's own steps, and only when
+        # a log processor would read them.
+        self._logs = as_steps and (run._log_steps or run._log_context)
+        self._index = 0
         self.steps: list[LoopStep] = []
         self.output = ""
         self.turns = 0
@@ -243,9 +286,9 @@ class ToolLoop:
                 ``max_tool_failures`` tool calls in a row failed (``failed_step`` names the step).
             Exception: a model call that failed for good (retries exhausted or permanent).
         """
-        run = self.run
         waits: tuple[str, ...] = ()
-        max_failures = run.agent.max_tool_failures
+        max_failures = self.run.agent.max_tool_failures
+        as_steps = self.as_steps
         while True:
             self.turns += 1
             turn = self.turns
@@ -258,29 +301,29 @@ class ToolLoop:
                 return
             chat_id = (chat.id,)
             if len(calls) == 1:
-                steps = [self._tool_step(turn, 1, calls[0], chat_id)]
-                replies = [await self._tool(steps[0])]
+                step = self._tool_step(turn, 1, calls[0], chat_id)
+                steps = [step]
+                self.messages.append(await self._tool(step))
             else:
                 steps = [self._tool_step(turn, k, c, chat_id) for k, c in enumerate(calls, 1)]
-                replies = await self._tools(steps)
-            self.messages += replies
-            if self.as_steps:
-                waits = tuple(s.id for s in steps)
+                self.messages += await self._tools(steps)
+            if as_steps:
+                waits = tuple(s.id for s in steps) if len(steps) > 1 else (steps[0].id,)
             else:
                 # The tools ran side by side: their wall time is what the step spent in tools.
                 self.tool_s += max(s.end or s.start for s in steps) - min(s.start for s in steps)
             for step in steps:
-                if step.state == "failed":
-                    self.failures += 1
-                    if self.failures >= max_failures:
-                        self.failed_step = step.id
-                        raise ToolLoopFailed(
-                            f"{self.failures} tool calls in a row failed (the last: {step.error}); "
-                            f"the limit is max_tool_failures={max_failures}: fix the tools or "
-                            "their descriptions, or raise Agent(max_tool_failures=...)"
-                        )
-                else:
+                if step.state != "failed":
                     self.failures = 0
+                    continue
+                self.failures += 1
+                if self.failures >= max_failures:
+                    self.failed_step = step.id
+                    raise ToolLoopFailed(
+                        f"{self.failures} tool calls in a row failed (the last: {step.error}); "
+                        f"the limit is max_tool_failures={max_failures}: fix the tools or "
+                        "their descriptions, or raise Agent(max_tool_failures=...)"
+                    )
             if turn >= self.max_turns:
                 self.failed_step = chat.id
                 names = ", ".join(dict.fromkeys(c.name for c in calls))
@@ -293,33 +336,47 @@ class ToolLoop:
 
     async def _chat(self, turn: int, waits: tuple[str, ...]) -> LoopStep:
         run = self.run
-        clock = run._clock
-        step_id = f"chat-{turn}" if self.as_steps else self._request["step_id"]
-        step = LoopStep(step_id, "chat", self._next_index(), waits, clock.current_time())
-        if self.as_steps:
-            self.steps.append(step)
-        fields = {**self._request, "messages": tuple(self.messages)}
-        if self.as_steps:
-            fields["step_id"] = step_id
-        elif turn > 1:
-            fields["prompt_tokens"] = None  # the step's hint is for its first call
+        as_steps = self.as_steps
+        fields = self._request.copy()
+        fields["messages"] = tuple(self.messages)
+        if as_steps:
+            step_id = fields["step_id"] = f"chat-{turn}"
+            index = self._index
+            self._index = index + 1
+        else:
+            step_id = self._step_id or ""
+            index = 0
+            if turn > 1:
+                fields["prompt_tokens"] = None  # the step's hint is for its first call
         request = trusted(InferenceRequest, fields)
-        tracer = run._tracer
-        span = tracer.start_chat(self.parent, request, run.agent.substrate, t=step.start)
-        tokens = self._bind(step)
+        step = LoopStep(step_id, "chat", index, waits, self._now())
+        if as_steps:
+            self.steps.append(step)
+        span = (
+            run._tracer.start_chat(self.parent, request, self._substrate, t=step.start)
+            if self.parent is not None
+            else None
+        )
+        tokens = self._bind(step) if self._logs else None
         error: BaseException | None = None
         try:
-            await call_with_retries(
-                lambda: self._chat_attempt(step, request, span),
-                self.retry,
-                rng=run._rng,
-                before_sleep=run._log_retry,
-            )
+            try:
+                await self._chat_attempt(step, request, span)
+            except Exception as exc:
+                if self.retry.max_attempts == 1 or not is_retryable(exc):
+                    raise
+                await retry_after(
+                    exc,
+                    lambda: self._chat_attempt(step, request, span),
+                    self.retry,
+                    rng=run._rng,
+                    before_sleep=run._log_retry,
+                )
         except BaseException as exc:
             error = exc
             raise
         finally:
-            end = step.end = clock.current_time()
+            end = step.end = self._now()
             if error is None:
                 step.state = "succeeded"
             elif isinstance(error, Exception):
@@ -328,18 +385,19 @@ class ToolLoop:
             else:
                 step.state = "cancelled"
             if span is not None:
-                tracer.end_chat(
+                run._tracer.end_chat(
                     span,
                     request,
-                    run.agent.substrate,
-                    attempt=self.attempt if not self.as_steps else step.attempts,
+                    self._substrate,
+                    attempt=step.attempts if as_steps else self.attempt,
                     result=step.inference,
                     error=error,
                     t_start=step.last_attempt_start,
                     t_end=end,
-                    step=self._step_attributes(step) if self.as_steps else None,
+                    step=self._step_attributes(step) if as_steps else None,
                 )
-            self._log_end(step, tokens)
+            if self._logs:
+                self._log_end(step, tokens)
         result = step.inference
         assert result is not None
         self.messages.append(
@@ -349,35 +407,33 @@ class ToolLoop:
             )
         )
         self.last = result
-        if not self.as_steps:
-            self.timing = result.timing if self.turns == 1 else self.timing.plus(result.timing)
+        if not as_steps:
+            self.timing = result.timing if turn == 1 else self.timing.plus(result.timing)
             self.input_tokens += result.usage.input_tokens
             self.output_tokens += result.usage.output_tokens
             self.cost_usd += result.cost_usd
             self.energy_j += result.energy_j
-        if run.agent.recorder is not None:
-            run.agent.recorder.model_turn(request, result)
+        if self._recorder is not None:
+            self._recorder.model_turn(request, result)
         return step
 
     async def _chat_attempt(
         self, step: LoopStep, request: InferenceRequest, span: Span | None
     ) -> InferenceResult:
         run = self.run
-        agent = run.agent
-        clock = run._clock
         step.attempts += 1
-        t0 = step.last_attempt_start = clock.current_time()
+        t0 = step.last_attempt_start = step.start if step.attempts == 1 else self._now()
         timeouts = run._timeouts
         scope = timeouts.scope()
         timeouts.add(scope, self.timeout_s)
         try:
             with scope:
-                if span is not None and agent._remote:
+                if span is not None and run.agent._remote:
                     # Remote substrates propagate the current span (W3C traceparent).
                     with current_span(span):
-                        result = await agent.substrate.infer(request)
+                        result = await self._substrate.infer(request)
                 else:
-                    result = await agent.substrate.infer(request)
+                    result = await self._substrate.infer(request)
         finally:
             timeouts.remove(scope)
         if scope.cancelled_caught:
@@ -386,15 +442,16 @@ class ToolLoop:
                 f"{self.timeout_s} s"
             )
         if run._metrics:
-            agent._instruments.record(result, clock.current_time() - t0, agent._provider)
+            agent = run.agent
+            agent._instruments.record(result, self._now() - t0, agent._provider)
         step.inference = result
         return result
 
     # -- tool calls ----------------------------------------------------------------------------
 
     def _tool_step(self, turn: int, k: int, call: ToolCall, waits: tuple[str, ...]) -> LoopStep:
-        step_id = f"tool-{turn}-{k}" if self.as_steps else f"{self._request['step_id']}:{call.id}"
-        step = LoopStep(step_id, "tool", -1, waits, 0.0)
+        step_id = f"tool-{turn}-{k}" if self.as_steps else f"{self._step_id}:{call.id}"
+        step = LoopStep(step_id, "tool", 0, waits, 0.0)
         step.call = call
         return step
 
@@ -417,18 +474,21 @@ class ToolLoop:
     async def _tool(self, step: LoopStep) -> Message:
         """Run one tool call; every failure becomes a tool message the model reads."""
         run = self.run
-        clock = run._clock
         call = step.call
         assert call is not None
-        step.index = self._next_index()
-        step.start = step.last_attempt_start = clock.current_time()
         if self.as_steps:
+            step.index = self._index
+            self._index += 1
             self.steps.append(step)
-        tracer = run._tracer
-        span = tracer.start_tool(
-            self.parent, call.name, attempt=self.attempt, t=step.start, call_id=call.id
+        step.start = step.last_attempt_start = self._now()
+        span = (
+            run._tracer.start_tool(
+                self.parent, call.name, attempt=self.attempt, t=step.start, call_id=call.id
+            )
+            if self.parent is not None
+            else None
         )
-        tokens = self._bind(step)
+        tokens = self._bind(step) if self._logs else None
         tool = self.tools.get(call.name)
         result: ToolResult | None = None
         problem: str | None = None
@@ -442,12 +502,18 @@ class ToolLoop:
                     problem = args
                 else:
                     try:
-                        result = await call_with_retries(
-                            lambda: self._tool_attempt(step, tool, args, span),
-                            self.retry,
-                            rng=run._rng,
-                            before_sleep=run._log_retry,
-                        )
+                        try:
+                            result = await self._tool_attempt(step, tool, args, span)
+                        except Exception as exc:
+                            if self.retry.max_attempts == 1 or not is_retryable(exc):
+                                raise
+                            result = await retry_after(
+                                exc,
+                                lambda: self._tool_attempt(step, tool, args, span),
+                                self.retry,
+                                rng=run._rng,
+                                before_sleep=run._log_retry,
+                            )
                     except Exception as exc:
                         problem = f"{call.name} failed: {type(exc).__name__}: {exc}"
                         error = exc
@@ -455,7 +521,7 @@ class ToolLoop:
             error = exc
             raise
         finally:
-            end = step.end = clock.current_time()
+            end = step.end = self._now()
             if result is not None:
                 step.state = "succeeded"
                 step.tool_result = result
@@ -469,17 +535,18 @@ class ToolLoop:
             else:
                 step.state = "cancelled"
             if span is not None:
-                tracer.end_tool(
+                run._tracer.end_tool(
                     span,
                     result=result,
                     error=error if error is not None else ToolError(problem) if problem else None,
                     t=end,
                     step=self._step_attributes(step) if self.as_steps else None,
                 )
-            self._log_end(step, tokens)
+            if self._logs:
+                self._log_end(step, tokens)
         assert result is not None
-        if run.agent.recorder is not None:
-            run.agent.recorder.tool_result(call, result, step.tool_s)
+        if self._recorder is not None:
+            self._recorder.tool_result(call, result, step.tool_s)
         return trusted(
             Message,
             {"role": "tool", "content": result.output, "tool_call_id": call.id, "name": call.name},
@@ -488,16 +555,15 @@ class ToolLoop:
     async def _tool_attempt(
         self, step: LoopStep, tool: Tool, args: BaseModel, span: Span | None
     ) -> ToolResult:
-        run = self.run
         step.attempts += 1
         if step.attempts > 1:
-            step.last_attempt_start = run._clock.current_time()
-        timeouts = run._timeouts
+            step.last_attempt_start = self._now()
+        timeouts = self.run._timeouts
         scope = timeouts.scope()
         timeouts.add(scope, self.timeout_s)
         try:
             with scope:
-                if span is not None and getattr(tool, "remote", False):
+                if span is not None and tool.name in self._remote_tools:
                     with current_span(span):
                         result = await tool.call(args)
                 else:
@@ -516,9 +582,6 @@ class ToolLoop:
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
-    def _next_index(self) -> int:
-        return self.run._next_index() if self.as_steps else 0
-
     def _step_attributes(self, step: LoopStep) -> dict[str, Any]:
         return {
             "id": step.id,
@@ -532,8 +595,6 @@ class ToolLoop:
 
     def _bind(self, step: LoopStep) -> Mapping[str, Any] | None:
         run = self.run
-        if not self.as_steps:
-            return None
         tokens = (
             structlog.contextvars.bind_contextvars(step_id=step.id, kind=step.kind)
             if run._log_context
@@ -547,8 +608,6 @@ class ToolLoop:
         return tokens
 
     def _log_end(self, step: LoopStep, tokens: Mapping[str, Any] | None) -> None:
-        if not self.as_steps:
-            return
         run = self.run
         latency = (step.end or step.start) - step.start
         if step.state == "succeeded":
@@ -566,6 +625,20 @@ class ToolLoop:
     def results(self, origin: float, now: float) -> list[StepResult]:
         """Every step so far, in start order."""
         return [s.freeze(origin, now) for s in self.steps]
+
+
+def fast_clock(clock: Clock) -> Callable[[], float]:
+    """A function reading ``clock``: the running asyncio loop's own ``time`` for real time.
+
+    `RealClock.current_time` reads the same number after a lookup of the running loop; a loop
+    reads the clock several times per turn, on one event loop.
+    """
+    if isinstance(clock, RealClock):
+        try:
+            return asyncio.get_running_loop().time
+        except RuntimeError:
+            pass
+    return clock.current_time
 
 
 def _parse_arguments(model: type[BaseModel], call: ToolCall) -> BaseModel | str:
