@@ -39,11 +39,13 @@ def _shape(cls: type[BaseModel]) -> tuple[dict[str, Any], int]:
     return defaults, len(fields)
 
 
-def trusted(cls: type[M], values: dict[str, Any]) -> M:
+def trusted(cls: type[M], values: dict[str, Any], fields_set: set[str] | None = None) -> M:
     """An instance of ``cls`` holding ``values`` (plus defaults), unvalidated.
 
     ``values`` must name every field without a plain default, hold valid values, and is kept
-    (not copied): pass a fresh dict.
+    (not copied): pass a fresh dict. ``fields_set`` (the fields counted as given, default the
+    keys of ``values``) is kept too: a caller building many instances of a frozen model with
+    the same keys may share one set.
 
     Example:
         >>> from agentrt.substrate import Message
@@ -53,7 +55,7 @@ def trusted(cls: type[M], values: dict[str, Any]) -> M:
     """
     defaults, n = _shape(cls)
     obj = _new(cls)
-    _setattr(obj, "__pydantic_fields_set__", set(values))
+    _setattr(obj, "__pydantic_fields_set__", set(values) if fields_set is None else fields_set)
     _setattr(obj, "__dict__", values if len(values) == n else {**defaults, **values})
     _setattr(obj, "__pydantic_extra__", None)
     _setattr(obj, "__pydantic_private__", None)

@@ -12,6 +12,7 @@ import logging
 import random
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal, final
 
@@ -331,7 +332,8 @@ class AgentRun:
         self.deadline_s = deadline_s if deadline_s is not None else plan_deadline
         self.max_steps = max_steps or _DEFAULT_MAX_STEPS
         self.max_turns = max_turns or DEFAULT_MAX_TURNS
-        self.name = target.name if isinstance(target, Plan | Policy) else _CONVERSATION
+        # (isinstance against the Policy protocol is slow: not on every run.)
+        self.name = _CONVERSATION if isinstance(target, list) else target.name
         self._loop: ToolLoop | None = None
         self._records: dict[str, _StepRecord] = {}
         self._finished: list[StepResult] = []
@@ -342,7 +344,7 @@ class AgentRun:
         self._error: str | None = None
         self._failed_step: str | None = None
         self._started = False
-        self._rng = random.Random(agent.seed)
+        self._random: random.Random | None = None
         self._log: Any = _log_proxy
         # Replaced by the run's own tracer in execute(); until then nothing is traced.
         self._tracer = _idle_tracer()
@@ -354,6 +356,13 @@ class AgentRun:
         if isinstance(target, Plan):
             for index, step in enumerate(target.steps):
                 self._records[step.id] = _StepRecord(step, index=index, waits_for=step.depends_on)
+
+    @property
+    def _rng(self) -> random.Random:
+        """Retry jitter's generator, seeded on first use (most runs never retry)."""
+        if self._random is None:
+            self._random = random.Random(self.agent.seed)
+        return self._random
 
     @property
     def _plan(self) -> Plan | None:
@@ -386,7 +395,9 @@ class AgentRun:
         _log = self._log
         self._log_steps = _info_enabled(_log)
         with (
-            structlog.contextvars.bound_contextvars(run_id=self.run_id),
+            structlog.contextvars.bound_contextvars(run_id=self.run_id)
+            if self._log_context
+            else nullcontext(),
             current_span(tracer.root if tracer.enabled else None),
         ):
             _log.info("run_started", agent=self.agent.name, target=target_name)
