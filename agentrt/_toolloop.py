@@ -576,7 +576,11 @@ class ToolLoop:
         step.start = step.last_attempt_start = self._now()
         span = (
             self.run._tracer.start_tool(
-                self.parent, call.name, attempt=self.attempt, t=step.start, call_id=call.id
+                self.parent,
+                call.name,
+                attempt=None if self.as_steps else self.attempt,
+                t=step.start,
+                call_id=call.id,
             )
             if self.parent is not None
             else None

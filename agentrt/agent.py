@@ -402,8 +402,11 @@ class AgentRun:
         ):
             _log.info("run_started", agent=self.agent.name, target=target_name)
             try:
-                deadline = self.deadline_s if self.deadline_s is not None else float("inf")
-                with anyio.move_on_after(deadline) as scope:
+                # No scope at all without a deadline: one cancel scope less per run.
+                deadline = self.deadline_s
+                with (
+                    anyio.move_on_after(deadline) if deadline is not None else _NO_DEADLINE
+                ) as scope:
                     if isinstance(self.target, list):
                         await self._run_conversation(self.target)
                     elif isinstance(self.target, Plan):
@@ -941,6 +944,21 @@ class AgentRun:
         if record.state not in ("pending", "running"):
             record.frozen = frozen
         return frozen
+
+
+class _NoDeadline:
+    """What ``move_on_after`` would be without a deadline: a scope that is never cancelled."""
+
+    cancelled_caught = False
+
+    def __enter__(self) -> _NoDeadline:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+_NO_DEADLINE = _NoDeadline()
 
 
 @functools.cache

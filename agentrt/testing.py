@@ -442,7 +442,7 @@ class ScriptedToolSubstrate:
         return self._next(request)
 
     def _next(self, request: InferenceRequest) -> InferenceResult:
-        key = request.step_id or "" if self._by_step else ""
+        key = (request.step_id or "") if self._by_step else ""
         items = self._scripts.get(key)
         if items is None:
             known = ", ".join(sorted(self._scripts))
@@ -452,15 +452,20 @@ class ScriptedToolSubstrate:
         slot = (request.run_id, key)
         turn = self._position.get(slot, 0)
         self._position[slot] = turn + 1
-        index = min(turn, len(items) - 1)
+        index = turn if turn < len(items) else len(items) - 1
+        # Results are cached per script position (a repeated last reply gets fresh call ids).
+        cache = (
+            (key, turn, request.model) if self.input_tokens is not None and turn == index else None
+        )
+        if cache is not None:
+            cached = self._results.get(cache)
+            if cached is not None:
+                return cached
         item = items[index]
         if isinstance(item, BaseException):
             raise item
         if isinstance(item, InferenceResult):
             return item
-        cache = (key, turn, request.model) if self.input_tokens is not None else None
-        if cache is not None and cache in self._results:
-            return self._results[cache]
         calls = tuple(_tool_call(c, f"call_{turn + 1}_{k}") for k, c in enumerate(item.calls, 1))
         out = max(1, len(item.text.split()) + sum((len(c.arguments) + 3) // 4 for c in calls))
         tokens_in = (

@@ -325,10 +325,9 @@ class RunTracer:
             return
         # Attribute cleaning dominates the SDK's cost: set everything in one batch, skip empties.
         _, _, opening = self._opening(request, substrate)
-        attributes: dict[str, str | int | float | bool | Sequence[str]] = {
-            **opening,
-            sc.ATTEMPT: attempt,
-        }
+        attributes: dict[str, str | int | float | bool | Sequence[str]] = dict(opening)
+        if step is None:  # a step's span counts its attempts in agentrt.step.attempts
+            attributes[sc.ATTEMPT] = attempt
         if request.max_output_tokens is not None:
             attributes[sc.REQUEST_MAX_TOKENS] = request.max_output_tokens
         if result is not None:
@@ -406,21 +405,20 @@ class RunTracer:
         parent: Context | None,
         tool: str,
         *,
-        attempt: int,
+        attempt: int | None,
         t: float,
         call_id: str | None = None,
     ) -> Span | None:
         """Open an ``execute_tool {tool}`` span under ``parent`` (a step's or the run's context).
 
-        ``call_id`` is the model's id of the call (``gen_ai.tool.call.id``), when a model asked.
+        ``call_id`` is the model's id of the call (``gen_ai.tool.call.id``), when a model asked;
+        ``attempt`` None for a span that stands for a step (it counts its attempts itself).
         """
         if parent is None:
             return None
-        attributes: dict[str, _Value] = {
-            sc.OPERATION_NAME: "execute_tool",
-            sc.TOOL_NAME: tool,
-            sc.ATTEMPT: attempt,
-        }
+        attributes: dict[str, _Value] = {sc.OPERATION_NAME: "execute_tool", sc.TOOL_NAME: tool}
+        if attempt is not None:
+            attributes[sc.ATTEMPT] = attempt
         if call_id is not None:
             attributes[sc.TOOL_CALL_ID] = call_id
         return self._tracer.start_span(
