@@ -23,6 +23,15 @@ import anyio
 __all__ = ["AttemptTimeouts"]
 
 
+_SCOPE_CLASS: list[type[anyio.CancelScope]] = []
+
+
+def _asyncio_scope_class() -> type[anyio.CancelScope]:
+    if not _SCOPE_CLASS:
+        _SCOPE_CLASS.append(type(anyio.CancelScope()))
+    return _SCOPE_CLASS[0]
+
+
 class AttemptTimeouts:
     """Cancel scopes with deadlines on one event loop, sharing one timer.
 
@@ -33,10 +42,10 @@ class AttemptTimeouts:
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
-        # anyio.CancelScope() looks up the running backend on every call to pick its class; the
-        # class cannot change on this loop, so look it up once (the backend builds its scopes by
-        # calling that class, as `scope` does).
-        self._scope_class: type[anyio.CancelScope] = type(anyio.CancelScope())
+        # anyio.CancelScope() looks up the running backend on every call to pick its class; on
+        # an asyncio loop it is always the same class, so look it up once (the backend builds
+        # its scopes by calling that class, as `scope` does).
+        self._scope_class = _asyncio_scope_class()
         self._due: dict[anyio.CancelScope, float] = {}
         self._handle: asyncio.TimerHandle | None = None
         self._armed_for = math.inf

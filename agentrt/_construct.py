@@ -1,0 +1,62 @@
+"""Building pydantic models from parts that are already valid, without validating them again.
+
+The tool loop builds a request, two messages and two step results per turn, each from values
+that are valid by construction (the previous request's messages, a result the substrate returned,
+a model validated once per run). Validating them again costs more than the rest of a turn, and
+validating a request re-validates its whole conversation: work proportional to the history on
+every turn. ``BaseModel.model_construct`` skips validation but still walks every field in Python
+(slower than validating, for models this size); `trusted` fills a precomputed dict of defaults.
+Only for values the caller knows are valid: nothing is checked.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+__all__ = ["trusted"]
+
+M = TypeVar("M", bound=BaseModel)
+
+_setattr = object.__setattr__
+_new = object.__new__
+
+
+@functools.cache
+def _shape(cls: type[BaseModel]) -> tuple[dict[str, Any], int]:
+    """The fields' plain defaults, and how many fields there are.
+
+    Fields with a default factory or no default are left out: the caller must give them.
+    """
+    fields = cls.model_fields
+    defaults = {
+        name: field.default
+        for name, field in fields.items()
+        if not field.is_required() and field.default_factory is None
+    }
+    return defaults, len(fields)
+
+
+def trusted(cls: type[M], values: dict[str, Any], fields_set: set[str] | None = None) -> M:
+    """An instance of ``cls`` holding ``values`` (plus defaults), unvalidated.
+
+    ``values`` must name every field without a plain default, hold valid values, and is kept
+    (not copied): pass a fresh dict. ``fields_set`` (the fields counted as given, default the
+    keys of ``values``) is kept too: a caller building many instances of a frozen model with
+    the same keys may share one set.
+
+    Example:
+        >>> from agentrt.substrate import Message
+        >>> m = trusted(Message, {"role": "tool", "content": "3 hits", "tool_call_id": "c1"})
+        >>> m == Message(role="tool", content="3 hits", tool_call_id="c1")
+        True
+    """
+    defaults, n = _shape(cls)
+    obj = _new(cls)
+    _setattr(obj, "__pydantic_fields_set__", set(values) if fields_set is None else fields_set)
+    _setattr(obj, "__dict__", values if len(values) == n else {**defaults, **values})
+    _setattr(obj, "__pydantic_extra__", None)
+    _setattr(obj, "__pydantic_private__", None)
+    return obj
