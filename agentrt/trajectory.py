@@ -234,9 +234,19 @@ class Trajectory(BaseModel):
         return (first.messages, first.tools) if first is not None else ((), ())
 
     def counts(self) -> dict[str, int | float]:
-        """Turns, tool calls, tokens and the recorded times, for reports."""
+        """Turns, tool calls, tokens and the recorded times, for reports.
+
+        ``recorded_tool_s`` counts each turn's longest tool call (a turn's calls run at once)
+        plus a plan's own tool steps.
+        """
         turns = self.turns
         tools = self.tool_results
+        durations = {r.tool_call_id: r.duration_s for r in tools}
+        # A turn's tool calls run concurrently: the turn waits for its longest one.
+        asked = sum(
+            max((durations.get(c.id, 0.0) for c in t.tool_calls), default=0.0) for t in turns
+        )
+        steps = sum(r.duration_s for r in tools if r.thread is None)
         return {
             "turns": len(turns),
             "threads": len(self.threads()),
@@ -245,7 +255,7 @@ class Trajectory(BaseModel):
             "input_tokens": sum(t.input_tokens for t in turns),
             "output_tokens": sum(t.output_tokens for t in turns),
             "recorded_model_s": sum(t.e2e_s for t in turns),
-            "recorded_tool_s": sum(t.duration_s for t in tools),
+            "recorded_tool_s": asked + steps,
             "recorded_e2e_s": self.finish.e2e_s if self.finish is not None else 0.0,
         }
 
