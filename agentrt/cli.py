@@ -515,8 +515,7 @@ def replay_command(
     else:
         counts = result.trajectory
         title = (
-            f"{trajectory_path.name} · {counts['turns']} turns, {counts['tool_calls']} tool "
-            f"calls · {result.clock} time · ms"
+            f"{trajectory_path.name}: {counts['turns']} turns, {counts['tool_calls']} tool calls"
         )
         rp.print_replay(_out, result, trajectory, title=title)
     for line in failures:

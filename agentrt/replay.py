@@ -197,7 +197,11 @@ def registered_tools(
 
 
 def replay_substrates(
-    path: Path, names: Sequence[str], *, seed: int, options: Mapping[str, Any] | None = None
+    path: str | Path,
+    names: Sequence[str],
+    *,
+    seed: int | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> dict[str, Substrate]:
     """Each named substrate built with the trajectory at ``path`` as its content.
 
@@ -428,7 +432,7 @@ def print_replay(console: Console, result: Replay, trajectory: Trajectory, *, ti
             shown = turns[0].tool_s if turns and turns[0] is not None else rec.tool_s
             row.append(_ms(shown) if rec.tool_calls else "-")
         rows.append(row)
-    print_table(console, columns, rows, title=title)
+    print_table(console, columns, rows, title=f"{title} (ms)")
     counts = result.trajectory
     summary = [
         ["end-to-end", _ms(float(counts["recorded_e2e_s"])), *(_ms(r.e2e_s) for r in runs)],
@@ -443,5 +447,13 @@ def print_replay(console: Console, result: Replay, trajectory: Trajectory, *, ti
         console,
         [Column("", "left"), Column("recorded"), *(Column(n) for n in labels)],
         summary,
-        title=f"where the time went · {result.clock} time · ms",
+        title=f"where the time went ({result.clock} time, ms)",
     )
+    threads = int(counts["threads"])
+    if threads > 1:
+        console.print(
+            f"{threads} conversations (a plan's model calls) were played one after another; to "
+            "keep a plan's concurrency, run the plan on an engine that plays the trajectory: "
+            "agentrt run PLAN -s wse3 -o trajectory=FILE",
+            highlight=False,
+        )
