@@ -26,6 +26,7 @@ from agentrt.trajectory import TrajectoryRecorder, read_trajectory
 
 Command = Callable[..., subprocess.CompletedProcess[str]]
 
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "trajectories" / "fix-parser.jsonl"
 TASK = "The CSV parser drops the last field when a line ends with a separator. Fix it."
 
 
@@ -219,7 +220,7 @@ def test_cli_replay_errors_are_one_line_exit_2(agentrt_command: Command, tmp_pat
 
 def test_a_plan_run_is_recorded_and_replayed(agentrt_command: Command, tmp_path: Path) -> None:
     path = tmp_path / "plan.jsonl"
-    plan = "examples/plans/research.yaml"
+    plan = str(EXAMPLE.parents[1] / "plans" / "research.yaml")
     proc = agentrt_command("run", plan, "-s", "h100", "--virtual", "--record", str(path))
     assert proc.returncode == 0, proc.stderr
     trajectory = read_trajectory(path)
@@ -254,3 +255,23 @@ def test_a_conversation_that_goes_further_fails_clearly(recorded: Path) -> None:
     result = agentrt.run(agent.run, further, clock=agentrt.VirtualClock())
     assert result.status == "failed"
     assert "the replayed run went further than the recorded one" in (result.error or "")
+
+
+def test_cli_replay_writes_a_trace_per_substrate(agentrt_command: Command, tmp_path: Path) -> None:
+    trace = tmp_path / "trace.json"
+    proc = agentrt_command(
+        "replay",
+        str(EXAMPLE),
+        "--substrates",
+        "wse3,h100",
+        "--trace",
+        f"jaeger-json:{trace}",
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    traces = json.loads(trace.read_text())["data"]
+    assert len(traces) == 2  # one run per substrate
+    for t in traces:
+        names = [s["operationName"] for s in t["spans"]]
+        assert names.count("chat llama-3.1-70b") == 4
+        assert sum(n.startswith("execute_tool") for n in names) == 4
