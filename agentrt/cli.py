@@ -27,7 +27,7 @@ from agentrt import replay as rp
 from agentrt.agent import Agent, AgentRun
 from agentrt.clock import VirtualClock, run
 from agentrt.compare import Comparison, compare
-from agentrt.errors import AgentrtError, ConfigError
+from agentrt.errors import AgentrtError, ConfigError, UnknownNameError
 from agentrt.interrupts import Interrupted, raise_on_signals
 from agentrt.log import configure_logging
 from agentrt.plan import Plan, load_plan
@@ -45,7 +45,7 @@ from agentrt.report import Attribution, from_run, load_trace_file
 from agentrt.result import RunResult
 from agentrt.telemetry.configure import Telemetry, configure, parse_trace_target
 from agentrt.tool import Tool
-from agentrt.trajectory import TrajectoryRecorder, read_trajectory
+from agentrt.trajectory import Trajectory, TrajectoryRecorder, read_trajectory
 
 __all__ = ["MAX_TABLE_STEPS", "app", "main"]
 
@@ -482,8 +482,7 @@ def replay_command(
             raise ConfigError("--substrates needs at least one name, e.g. --substrates wse3,h100")
         trajectory = read_trajectory(trajectory_path)
         subs = rp.replay_substrates(trajectory_path, names, seed=seed, options=options)
-        asked = [r.name for r in trajectory.tool_results]
-        rerun = rp.registered_tools(asked, virtual=virtual) if rerun_tools else None
+        rerun = _rerun_tools(trajectory, virtual=virtual) if rerun_tools else None
         telemetry = configure(target, service_name="agentrt", set_global=False)
     except AgentrtError as exc:
         raise _fail(str(exc)) from None
@@ -522,6 +521,17 @@ def replay_command(
         _err.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
     if failures:
         raise typer.Exit(1)
+
+
+def _rerun_tools(trajectory: Trajectory, *, virtual: bool) -> dict[str, Tool]:
+    """The registered tools a trajectory's tool results name (``replay --rerun-tools``)."""
+    try:
+        return rp.registered_tools([r.name for r in trajectory.tool_results], virtual=virtual)
+    except UnknownNameError as exc:
+        raise ConfigError(
+            f"--rerun-tools runs registered tools: {exc}; replay without --rerun-tools to play "
+            "the recorded results"
+        ) from None
 
 
 @app.command("demo", cls=opt.Command)

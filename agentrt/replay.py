@@ -170,9 +170,12 @@ class RecordedTool:
 
 
 def recorded_tools(specs: Sequence[ToolSpec], records: Sequence[ToolRecord]) -> dict[str, Tool]:
-    """A `RecordedTool` per offered tool (and per recorded name not offered), sharing results."""
+    """A `RecordedTool` per offered tool, all drawing on the same recorded results.
+
+    Only the offered tools: a call the recorded model made to a tool it was not offered failed
+    then, and fails again in the replay.
+    """
     results = _Results(records)
-    specs = [*specs, *(ToolSpec(name=n) for n in dict.fromkeys(r.name for r in records))]
     tools: dict[str, Tool] = {}
     for spec in specs:
         tools.setdefault(spec.name, RecordedTool(spec, results))
@@ -316,11 +319,21 @@ async def _replay_one(
             continue
         played.add(record.thread)
         messages, specs = trajectory.opening(record.thread)
+        if not messages:
+            where = (
+                "the header" if record.thread == 0 else f"the first turn of thread {record.thread}"
+            )
+            raise ConfigError(
+                f"conversation {record.thread} has no opening messages to replay: {where} "
+                "must give `messages` (the task the model was given)"
+            )
         turns = trajectory.thread_turns(record.thread)
+        if not specs:  # a file that lists no tools: offer the ones its turns call
+            called = (c.name for t in turns for c in t.tool_calls)
+            specs = tuple(ToolSpec(name=n) for n in dict.fromkeys(called))
         asked = [r for r in trajectory.tool_results if r.thread == record.thread]
         tools = dict(rerun) if rerun is not None else recorded_tools(specs, asked)
         offered = [tools[s.name] for s in specs if s.name in tools]
-        offered += [t for n, t in tools.items() if n not in {s.name for s in specs}]
         agent = Agent(
             substrate,
             tools=offered,

@@ -203,12 +203,19 @@ def test_cli_replay_errors_are_one_line_exit_2(agentrt_command: Command, tmp_pat
     bad.write_text('{"type": "header"}\n{"type": "turn", "index": 0}\n')
     good = tmp_path / "good.jsonl"
     good.write_text('{"type": "header"}\n{"type": "turn", "index": 1, "text": "hi"}\n')
+    unregistered = tmp_path / "unregistered.jsonl"
+    unregistered.write_text(
+        '{"type": "header"}\n'
+        '{"type": "tool", "tool_call_id": "c1", "name": "run_tests", "output": "ok"}\n'
+    )
     cases = [
         ([str(tmp_path / "missing.jsonl"), "--substrates", "wse3"], "cannot read trajectory"),
         ([str(bad), "--substrates", "wse3"], f"{bad}:2:"),
         ([str(good), "--substrates", "wse3,nope"], "nope"),
         ([str(good), "--substrates", "fixed"], "cannot play a trajectory"),
         ([str(good), "--substrates", ","], "at least one"),
+        ([str(good), "--substrates", "wse3"], "no opening messages"),
+        ([str(unregistered), "--substrates", "wse3", "--rerun-tools"], "unknown tool 'run_tests'"),
     ]
     for args, expected in cases:
         proc = agentrt_command("replay", *args)
