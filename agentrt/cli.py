@@ -510,7 +510,10 @@ def replay_command(
         telemetry.shutdown()
     failures = [f"{r.name}: {r.error}" for r in result.substrates.values() if r.error]
     if as_json:
-        _print_json({"file": str(trajectory_path), **result.model_dump(mode="json")})
+        data = {"file": str(trajectory_path), **result.model_dump(mode="json")}
+        if failures:
+            data["speedup"] = None  # not comparable: a replay failed
+        _print_json(data)
     else:
         counts = result.trajectory
         title = (

@@ -26,7 +26,8 @@ from agentrt.trajectory import TrajectoryRecorder, read_trajectory
 
 Command = Callable[..., subprocess.CompletedProcess[str]]
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "trajectories" / "fix-parser.jsonl"
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "docs" / "trajectories" / "fix-parser.jsonl"
 TASK = "The CSV parser drops the last field when a line ends with a separator. Fix it."
 
 
@@ -227,7 +228,7 @@ def test_cli_replay_errors_are_one_line_exit_2(agentrt_command: Command, tmp_pat
 
 def test_a_plan_run_is_recorded_and_replayed(agentrt_command: Command, tmp_path: Path) -> None:
     path = tmp_path / "plan.jsonl"
-    plan = str(EXAMPLE.parents[1] / "plans" / "research.yaml")
+    plan = str(ROOT / "examples" / "plans" / "research.yaml")
     proc = agentrt_command("run", plan, "-s", "h100", "--virtual", "--record", str(path))
     assert proc.returncode == 0, proc.stderr
     trajectory = read_trajectory(path)
