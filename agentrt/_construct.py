@@ -21,23 +21,31 @@ __all__ = ["trusted"]
 M = TypeVar("M", bound=BaseModel)
 
 _setattr = object.__setattr__
+_new = object.__new__
 
 
 @functools.cache
-def _defaults(cls: type[BaseModel]) -> dict[str, Any]:
-    """Every field's default; a field with a default factory or none is left out (must be given)."""
-    return {
+def _shape(cls: type[BaseModel]) -> tuple[dict[str, Any], int]:
+    """The fields' plain defaults, and how many fields there are.
+
+    Fields with a default factory or no default are left out: the caller must give them.
+    """
+    fields = cls.model_fields
+    defaults = {
         name: field.default
-        for name, field in cls.model_fields.items()
+        for name, field in fields.items()
         if not field.is_required() and field.default_factory is None
     }
+    return defaults, len(fields)
 
 
-def trusted(cls: type[M], values: dict[str, Any]) -> M:
+def trusted(cls: type[M], values: dict[str, Any], fields_set: set[str] | None = None) -> M:
     """An instance of ``cls`` holding ``values`` (plus defaults), unvalidated.
 
     ``values`` must name every field without a plain default, hold valid values, and is kept
-    (not copied): pass a fresh dict.
+    (not copied): pass a fresh dict. ``fields_set`` (the fields counted as given, default the
+    keys of ``values``) is kept too: a caller building many instances of a frozen model with
+    the same keys may share one set.
 
     Example:
         >>> from agentrt.substrate import Message
@@ -45,13 +53,10 @@ def trusted(cls: type[M], values: dict[str, Any]) -> M:
         >>> m == Message(role="tool", content="3 hits", tool_call_id="c1")
         True
     """
-    obj = cls.__new__(cls)
-    fields_set = set(values)
-    defaults = _defaults(cls)
-    if len(values) != len(cls.model_fields):
-        values = {**defaults, **values}
-    _setattr(obj, "__dict__", values)
-    _setattr(obj, "__pydantic_fields_set__", fields_set)
+    defaults, n = _shape(cls)
+    obj = _new(cls)
+    _setattr(obj, "__pydantic_fields_set__", set(values) if fields_set is None else fields_set)
+    _setattr(obj, "__dict__", values if len(values) == n else {**defaults, **values})
     _setattr(obj, "__pydantic_extra__", None)
     _setattr(obj, "__pydantic_private__", None)
     return obj

@@ -12,6 +12,7 @@ import logging
 import random
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal, final
 
@@ -25,6 +26,7 @@ from opentelemetry.trace import Span, TracerProvider
 from pydantic import JsonValue, ValidationError
 from tenacity import RetryCallState
 
+from agentrt._construct import trusted
 from agentrt._timeouts import AttemptTimeouts
 from agentrt._toolloop import (
     DEFAULT_MAX_CONCURRENT_TOOLS,
@@ -330,9 +332,9 @@ class AgentRun:
         self.deadline_s = deadline_s if deadline_s is not None else plan_deadline
         self.max_steps = max_steps or _DEFAULT_MAX_STEPS
         self.max_turns = max_turns or DEFAULT_MAX_TURNS
-        self.name = target.name if isinstance(target, Plan | Policy) else _CONVERSATION
+        # (isinstance against the Policy protocol is slow: not on every run.)
+        self.name = _CONVERSATION if isinstance(target, list) else target.name
         self._loop: ToolLoop | None = None
-        self._steps_started = 0
         self._records: dict[str, _StepRecord] = {}
         self._finished: list[StepResult] = []
         self._clock: Clock = current_clock()
@@ -342,7 +344,7 @@ class AgentRun:
         self._error: str | None = None
         self._failed_step: str | None = None
         self._started = False
-        self._rng = random.Random(agent.seed)
+        self._random: random.Random | None = None
         self._log: Any = _log_proxy
         # Replaced by the run's own tracer in execute(); until then nothing is traced.
         self._tracer = _idle_tracer()
@@ -354,6 +356,13 @@ class AgentRun:
         if isinstance(target, Plan):
             for index, step in enumerate(target.steps):
                 self._records[step.id] = _StepRecord(step, index=index, waits_for=step.depends_on)
+
+    @property
+    def _rng(self) -> random.Random:
+        """Retry jitter's generator, seeded on first use (most runs never retry)."""
+        if self._random is None:
+            self._random = random.Random(self.agent.seed)
+        return self._random
 
     @property
     def _plan(self) -> Plan | None:
@@ -386,7 +395,9 @@ class AgentRun:
         _log = self._log
         self._log_steps = _info_enabled(_log)
         with (
-            structlog.contextvars.bound_contextvars(run_id=self.run_id),
+            structlog.contextvars.bound_contextvars(run_id=self.run_id)
+            if self._log_context
+            else nullcontext(),
             current_span(tracer.root if tracer.enabled else None),
         ):
             _log.info("run_started", agent=self.agent.name, target=target_name)
@@ -437,20 +448,25 @@ class AgentRun:
                 steps = [self._freeze(rec) for rec in self._records.values()]
                 last = self._finished[-1] if self._finished else steps[-1] if steps else None
             output = last.output if last is not None and last.status == "succeeded" else ""
-        return RunResult(
-            run_id=self.run_id,
-            agent=self.agent.name,
-            plan=self.name,
-            status=self._status or ("cancelled" if self._end is not None else "failed"),
-            clock="virtual" if isinstance(self._clock, VirtualClock) else "real",
-            e2e_s=max(0.0, end - start) if self._start is not None else 0.0,
-            steps=tuple(steps),
-            error=self._error if self._status != "succeeded" else None,
-            failed_step=self._failed_step,
-            trace_id=self._tracer.trace_id,
-            seed=self.agent.seed,
-            output=output,
-            messages=messages,
+        # Every part is valid already: validating the result would re-check each step and
+        # message, work proportional to the run on top of the run.
+        return trusted(
+            RunResult,
+            {
+                "run_id": self.run_id,
+                "agent": self.agent.name,
+                "plan": self.name,
+                "status": self._status or ("cancelled" if self._end is not None else "failed"),
+                "clock": "virtual" if isinstance(self._clock, VirtualClock) else "real",
+                "e2e_s": max(0.0, end - start) if self._start is not None else 0.0,
+                "steps": tuple(steps),
+                "error": self._error if self._status != "succeeded" else None,
+                "failed_step": self._failed_step,
+                "trace_id": self._tracer.trace_id,
+                "seed": self.agent.seed,
+                "output": output,
+                "messages": messages,
+            },
         )
 
     # -- the three drivers -----------------------------------------------------------------
@@ -478,11 +494,6 @@ class AgentRun:
             self._fail(str(StepFailed(step.id, exc, attempts=step.attempts)), step_id=step.id)
         else:
             self._status = "succeeded"
-
-    def _next_index(self) -> int:
-        index = self._steps_started
-        self._steps_started += 1
-        return index
 
     async def _run_dag(self, plan: Plan) -> None:
         waiting = {s.id: len(set(s.depends_on)) for s in plan.steps}

@@ -1,6 +1,15 @@
-"""The runtime's own overhead per step: a 50-step sequential plan on an instant substrate.
+"""The runtime's own overhead: the tool-calling loop per turn, and a sequential plan per step.
 
-Run: ``python benchmarks/overhead.py [--runs N]``. Prints median (and p90) microseconds per step
+Run: ``python benchmarks/overhead.py [--runs N]``.
+
+The headline is the peer scenario: a tool loop of K sequential turns, each an instant model call
+asking for one tool call and then an instant tool, and a final answer (K = 10, 50, 200).
+Printed: median microseconds per turn with tracing off and on, and the same chain written as a
+plan (K steps, each a model call, then the tool with its arguments templated from the previous
+step's output). Targets: at most 20 µs per turn untraced and 100 µs traced, flat in K (the
+200-turn figure within 25% of the 10-turn one).
+
+The second table prints median (and p90) microseconds per step
 with logging and tracing off, with tracing on (spans through a batch processor to an in-memory
 exporter, at both levels of detail), with a do-nothing tracer in place of the SDK (the runtime's
 own share of tracing), and with logging on (JSON rendered to an in-memory stream).
@@ -14,6 +23,7 @@ on at the default detail.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import statistics
 import time
@@ -26,13 +36,80 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from pydantic import BaseModel
 
-from agentrt import Agent
+from agentrt import Agent, Plan, Step, ToolResult
 from agentrt.log import configure_logging
 from agentrt.telemetry import Detail
+from agentrt.testing import ScriptedReply, ScriptedToolSubstrate
 
 STEPS = 50
 WARM_UP_RUNS = 20
+#: Turns of the tool-loop scenario.
+TURNS = (10, 50, 200)
+
+
+class _Query(BaseModel):
+    query: str
+
+
+class InstantTool:
+    """A tool that answers with a prebuilt result without yielding: the runtime's cost only."""
+
+    name = "search"
+    description = "Search the code base."
+    args_model = _Query
+
+    def __init__(self) -> None:
+        self._result = ToolResult(output="3 hits")
+
+    async def call(self, args: _Query) -> ToolResult:
+        return self._result
+
+    async def aclose(self) -> None:
+        return None
+
+
+def tool_loop(turns: int, *, traced: bool) -> tuple[Agent, str, InMemorySpanExporter | None]:
+    """An agent whose instant model asks for one tool call a turn, ``turns`` times, then answers."""
+    script: list[ScriptedReply] = [("search", {"query": f"q{i}"}) for i in range(turns)]
+    model = ScriptedToolSubstrate([*script, "done"], latency_s=None, input_tokens=64)
+    provider, exporter = traced_provider() if traced else (None, None)
+    return Agent(model, tools=[InstantTool()], tracer_provider=provider), "Find the bug.", exporter
+
+
+def plan_chain(turns: int) -> tuple[Agent, Plan, None]:
+    """The same chain as a plan: each step a model call, then the tool fed the previous output."""
+    steps = [
+        Step(
+            id=f"s{i}",
+            kind="search",
+            tool="search",
+            args={"query": f"{{{{ s{i - 1} }}}}" if i else "start"},
+            depends_on=[f"s{i - 1}"] if i else [],
+        )
+        for i in range(turns)
+    ]
+    plan = Plan(name="chain", steps=[*steps, Step(id="answer", kind="answer",
+                                                  depends_on=[f"s{turns - 1}"])])  # fmt: skip
+    return Agent(InstantSubstrate(), tools=[InstantTool()]), plan, None
+
+
+async def measure_turns(runs: int, make: Any, turns: int, **kw: Any) -> list[float]:
+    """Microseconds per turn of ``runs`` runs of the scenario ``make(turns)`` builds."""
+    agent, target, exporter = make(turns, **kw)
+    per_turn_us: list[float] = []
+    for i in range(WARM_UP_RUNS + runs):
+        t0 = time.perf_counter()
+        result = await agent.run(target, max_turns=turns + 1)
+        elapsed = time.perf_counter() - t0
+        assert result.status == "succeeded", result.error
+        assert len(result.steps) == 2 * turns + 1 or isinstance(target, Plan)
+        if i >= WARM_UP_RUNS:
+            per_turn_us.append(elapsed / turns * 1e6)
+        if exporter is not None:
+            exporter.clear()
+    return per_turn_us
 
 
 class _NullSpan(NonRecordingSpan):
@@ -116,11 +193,46 @@ def summarize(label: str, samples: list[float]) -> list[object]:
     ]
 
 
+def headline(runs: int) -> None:
+    """The tool-loop table: µs per turn at each K, untraced, traced, and as a plan."""
+    rows = []
+    medians: dict[str, list[float]] = {}
+    configurations = {
+        "tool loop, tracing off": (tool_loop, {"traced": False}),
+        "tool loop, tracing on": (tool_loop, {"traced": True}),
+        "plan chain, tracing off": (plan_chain, {}),
+    }
+    for label, (make, kw) in configurations.items():
+        row: list[object] = [label]
+        for turns in TURNS:
+            # Fewer runs of the long scenarios: the same number of turns each.
+            n = max(5, runs * TURNS[0] // turns)
+            samples = anyio.run(functools.partial(measure_turns, n, make, turns, **kw))
+            medians.setdefault(label, []).append(statistics.median(samples))
+            row.append(f"{statistics.median(samples):.1f} (min {min(samples):.1f})")
+        rows.append(row)
+    print_table(
+        "agentrt tool loop: K sequential turns (an instant model call asking for one tool call, "
+        "then an instant tool), µs per turn: median (min)",
+        ["configuration", *(f"K={k}" for k in TURNS)],
+        rows,
+    )
+    off, on = medians["tool loop, tracing off"], medians["tool loop, tracing on"]
+    verdict = "meets" if max(off) <= 20 else "MISSES"
+    print(f"target: <= 20 µs per turn untraced at every K -> {verdict}")
+    verdict = "meets" if max(on) <= 100 else "MISSES"
+    print(f"target: <= 100 µs per turn traced at every K -> {verdict}")
+    for label, values in medians.items():
+        flat = "flat" if values[-1] <= 1.25 * values[0] else "GROWS"
+        print(f"target: {label} flat from K={TURNS[0]} to K={TURNS[-1]} (within 25%) -> {flat}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=300)
     args = parser.parse_args()
     logging_off()
+    headline(args.runs)
     off = anyio.run(measure, args.runs)
     traced = anyio.run(measure, args.runs, "steps")
     phases = anyio.run(measure, args.runs, "phases")

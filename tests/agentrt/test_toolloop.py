@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from pydantic import BaseModel
 from structlog.contextvars import merge_contextvars
@@ -416,3 +417,114 @@ def test_the_scripted_substrate_streams_tool_call_deltas(vrun: Callable[..., Any
     assert "".join(d.arguments for d in pieces) == call.arguments
     assert len(pieces) > 2
     assert result.finish_reason == "tool_calls"
+
+
+class HangsOnce:
+    """A model whose n-th calls (1-based) hang; the others answer from a script."""
+
+    name = "hangs-once"
+
+    def __init__(self, script: list[Any], hang_on: set[int]) -> None:
+        self.script = ScriptedToolSubstrate(script)
+        self.hang_on = hang_on
+        self.n = 0
+
+    async def infer(self, request: InferenceRequest) -> InferenceResult:
+        self.n += 1
+        if self.n in self.hang_on:
+            await anyio.sleep_forever()
+        return await self.script.infer(request)
+
+    async def aclose(self) -> None: ...
+
+
+def test_a_model_call_that_times_out_is_retried_and_the_turn_goes_on() -> None:
+    # Call 2 (turn 2) hangs: retried after its timeout, then the loop goes on to its tools.
+    model = HangsOnce([("search", {"query": "a"}), ("search", {"query": "b"}), "done"], {2})
+    policy = RetryPolicy(max_attempts=3, initial_backoff_s=1.0, jitter_s=0.0)
+    agent = Agent(model, tools=[search_tool(0.5)], defaults=StepDefaults(timeout_s=5, retry=policy))
+    result = vrun_conversation(agent, "Go.")
+    assert result.status == "succeeded", result.error
+    assert [(s.id, s.status, s.attempts) for s in result.steps] == [
+        ("chat-1", "succeeded", 1),
+        ("tool-1-1", "succeeded", 1),
+        ("chat-2", "succeeded", 2),
+        ("tool-2-1", "succeeded", 1),
+        ("chat-3", "succeeded", 1),
+    ]
+    assert result.step("chat-2").retry_s == pytest.approx(6.0)  # the 5 s timeout and 1 s back-off
+    assert result.e2e_s == pytest.approx(0.5 + 6.0 + 0.5)
+    assert [m.role for m in result.messages] == ["user", *["assistant", "tool"] * 2, "assistant"]
+    assert sum(from_run(result).categories.values()) == pytest.approx(result.e2e_s)
+
+
+def test_a_model_call_out_of_attempts_after_timeouts_fails_the_run() -> None:
+    model = HangsOnce(["never"], {1, 2})
+    policy = RetryPolicy(max_attempts=2, initial_backoff_s=1.0, jitter_s=0.0)
+    agent = Agent(model, defaults=StepDefaults(timeout_s=5, retry=policy))
+    result = vrun_conversation(agent, "Go.")
+    assert result.status == "failed"
+    assert result.error == (
+        "step 'chat-1' failed after 2 attempts: StepTimeout: attempt 2 of model call 'chat-1' "
+        "exceeded its timeout of 5.0 s"
+    )
+    assert result.e2e_s == pytest.approx(11.0)
+
+
+def test_a_tool_timeout_mid_run_is_a_tool_message_and_the_loop_goes_on() -> None:
+    slow_once = [30.0]
+
+    async def search(args: Query) -> str:
+        await anyio.sleep(slow_once.pop() if slow_once and args.query == "b" else 0.5)
+        return f"hits for {args.query}"
+
+    script = [("search", {"query": "a"}), ("search", {"query": "b"}), ("search", {"query": "c"})]
+    model = ScriptedToolSubstrate([*script, "done"])
+    agent = Agent(
+        model,
+        tools=[FunctionTool("search", search, args_model=Query)],
+        defaults=StepDefaults(timeout_s=5, retry=RetryPolicy(max_attempts=1)),
+    )
+    result = vrun_conversation(agent, "Go.")
+    assert result.status == "succeeded", result.error
+    tools = [(s.id, s.status) for s in result.steps if s.kind == "tool"]
+    assert tools == [("tool-1-1", "succeeded"), ("tool-2-1", "failed"), ("tool-3-1", "succeeded")]
+    assert [m.content for m in result.messages if m.role == "tool"] == [
+        "hits for a",
+        "error: search failed: StepTimeout: it did not finish within its timeout of 5.0 s",
+        "hits for c",
+    ]
+    assert result.e2e_s == pytest.approx(0.5 + 5.0 + 0.5)
+
+
+def test_cancelling_a_single_tool_call_leaves_nothing_running() -> None:
+    agent = Agent(
+        ScriptedToolSubstrate([("read", {"path": "a"}), "ok"], latency_s=1.0),
+        tools=[read_tool(10.0)],
+    )
+
+    async def main() -> Any:
+        before = {t.id for t in anyio.get_running_tasks()}
+        prepared = agent.prepare("Read.")
+        with anyio.move_on_after(2.0):
+            await prepared.execute()
+        await anyio.lowlevel.checkpoint()
+        assert {t.id for t in anyio.get_running_tasks()} <= before
+        return prepared.result()
+
+    result = run(main, clock=VirtualClock())
+    assert result.status == "cancelled"
+    assert [(s.id, s.status) for s in result.steps] == [
+        ("chat-1", "succeeded"),
+        ("tool-1-1", "cancelled"),
+    ]
+    assert result.step("tool-1-1").end_s == pytest.approx(2.0)
+
+
+def test_the_run_deadline_stops_a_loop() -> None:
+    model = ScriptedToolSubstrate([("search", {"query": "x"})], latency_s=1.0)
+    agent = Agent(model, tools=[search_tool()])
+    result = vrun_conversation(agent, "Go.", deadline_s=3.5)
+    assert result.status == "failed"
+    assert result.error == "run deadline of 3.5 s exceeded"
+    assert result.steps[-1].status == "cancelled"
