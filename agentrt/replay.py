@@ -331,7 +331,7 @@ async def _replay_one(
         if not specs:  # a file that lists no tools: offer the ones its turns call
             called = (c.name for t in turns for c in t.tool_calls)
             specs = tuple(ToolSpec(name=n) for n in dict.fromkeys(called))
-        asked = [r for r in trajectory.tool_results if r.thread == record.thread]
+        asked = trajectory.thread_tool_results(record.thread)
         tools = dict(rerun) if rerun is not None else recorded_tools(specs, asked)
         offered = [tools[s.name] for s in specs if s.name in tools]
         agent = Agent(

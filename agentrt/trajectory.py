@@ -20,6 +20,7 @@ thread carries its opening ``messages`` and ``tools``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import weakref
 from collections.abc import Iterable, Sequence
@@ -208,30 +209,44 @@ class Trajectory(BaseModel):
     records: tuple[TurnRecord | ToolRecord, ...] = ()
     finish: FinishRecord | None = None
 
-    @property
+    @functools.cached_property
     def turns(self) -> tuple[TurnRecord, ...]:
         """The model turns, in recorded order."""
         return tuple(r for r in self.records if isinstance(r, TurnRecord))
 
-    @property
+    @functools.cached_property
     def tool_results(self) -> tuple[ToolRecord, ...]:
         """The tool results, in recorded order."""
         return tuple(r for r in self.records if isinstance(r, ToolRecord))
 
+    @functools.cached_property
+    def _by_thread(self) -> dict[int, tuple[list[TurnRecord], list[ToolRecord]]]:
+        groups: dict[int, tuple[list[TurnRecord], list[ToolRecord]]] = {}
+        for turn in self.turns:
+            groups.setdefault(turn.thread, ([], []))[0].append(turn)
+        for tool in self.tool_results:
+            if tool.thread is not None:
+                groups.setdefault(tool.thread, ([], []))[1].append(tool)
+        return groups
+
     def threads(self) -> list[int]:
         """The threads that hold turns, in the order they first appear."""
-        return list(dict.fromkeys(t.thread for t in self.turns))
+        return [t for t, (turns, _) in self._by_thread.items() if turns]
 
     def thread_turns(self, thread: int) -> list[TurnRecord]:
         """The turns of one thread, in recorded order."""
-        return [t for t in self.turns if t.thread == thread]
+        return list(self._by_thread.get(thread, ([], []))[0])
+
+    def thread_tool_results(self, thread: int) -> list[ToolRecord]:
+        """The results of the tool calls one thread's turns asked for, in recorded order."""
+        return list(self._by_thread.get(thread, ([], []))[1])
 
     def opening(self, thread: int) -> tuple[tuple[Message, ...], tuple[ToolSpec, ...]]:
         """A thread's opening messages and the tools it offers."""
         if thread == 0:
             return self.header.messages, self.header.tools
-        first = next((t for t in self.turns if t.thread == thread), None)
-        return (first.messages, first.tools) if first is not None else ((), ())
+        turns = self._by_thread.get(thread, ([], []))[0]
+        return (turns[0].messages, turns[0].tools) if turns else ((), ())
 
     def counts(self) -> dict[str, int | float]:
         """Turns, tool calls, tokens and the recorded times, for reports.

@@ -40,7 +40,7 @@ class Search:
 
     name = "search"
     description = "Search the repository for code."
-    args_model = SearchArgs
+    args_model: type[BaseModel] = SearchArgs
 
     async def call(self, args: SearchArgs) -> ToolResult:
         await anyio.sleep(0.4)
@@ -232,7 +232,7 @@ def test_a_plan_run_is_recorded_and_replayed(agentrt_command: Command, tmp_path:
     proc = agentrt_command("run", plan, "-s", "h100", "--virtual", "--record", str(path))
     assert proc.returncode == 0, proc.stderr
     trajectory = read_trajectory(path)
-    steps = [t.step_id for t in trajectory.turns]
+    steps = [t.step_id or "" for t in trajectory.turns]
     assert sorted(steps) == sorted(
         ["outline", "angle-latency", "angle-cost", "angle-power", "synthesis"]
     )

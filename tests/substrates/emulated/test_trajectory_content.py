@@ -6,6 +6,7 @@ import pytest
 
 import agentrt
 from agentrt.errors import BadResponse, ConfigError
+from agentrt.registry import default_registry
 from agentrt.substrate import InferenceRequest, InferenceResult, Message, ToolCall, ToolSpec
 from agentrt.trajectory import (
     ToolRecord,
@@ -79,8 +80,18 @@ def test_engine_plays_the_recorded_turns_with_tool_calls() -> None:
     assert second.usage.output_tokens == 120
 
 
-def test_stream_carries_tool_call_deltas_then_the_same_result() -> None:
-    engine = _engine()
+@pytest.mark.parametrize(
+    ("hardware", "options"),
+    [("wse3", {}), ("h200", {"spec_decode": "4:0.7", "network_rtt_ms": 30.0})],
+)
+def test_stream_carries_tool_call_deltas_then_the_same_result(
+    hardware: str, options: dict[str, object]
+) -> None:
+    def make() -> EmulatedEngine:
+        content = TrajectoryContent(_trajectory())
+        return build_engine(hardware, content=content, seed=1, jitter=0, **options)  # type: ignore[arg-type]
+
+    engine = make()
 
     async def main() -> tuple[list[agentrt.TokenChunk], InferenceResult]:
         async with engine.stream(InferenceRequest(messages=TASK)) as stream:
@@ -108,7 +119,7 @@ def test_stream_carries_tool_call_deltas_then_the_same_result() -> None:
     assert result.tool_calls == CALLS
     assert result.finish_reason == "tool_calls"
     assert result.usage.output_tokens == 40
-    whole = _infer(_engine(), InferenceRequest(messages=TASK))
+    whole = _infer(make(), InferenceRequest(messages=TASK))
     assert whole.timing.e2e_s == pytest.approx(result.timing.e2e_s)
 
 
@@ -185,7 +196,7 @@ def test_trajectory_files_are_a_content_spec_and_an_engine_option(tmp_path: Path
     assert isinstance(parse_content(f"trajectory:{path}"), TrajectoryContent)
     for engine in (
         build_engine("h100", trajectory=str(path)),
-        agentrt.registry.default_registry().substrate("wse3", trajectory=str(path)),
+        default_registry().substrate("wse3", trajectory=str(path)),
     ):
         assert isinstance(engine, EmulatedEngine)
         assert _infer(engine, InferenceRequest(messages=TASK)).tool_calls == CALLS
