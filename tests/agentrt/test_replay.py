@@ -283,3 +283,39 @@ def test_cli_replay_writes_a_trace_per_substrate(agentrt_command: Command, tmp_p
         names = [s["operationName"] for s in t["spans"]]
         assert names.count("chat llama-3.1-70b") == 4
         assert sum(n.startswith("execute_tool") for n in names) == 4
+
+
+def test_a_run_over_http_is_recorded_and_replayed(tmp_path: Path) -> None:
+    from substrates.emulated import build_engine
+    from substrates.http import OpenAIHTTPSubstrate
+    from substrates.http.server import create_app, serve_in_thread
+
+    plan = agentrt.Plan(
+        name="two-calls",
+        steps=[
+            agentrt.Step(id="plan", prompt="Plan the fix.", max_output_tokens=150),
+            agentrt.Step(id="patch", depends_on=["plan"], prompt="Patch: {{ plan }}",
+                         max_output_tokens=300),
+        ],
+    )  # fmt: skip
+    path = tmp_path / "http.jsonl"
+    served = build_engine("wse3", model="llama-3.1-8b", seed=1)
+    with serve_in_thread(create_app(served)) as url:
+        client = OpenAIHTTPSubstrate(f"{url}/v1", "llama-3.1-8b", api_key="test")
+        agent = Agent(client, recorder=TrajectoryRecorder(path, agent="two-calls"))
+        result = agentrt.run(agent.run, plan)  # real time, real HTTP
+        agentrt.run(client.aclose)
+    assert result.status == "succeeded"
+    trajectory = read_trajectory(path)
+    turns = trajectory.turns
+    assert [t.step_id for t in turns] == ["plan", "patch"]
+    assert all(t.substrate == "openai_http" for t in turns)
+    assert all(t.e2e_s > 0 for t in turns)  # measured by the client
+    assert [t.text for t in turns] == [s.text for s in result.steps]
+    engines = replay_substrates(path, ["wse3", "h100"], seed=0, options={"model": "llama-3.1-8b"})
+    replayed = agentrt.run(replay, trajectory, engines, clock=agentrt.VirtualClock())
+    for run in replayed.substrates.values():
+        assert [t.output_tokens for t in run.turns] == [t.output_tokens for t in turns]
+    # Hundreds of tokens per turn: decode dominates, and the wafer decodes faster. (On turns of
+    # a few tokens its first-token time loses to an H100's for an 8B model.)
+    assert replayed.substrates["wse3"].model_s < replayed.substrates["h100"].model_s
