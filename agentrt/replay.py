@@ -18,12 +18,12 @@ from typing import Any, ClassVar
 
 import anyio
 from opentelemetry.trace import TracerProvider
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.console import Console
 
 from agentrt.agent import Agent
 from agentrt.clock import current_clock
-from agentrt.errors import ConfigError, ToolError, UnknownNameError
+from agentrt.errors import AgentrtError, ConfigError, ToolError, UnknownNameError
 from agentrt.registry import Registry, default_registry
 from agentrt.render import Column, print_table
 from agentrt.result import RunResult, StepResult
@@ -74,16 +74,19 @@ class SubstrateReplay(BaseModel):
     e2e_s: float
     model_s: float
     tool_s: float
-    other_s: float = Field(description="The rest: the loop's own time, plan tool steps' gaps.")
+    other_s: float = Field(description="The rest: the agent loop's own time.")
     turns: tuple[TurnTimes, ...]
 
 
 class Replay(BaseModel):
-    """A trajectory on several substrates; ``speedup[name]`` is the slowest e2e over this one's."""
+    """A trajectory on several substrates; ``speedup[name]`` is the slowest e2e over this one's.
+
+    ``trajectory`` holds the recorded run's counts and times (`Trajectory.counts`) and its agent.
+    """
 
     model_config = _FROZEN
 
-    trajectory: dict[str, Any]
+    trajectory: dict[str, str | int | float | None]
     clock: str
     substrates: dict[str, SubstrateReplay]
     speedup: dict[str, float]
@@ -231,14 +234,21 @@ def replay_substrates(
     return subs
 
 
-async def _play_tool_step(record: ToolRecord, tools: Mapping[str, Tool] | None) -> None:
-    """A plan's own tool step (no model asked for it): recorded duration, or the real tool."""
+async def _play_tool_step(record: ToolRecord, tools: Mapping[str, Tool] | None) -> str | None:
+    """A plan's own tool step (no model asked for it): recorded duration, or the real tool.
+
+    Returns why the real tool failed, or None.
+    """
     tool = tools.get(record.name) if tools is not None else None
     if tool is None:
         await anyio.sleep(record.duration_s)
-        return
-    args = tool.args_model.model_validate_json(record.arguments or "{}")
-    await tool.call(args)
+        return None
+    try:
+        args = tool.args_model.model_validate_json(record.arguments or "{}")
+        await tool.call(args)
+    except (ValidationError, AgentrtError) as exc:
+        return f"tool step {record.tool_call_id} ({record.name}): {type(exc).__name__}: {exc}"
+    return None
 
 
 def _turn_rows(run: RunResult, turns: Sequence[TurnRecord], first: int) -> list[TurnTimes]:
@@ -312,8 +322,10 @@ async def _replay_one(
         if isinstance(record, ToolRecord):
             if record.thread is None:
                 start = clock.current_time()
-                await _play_tool_step(record, rerun)
+                failed = await _play_tool_step(record, rerun)
                 standalone += clock.current_time() - start
+                if failed is not None:
+                    errors.append(failed)
             continue
         if record.thread in played:
             continue
@@ -446,11 +458,11 @@ def print_replay(console: Console, result: Replay, trajectory: Trajectory, *, ti
             row.append(_ms(shown) if rec.tool_calls else "-")
         rows.append(row)
     print_table(console, columns, rows, title=f"{title} (ms)")
-    counts = result.trajectory
+    counts = trajectory.counts()
     summary = [
-        ["end-to-end", _ms(float(counts["recorded_e2e_s"])), *(_ms(r.e2e_s) for r in runs)],
-        ["model", _ms(float(counts["recorded_model_s"])), *(_ms(r.model_s) for r in runs)],
-        ["tools", _ms(float(counts["recorded_tool_s"])), *(_ms(r.tool_s) for r in runs)],
+        ["end-to-end", _ms(counts["recorded_e2e_s"]), *(_ms(r.e2e_s) for r in runs)],
+        ["model", _ms(counts["recorded_model_s"]), *(_ms(r.model_s) for r in runs)],
+        ["tools", _ms(counts["recorded_tool_s"]), *(_ms(r.tool_s) for r in runs)],
         ["other (loop)", "-", *(_ms(r.other_s) for r in runs)],
         ["model share", "-", *(f"{r.model_s / r.e2e_s:.0%}" if r.e2e_s else "-" for r in runs)],
         ["speed-up (e2e)", "-", *(f"{result.speedup[n]:.2f}x" for n in names)],
