@@ -23,10 +23,11 @@ from typer._click.exceptions import UsageError as _UsageError
 
 from agentrt import __version__
 from agentrt import cli_options as opt
+from agentrt import replay as rp
 from agentrt.agent import Agent, AgentRun
 from agentrt.clock import VirtualClock, run
 from agentrt.compare import Comparison, compare
-from agentrt.errors import AgentrtError, ConfigError
+from agentrt.errors import AgentrtError, ConfigError, UnknownNameError
 from agentrt.interrupts import Interrupted, raise_on_signals
 from agentrt.log import configure_logging
 from agentrt.plan import Plan, load_plan
@@ -39,10 +40,12 @@ from agentrt.render import (
     print_waterfall,
     terminal_console,
 )
+from agentrt.replay import registered_tools
 from agentrt.report import Attribution, from_run, load_trace_file
 from agentrt.result import RunResult
 from agentrt.telemetry.configure import Telemetry, configure, parse_trace_target
 from agentrt.tool import Tool
+from agentrt.trajectory import Trajectory, TrajectoryRecorder, read_trajectory
 
 __all__ = ["MAX_TABLE_STEPS", "app", "main"]
 
@@ -181,6 +184,13 @@ def run_command(
         typer.Option("--deadline", metavar="S", help="Whole-run deadline in seconds."),
     ] = None,
     faults: opt.Faults = None,
+    record: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="Write the run's trajectory (JSON Lines) to FILE, for `agentrt replay`.",
+        ),
+    ] = None,
     log_format: Annotated[
         str, typer.Option(metavar="FORMAT", help="Log format on stderr: console or json.")
     ] = "console",
@@ -188,14 +198,7 @@ def run_command(
         str,
         typer.Option(metavar="LEVEL", help="Lowest log level: debug, info, warning, error or off."),
     ] = "warning",
-    trace: Annotated[
-        str,
-        typer.Option(
-            envvar="AGENTRT_TRACE",
-            metavar="TARGET",
-            help="Where traces go: otlp, otlp-grpc, jaeger-json:PATH, console or none.",
-        ),
-    ] = "none",
+    trace: opt.Trace = "none",
     trace_detail: Annotated[
         str,
         typer.Option(
@@ -245,9 +248,11 @@ def run_command(
             sub = registry.wrap("faults", sub, faults, seed=seed)
         tools = _tools_for(plan, virtual=virtual)
         telemetry = configure(target, service_name="agentrt", set_global=False)
+        recorder = TrajectoryRecorder(record, agent=plan.name) if record is not None else None
         agent = Agent(
             sub,
             tools=tools,
+            recorder=recorder,
             name=plan.name,
             seed=seed,
             tracer_provider=_tracer_provider(telemetry),
@@ -282,6 +287,8 @@ def run_command(
             f"run {partial.run_id} cancelled after {done} of {len(plan.steps)} steps",
             f"trace: {where}" if where else None,
         )
+    if recorder is not None and recorder.error is not None:
+        _err.print(f"[yellow]warning:[/] {recorder.error}", highlight=False, soft_wrap=True)
     report = from_run(result)
     if as_json:
         data = result.to_dict()
@@ -305,13 +312,7 @@ def run_command(
 
 def _tools_for(plan: Plan, *, virtual: bool) -> list[Tool]:
     """The registered tools a plan names; in virtual time, their ``-twin`` where one exists."""
-    registry = default_registry()
-    known = set(registry.names("agentrt.tools"))
-    tools = []
-    for name in sorted({s.tool for s in plan.steps if s.tool}):
-        twin = f"{name}-twin"
-        tools.append(registry.tool(twin if virtual and twin in known else name))
-    return tools
+    return list(registered_tools([s.tool for s in plan.steps if s.tool], virtual=virtual).values())
 
 
 @app.command("compare", cls=opt.Command)
@@ -439,6 +440,101 @@ def compare_command(
             _err.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
         _err.print("no speed-up is reported when runs fail", highlight=False)
         raise typer.Exit(1)
+
+
+@app.command("replay", cls=opt.Command)
+def replay_command(
+    trajectory_path: Annotated[
+        Path, typer.Argument(metavar="FILE", help="A trajectory (agentrt run ... --record FILE).")
+    ],
+    substrates: Annotated[
+        str,
+        typer.Option(
+            "--substrates",
+            metavar="NAMES",
+            help="Comma-separated substrates to replay on, e.g. wse3,h100,route:fleet.yaml.",
+        ),
+    ],
+    virtual: Annotated[
+        bool,
+        typer.Option("--virtual/--real", help="Virtual time (the default) or real waiting."),
+    ] = True,
+    rerun_tools: Annotated[
+        bool,
+        typer.Option("--rerun-tools", help="Run the registered tools instead of their recording."),
+    ] = False,
+    seed: opt.Seed = opt.SEED_DEFAULT,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the replay as JSON.")] = False,
+    model: opt.Model = None,
+    option: opt.Options = None,
+    trace: opt.Trace = "none",
+) -> None:
+    """Replay a recorded run's exact turns on each substrate: per-turn and end-to-end times.
+
+    Tools take their recorded durations and outputs (or run again with --rerun-tools).
+    """
+    try:
+        configure_logging(level="warning")
+        options = opt.engine_options(option, model=model)
+        target = parse_trace_target(trace)
+        names = [n.strip() for n in substrates.split(",") if n.strip()]
+        if not names:
+            raise ConfigError("--substrates needs at least one name, e.g. --substrates wse3,h100")
+        trajectory = read_trajectory(trajectory_path)
+        subs = rp.replay_substrates(trajectory_path, names, seed=seed, options=options)
+        rerun = _rerun_tools(trajectory, virtual=virtual) if rerun_tools else None
+        telemetry = configure(target, service_name="agentrt", set_global=False)
+    except AgentrtError as exc:
+        raise _fail(str(exc)) from None
+
+    async def main() -> rp.Replay:
+        try:
+            return await rp.replay(
+                trajectory,
+                subs,
+                rerun_tools=rerun,
+                seed=seed,
+                tracer_provider=_tracer_provider(telemetry),
+            )
+        finally:
+            for sub in subs.values():
+                await sub.aclose()
+
+    try:
+        result = run(main, clock=VirtualClock() if virtual else None, cancel_on=_CANCEL_ON)
+    except Interrupted as exc:
+        raise _interrupted(exc, "replay cancelled", None) from None
+    except AgentrtError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        telemetry.shutdown()
+    failures = [f"{r.name}: {r.error}" for r in result.substrates.values() if r.error]
+    if as_json:
+        data = {"file": str(trajectory_path), **result.model_dump(mode="json")}
+        if failures:
+            data["speedup"] = None  # not comparable: a replay failed
+        _print_json(data)
+    else:
+        counts = result.trajectory
+        title = (
+            f"{trajectory_path.name}: {counts['turns']} turns, {counts['tool_calls']} tool calls"
+        )
+        rp.print_replay(_out, result, trajectory, title=title)
+    for line in failures:
+        _err.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+    if failures:
+        raise typer.Exit(1)
+
+
+def _rerun_tools(trajectory: Trajectory, *, virtual: bool) -> dict[str, Tool]:
+    """The registered tools a trajectory's tool results name (``replay --rerun-tools``)."""
+    try:
+        return rp.registered_tools([r.name for r in trajectory.tool_results], virtual=virtual)
+    except UnknownNameError as exc:
+        raise ConfigError(
+            f"--rerun-tools runs registered tools: {exc}; replay without --rerun-tools to play "
+            "the recorded results"
+        ) from None
 
 
 @app.command("demo", cls=opt.Command)
@@ -570,7 +666,7 @@ def substrates_command(
     _out.print(table)
 
 
-_KERNEL_COMMANDS = frozenset({"run", "compare", "demo", "report"})
+_KERNEL_COMMANDS = frozenset({"run", "compare", "demo", "report", "replay"})
 
 
 def _load_plugin_commands() -> None:

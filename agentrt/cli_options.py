@@ -48,6 +48,7 @@ __all__ = [
     "SpecDecode",
     "Stack",
     "Tp",
+    "Trace",
     "Virtual",
     "check_number",
     "engine_options",
@@ -77,6 +78,14 @@ Options = Annotated[
         "-o",
         metavar="KEY=VALUE",
         help="Substrate option, e.g. -o base_url=http://host:8000/v1 (repeatable).",
+    ),
+]
+Trace = Annotated[
+    str,
+    typer.Option(
+        envvar="AGENTRT_TRACE",
+        metavar="TARGET",
+        help="Where traces go: otlp, otlp-grpc, jaeger-json:PATH, console or none.",
     ),
 ]
 Faults = Annotated[

@@ -17,6 +17,7 @@ Other keys: ``weights`` (route -> weight), ``cost_budget_usd``, ``failover``, ``
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentrt.errors import ConfigError
-from agentrt.registry import default_registry
+from agentrt.registry import Registry, default_registry
 from agentrt.substrate import Substrate
 from substrates.fleet.faults import wrap
 from substrates.fleet.router import Policy, Router
@@ -91,18 +92,23 @@ def load_route_spec(path: str | Path) -> RouteSpec:
         raise ConfigError(f"routing spec {path}: {where}: {first['msg']}") from exc
 
 
-def route(*, spec: str, seed: int | None = None) -> Router:
+def route(*, spec: str, seed: int | None = None, trajectory: str | None = None) -> Router:
     """Build the `Router` a spec file describes (substrate entry point ``route``).
 
     Each route's substrate is built through `agentrt.registry.default_registry`, seeded from
-    ``seed`` plus its position so routes do not share random streams.
+    ``seed`` plus its position so routes do not share random streams. ``trajectory`` (a
+    recorded trajectory file) is given to every route whose substrate can play one (the
+    emulated engines), so the fleet answers with the recorded turns (`agentrt replay`).
     """
     parsed = load_route_spec(spec)
     registry = default_registry()
     routes: dict[str, Substrate] = {}
     for i, (name, entry) in enumerate(parsed.routes.items()):
         sub_seed = None if seed is None else seed + i
-        sub = registry.substrate(entry.substrate, seed=sub_seed, **entry.options)
+        options = dict(entry.options)
+        if trajectory is not None and _takes(registry, entry.substrate, "trajectory"):
+            options["trajectory"] = trajectory
+        sub = registry.substrate(entry.substrate, seed=sub_seed, **options)
         if entry.faults:
             sub = wrap(sub, entry.faults, seed=sub_seed)
         routes[name] = sub
@@ -121,3 +127,12 @@ def route(*, spec: str, seed: int | None = None) -> Router:
         ewma_alpha=parsed.ewma_alpha,
         seed=seed,
     )
+
+
+def _takes(registry: Registry, substrate: str, option: str) -> bool:
+    """Whether the factory registered as ``substrate`` has the keyword ``option``."""
+    factory = registry.factory("agentrt.substrates", substrate.partition(":")[0])
+    try:
+        return option in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
