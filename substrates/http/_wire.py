@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 from starlette.responses import JSONResponse
 
 from agentrt.substrate import InferenceRequest, InferenceResult, Message, ToolCall, ToolSpec
@@ -23,6 +23,7 @@ __all__ = [
     "dumps",
     "error_response",
     "json_str",
+    "read_chat",
     "request_problem",
     "sse",
     "usage",
@@ -180,6 +181,23 @@ class ChatCompletionRequest(BaseModel):
 
 #: OpenAI's rule for function names (agentrt.ToolSpec checks the same).
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def read_chat(body: bytes) -> ChatCompletionRequest | JSONResponse:
+    """The request in ``body``, or the 400 answer naming what is wrong with it."""
+    try:
+        chat = ChatCompletionRequest.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        if first["type"] == "json_invalid":
+            return error_response(400, f"invalid JSON body: {first['msg']}", code="invalid_json")
+        param = ".".join(str(p) for p in first["loc"]) or None
+        message = f"{param}: {first['msg']}" if param else f"the body: {first['msg']}"
+        return error_response(400, message, param=param, code="invalid_value")
+    problem = request_problem(chat)
+    if problem is not None:
+        return error_response(400, problem[1], param=problem[0], code="invalid_value")
+    return chat
 
 
 def request_problem(chat: ChatCompletionRequest) -> tuple[str, str] | None:

@@ -40,7 +40,7 @@ from agentrt.errors import AgentrtError
 from agentrt.substrate import InferenceRequest, InferenceResult, StreamingSubstrate
 from agentrt.telemetry import semconv as sc
 from substrates.http._reply import EventEncoder, completion
-from substrates.http._wire import ChatCompletionRequest, error_response, request_problem, sse
+from substrates.http._wire import ChatCompletionRequest, error_response, read_chat, sse
 from substrates.http.connections import ConnectionLimits, default_max_connections, serve_in_thread
 
 __all__ = [
@@ -120,21 +120,9 @@ class _App:
         body = await self._read_body(request)
         if isinstance(body, Response):
             return body
-        try:
-            chat = ChatCompletionRequest.model_validate_json(body)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            if first["type"] == "json_invalid":
-                return error_response(
-                    400, f"invalid JSON body: {first['msg']}", code="invalid_json"
-                )
-            param = ".".join(str(p) for p in first["loc"]) or None
-            return error_response(
-                400, f"{param}: {first['msg']}", param=param, code="invalid_value"
-            )
-        problem = request_problem(chat)
-        if problem is not None:
-            return error_response(400, problem[1], param=problem[0], code="invalid_value")
+        chat = read_chat(body)
+        if isinstance(chat, Response):
+            return chat
         if chat.model != self.model:
             return error_response(
                 404,
@@ -143,7 +131,11 @@ class _App:
                 code="model_not_found",
             )
         request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        infer = chat.to_inference(request_id, default_max_tokens=self.default_max_tokens)
+        try:
+            infer = chat.to_inference(request_id, default_max_tokens=self.default_max_tokens)
+        except ValidationError as exc:  # a combination read_chat's checks did not foresee
+            message = f"invalid request: {exc.errors()[0]['msg']}"
+            return error_response(400, message, code="invalid_value")
         if self.context is not None:
             # Checked before any work (and before the headers of a stream are sent), in vLLM's
             # words: a request that cannot fit gets 400 at once, never a gigantic generation.
