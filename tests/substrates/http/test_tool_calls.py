@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import anyio
 import httpx
 import openai
 import pytest
@@ -406,3 +407,55 @@ async def test_a_non_streamed_tool_call_without_an_id_is_a_bad_response() -> Non
     error, _ = await _answer(body.encode(), "application/json")
     assert isinstance(error, BadResponse)
     assert "tool call 0 has no id" in str(error)
+
+
+async def test_interleaved_pieces_of_parallel_calls_are_put_together_by_index() -> None:
+    def piece(index: int, arguments: str, **first: str) -> dict[str, Any]:
+        function = {"arguments": arguments, **({"name": first["name"]} if first else {})}
+        return {"index": index, **({"id": first["id"]} if first else {}), "function": function}
+
+    events = [
+        _delta({"content": "Both: "}),
+        _delta({"tool_calls": [piece(0, "", id="a", name="weather"),
+                               piece(1, '{"ci', id="b", name="weather")]}),
+        _delta({"tool_calls": [piece(0, '{"city": "Paris"}')], "content": "..."}),
+        _delta({"tool_calls": [piece(1, 'ty": "Oslo"}')]}, "tool_calls"),
+    ]  # fmt: skip
+    sub = OpenAIHTTPSubstrate(
+        "http://test/v1", "m", api_key="-",
+        transport=httpx.MockTransport(lambda _: httpx.Response(200, content=_sse(*events))),
+    )  # fmt: skip
+    async with sub.stream(InferenceRequest.from_prompt("hi")) as chunks:
+        got = [(c.text, [(d.index, d.id, d.arguments) for d in c.tool_calls]) async for c in chunks]
+    await sub.aclose()
+    assert got == [
+        ("Both: ", []),
+        ("", [(0, "a", ""), (1, "b", '{"ci')]),
+        ("...", [(0, None, '{"city": "Paris"}')]),
+        ("", [(1, None, 'ty": "Oslo"}')]),
+    ]
+    result = chunks.result()
+    assert result.text == "Both: ..."
+    assert [(c.id, c.parsed_arguments()) for c in result.tool_calls] == [
+        ("a", {"city": "Paris"}),
+        ("b", {"city": "Oslo"}),
+    ]
+
+
+async def test_concurrent_tool_conversations_each_get_their_own_turns(
+    serve_script: Any, reply: Any
+) -> None:
+    answers: list[str] = []
+    with serve_script(_script(reply)) as (url, engine):
+        async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="-") as client:
+
+            async def one(stream: bool) -> None:
+                _, answer = await _converse(client, stream=stream)
+                answers.append(answer)
+
+            async with anyio.create_task_group() as tg:
+                for i in range(8):
+                    tg.start_soon(one, i % 2 == 0)
+    assert answers == ["Paris 18 C, Oslo 9 C, at noon."] * 8
+    turns = sorted(sum(m.role == "assistant" for m in r.messages) for r in engine.requests)
+    assert turns == [0] * 8 + [1] * 8 + [2] * 8
