@@ -1,13 +1,17 @@
-"""The agent loop: runs a plan's DAG or a policy on anyio, with timeouts, deadlines and retries."""
+"""The agent loop: runs a conversation with tools, a plan's DAG or a policy on anyio.
+
+Timeouts, deadlines and retries are the same for all three; the tool-calling loop itself lives in
+`agentrt._toolloop`.
+"""
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import random
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal, final
 
@@ -22,8 +26,23 @@ from pydantic import JsonValue, ValidationError
 from tenacity import RetryCallState
 
 from agentrt._timeouts import AttemptTimeouts
+from agentrt._toolloop import (
+    DEFAULT_MAX_CONCURRENT_TOOLS,
+    DEFAULT_MAX_TOOL_FAILURES,
+    DEFAULT_MAX_TURNS,
+    ToolLoop,
+    call_with_retries,
+    conversation,
+)
 from agentrt.clock import Clock, VirtualClock, current_clock
-from agentrt.errors import ConfigError, PlanError, StepFailed, StepTimeout, ToolError
+from agentrt.errors import (
+    ConfigError,
+    PlanError,
+    StepFailed,
+    StepTimeout,
+    ToolError,
+    ToolLoopFailed,
+)
 from agentrt.log import get_logger
 from agentrt.plan import (
     Plan,
@@ -38,17 +57,28 @@ from agentrt.plan import (
 from agentrt.policy import Policy, RunState
 from agentrt.redact import redact
 from agentrt.result import RunResult, RunStatus, StepResult, StepStatus
-from agentrt.retry import is_retryable, retrying
-from agentrt.substrate import InferenceRequest, InferenceResult, Message, Substrate
-from agentrt.telemetry.tracing import Detail, Instruments, RunTracer, provider_of
-from agentrt.tool import Tool, ToolResult
+from agentrt.retry import is_retryable
+from agentrt.substrate import (
+    InferenceRequest,
+    InferenceResult,
+    Message,
+    Substrate,
+    ToolCall,
+    ToolSpec,
+)
+from agentrt.telemetry.tracing import Detail, Instruments, RunTracer, current_span, provider_of
+from agentrt.tool import Tool, ToolResult, tool_spec
+from agentrt.trajectory import Recorder
 
 __all__ = ["Agent", "AgentRun"]
 
 _log_proxy = get_logger("agentrt.agent")
 
 _State = Literal["pending", "running", "succeeded", "failed", "cancelled", "skipped"]
-_DEFAULT_MAX_STEPS = 50
+#: Steps a policy may run: room for a 50-tool-call loop written as a policy, and then some.
+_DEFAULT_MAX_STEPS = 200
+#: The name a tool-calling run reports as its plan.
+_CONVERSATION = "conversation"
 
 
 @dataclass(slots=True)
@@ -83,11 +113,23 @@ class _StepRecord:
 
 @final
 class Agent:
-    """Runs plans and policies on a substrate, with tools.
+    """Runs conversations with tools, plans and policies on a substrate.
 
-    One agent can run many plans, one after another or concurrently; each run is independent.
+    ``await agent.run("task")`` is the tool-calling loop: the model answers with tool calls, the
+    agent runs them (concurrently, at most ``max_concurrent_tools`` at a time) and sends the
+    results back, until the model answers without tool calls (docs/agent-loop.md). One agent can
+    run many conversations, plans and policies, one after another or concurrently; each run is
+    independent.
 
     Example:
+        >>> from agentrt import Agent, VirtualClock, run
+        >>> from agentrt.testing import FunctionTool, ScriptedToolSubstrate
+        >>> model = ScriptedToolSubstrate([("grep", {"pattern": "TODO"}), "3 TODOs left."])
+        >>> grep = FunctionTool("grep", lambda args: "a.py:1 b.py:7 b.py:9")
+        >>> result = run(Agent(model, tools=[grep]).run, "How many TODOs?", clock=VirtualClock())
+        >>> result.output, [s.kind for s in result.steps]
+        ('3 TODOs left.', ['chat', 'tool', 'chat'])
+
         >>> from agentrt import Agent, Plan, Step, VirtualClock, run
         >>> from agentrt.testing import FixedLatencySubstrate
         >>> agent = Agent(FixedLatencySubstrate(latency_s=0.2))
@@ -97,8 +139,9 @@ class Agent:
         ('succeeded', 0.2)
 
     Args:
-        substrate: where every step's model call goes.
-        tools: tools the plan's steps may name, as instances (or a name -> tool mapping).
+        substrate: where every model call goes.
+        tools: tools the model (or a plan's steps) may call, as instances (or a name -> tool
+            mapping).
         name: the agent's name (in results, logs and traces).
         seed: seeds retry jitter, so virtual-time runs repeat exactly.
         defaults: timeout and retry policy for policy-driven steps that set none (plans carry
@@ -109,6 +152,11 @@ class Agent:
         trace_detail: ``steps`` (default) emits run, step, chat and tool spans; ``phases`` also
             queue/network/prefill/decode spans under each model call (up to four more spans
             per call: the CLI's ``run`` turns them on, many-run commands leave them off).
+        recorder: told of every model and tool call (`agentrt.trajectory.Recorder`), e.g. to
+            write a trajectory to replay.
+        max_concurrent_tools: tool calls of one model turn that run at the same time.
+        max_tool_failures: failed tool calls in a row (bad arguments, unknown tool, an error:
+            each goes back to the model as a tool message) after which a tool loop fails.
     """
 
     def __init__(
@@ -122,8 +170,21 @@ class Agent:
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
         trace_detail: Detail = "steps",
+        recorder: Recorder | None = None,
+        max_concurrent_tools: int = DEFAULT_MAX_CONCURRENT_TOOLS,
+        max_tool_failures: int = DEFAULT_MAX_TOOL_FAILURES,
     ) -> None:
+        if max_concurrent_tools < 1:
+            raise ConfigError(
+                f"max_concurrent_tools must be at least 1, got {max_concurrent_tools}"
+            )
+        if max_tool_failures < 1:
+            raise ConfigError(f"max_tool_failures must be at least 1, got {max_tool_failures}")
         self.substrate = substrate
+        self.recorder = recorder
+        self.max_concurrent_tools = max_concurrent_tools
+        self.max_tool_failures = max_tool_failures
+        self._specs: dict[tuple[str, ...], tuple[ToolSpec, ...]] = {}
         self.defaults = defaults or StepDefaults()
         self.tracer_provider = tracer_provider
         self.trace_detail: Detail = trace_detail
@@ -141,13 +202,25 @@ class Agent:
         self.name = name
         self.seed = seed
 
+    def specs(self, names: Sequence[str] | None = None) -> tuple[ToolSpec, ...]:
+        """The `ToolSpec` of each tool (or of the tools ``names``), as model requests offer them.
+
+        Computed once per set of names.
+        """
+        key = tuple(self.tools) if names is None else tuple(names)
+        specs = self._specs.get(key)
+        if specs is None:
+            specs = self._specs[key] = tuple(tool_spec(self.tools[n]) for n in key)
+        return specs
+
     def prepare(
         self,
-        target: Plan | Policy,
+        target: Plan | Policy | str | Sequence[Message],
         *,
         run_id: str | None = None,
         deadline_s: float | None = None,
         max_steps: int | None = None,
+        max_turns: int | None = None,
     ) -> AgentRun:
         """Check ``target`` against this agent and return a run ready to `AgentRun.execute`.
 
@@ -155,12 +228,25 @@ class Agent:
         from outside: ``AgentRun.result()`` works at any time.
 
         Raises:
-            ConfigError: a step names a tool this agent does not have, or a bad limit.
+            ConfigError: a step names a tool this agent does not have, a bad limit, or an empty
+                conversation.
         """
-        if isinstance(target, Plan):
-            missing = sorted({s.tool for s in target.steps if s.tool and s.tool not in self.tools})
+        if isinstance(target, str | Sequence):
+            if max_steps is not None:
+                raise ConfigError(
+                    "max_steps bounds a policy; a conversation is bounded by max_turns"
+                )
+            messages = conversation(target)
+            if not messages or not all(isinstance(m, Message) for m in messages):
+                raise ConfigError(
+                    "a conversation is a task text or a non-empty sequence of Message objects"
+                )
+            target = messages
+        elif isinstance(target, Plan):
+            wanted = (name for s in target.steps for name in (s.tool, *s.tools) if name)
+            missing = sorted({name for name in wanted if name not in self.tools})
             if missing:
-                users = [s.id for s in target.steps if s.tool in missing]
+                users = [s.id for s in target.steps if {s.tool, *s.tools} & set(missing)]
                 known = ", ".join(sorted(self.tools)) or "none"
                 raise PlanError(
                     f"step(s) {', '.join(users)} use tool(s) {', '.join(missing)} that the agent "
@@ -171,36 +257,48 @@ class Agent:
             raise ConfigError(f"deadline_s must be positive, got {deadline_s}")
         if max_steps is not None and max_steps < 1:
             raise ConfigError(f"max_steps must be at least 1, got {max_steps}")
+        if max_turns is not None and max_turns < 1:
+            raise ConfigError(f"max_turns must be at least 1, got {max_turns}")
         return AgentRun(
             self,
             target,
             run_id=run_id or uuid.uuid4().hex[:16],
             deadline_s=deadline_s,
             max_steps=max_steps,
+            max_turns=max_turns,
         )
 
     async def run(
         self,
-        target: Plan | Policy,
+        target: Plan | Policy | str | Sequence[Message],
         *,
         run_id: str | None = None,
         deadline_s: float | None = None,
         max_steps: int | None = None,
+        max_turns: int | None = None,
     ) -> RunResult:
-        """Run a plan (its DAG, independent steps concurrently) or a policy, and return the result.
+        """Run a conversation with tools, a plan or a policy, and return the result.
+
+        A task text (or a list of messages) runs the tool-calling loop: model, tool calls, tool
+        messages, model ... until the model answers without tool calls (``result.output``). A
+        plan runs its DAG, independent steps concurrently; a policy chooses steps as it goes.
 
         A failed run is returned, not raised: check ``result.status`` or call
         ``result.raise_for_status()``. Cancellation from outside propagates (use `prepare` to keep
         the partial result).
 
         Args:
-            target: a `Plan`, or a `Policy` that chooses steps as the run goes.
+            target: the task text or conversation, a `Plan`, or a `Policy`.
             run_id: an id for logs and traces; random by default.
-            deadline_s: the whole-run deadline; default the plan's ``deadline_s`` (none for
-                policies unless given).
-            max_steps: for policies, the most steps to run (default 50).
+            deadline_s: the whole-run deadline; default the plan's ``deadline_s`` (none
+                otherwise unless given).
+            max_steps: for policies, the most steps to run (default 200).
+            max_turns: for conversations, the most model calls (default 100); for a plan, the
+                default of its steps with ``tools`` that set none.
         """
-        agent_run = self.prepare(target, run_id=run_id, deadline_s=deadline_s, max_steps=max_steps)
+        agent_run = self.prepare(
+            target, run_id=run_id, deadline_s=deadline_s, max_steps=max_steps, max_turns=max_turns
+        )
         await agent_run.execute()
         return agent_run.result()
 
@@ -213,16 +311,17 @@ class Agent:
 
 @final
 class AgentRun:
-    """One execution of a plan or policy by an `Agent`; create it with `Agent.prepare`."""
+    """One execution of a conversation, plan or policy by an `Agent`; see `Agent.prepare`."""
 
     def __init__(
         self,
         agent: Agent,
-        target: Plan | Policy,
+        target: Plan | Policy | list[Message],
         *,
         run_id: str,
         deadline_s: float | None,
         max_steps: int | None,
+        max_turns: int | None = None,
     ) -> None:
         self.agent = agent
         self.target = target
@@ -230,6 +329,10 @@ class AgentRun:
         plan_deadline = target.deadline_s if isinstance(target, Plan) else None
         self.deadline_s = deadline_s if deadline_s is not None else plan_deadline
         self.max_steps = max_steps or _DEFAULT_MAX_STEPS
+        self.max_turns = max_turns or DEFAULT_MAX_TURNS
+        self.name = target.name if isinstance(target, Plan | Policy) else _CONVERSATION
+        self._loop: ToolLoop | None = None
+        self._steps_started = 0
         self._records: dict[str, _StepRecord] = {}
         self._finished: list[StepResult] = []
         self._clock: Clock = current_clock()
@@ -267,7 +370,7 @@ class AgentRun:
         self._started = True
         self._clock = current_clock()
         self._start = self._clock.current_time()
-        target_name = self.target.name
+        target_name = self.name
         tracer = self._tracer = RunTracer(
             self.agent.tracer_provider, self._clock, detail=self.agent.trace_detail
         )
@@ -284,13 +387,15 @@ class AgentRun:
         self._log_steps = _info_enabled(_log)
         with (
             structlog.contextvars.bound_contextvars(run_id=self.run_id),
-            _current(tracer.root if tracer.enabled else None),
+            current_span(tracer.root if tracer.enabled else None),
         ):
             _log.info("run_started", agent=self.agent.name, target=target_name)
             try:
                 deadline = self.deadline_s if self.deadline_s is not None else float("inf")
                 with anyio.move_on_after(deadline) as scope:
-                    if isinstance(self.target, Plan):
+                    if isinstance(self.target, list):
+                        await self._run_conversation(self.target)
+                    elif isinstance(self.target, Plan):
                         await self._run_dag(self.target)
                     else:
                         await self._run_policy(self.target)
@@ -305,6 +410,8 @@ class AgentRun:
                     self._status = "cancelled"
                     self._error = self._error or "cancelled by the caller"
                 tracer.end_run(status=self._status, error=self._error, t=self._end)
+                if self.agent.recorder is not None:
+                    self.agent.recorder.finish(self.run_id, self._status, self._end - self._start)
                 _log.info(
                     "run_finished",
                     status=self._status,
@@ -316,14 +423,24 @@ class AgentRun:
         """The run's result so far: final after `execute` returns (or is cancelled)."""
         start = self._start if self._start is not None else 0.0
         end = self._end if self._end is not None else self._clock.current_time()
-        if isinstance(self.target, Plan):
-            steps = [self._freeze(self._records[sid]) for sid in self.target.order]
+        messages: tuple[Message, ...] = ()
+        if isinstance(self.target, list):
+            loop = self._loop
+            steps = loop.results(start, end) if loop is not None else []
+            messages = tuple(loop.messages) if loop is not None else tuple(self.target)
+            output = loop.output if loop is not None else ""
         else:
-            steps = [self._freeze(rec) for rec in self._records.values()]
+            if isinstance(self.target, Plan):
+                steps = [self._freeze(self._records[sid]) for sid in self.target.order]
+                last: StepResult | None = steps[-1]
+            else:
+                steps = [self._freeze(rec) for rec in self._records.values()]
+                last = self._finished[-1] if self._finished else steps[-1] if steps else None
+            output = last.output if last is not None and last.status == "succeeded" else ""
         return RunResult(
             run_id=self.run_id,
             agent=self.agent.name,
-            plan=self.target.name,
+            plan=self.name,
             status=self._status or ("cancelled" if self._end is not None else "failed"),
             clock="virtual" if isinstance(self._clock, VirtualClock) else "real",
             e2e_s=max(0.0, end - start) if self._start is not None else 0.0,
@@ -332,9 +449,40 @@ class AgentRun:
             failed_step=self._failed_step,
             trace_id=self._tracer.trace_id,
             seed=self.agent.seed,
+            output=output,
+            messages=messages,
         )
 
-    # -- the two drivers -------------------------------------------------------------------
+    # -- the three drivers -----------------------------------------------------------------
+
+    async def _run_conversation(self, messages: list[Message]) -> None:
+        agent = self.agent
+        loop = self._loop = ToolLoop(
+            self,
+            list(messages),
+            tools=agent.tools,
+            specs=agent.specs(),
+            max_turns=self.max_turns,
+            timeout_s=agent.defaults.timeout_s,
+            retry=agent.defaults.retry,
+            request={"run_id": self.run_id, "step_kind": "chat"},
+            parent=self._tracer.root_context if self._tracer.enabled else None,
+            as_steps=True,
+        )
+        try:
+            await loop.run_to_answer()
+        except ToolLoopFailed as exc:
+            self._fail(str(exc), step_id=loop.failed_step)
+        except Exception as exc:  # a model call failed for good
+            step = loop.steps[-1]
+            self._fail(str(StepFailed(step.id, exc, attempts=step.attempts)), step_id=step.id)
+        else:
+            self._status = "succeeded"
+
+    def _next_index(self) -> int:
+        index = self._steps_started
+        self._steps_started += 1
+        return index
 
     async def _run_dag(self, plan: Plan) -> None:
         waiting = {s.id: len(set(s.depends_on)) for s in plan.steps}
@@ -443,9 +591,12 @@ class AgentRun:
             unknown = [d for d in step.depends_on if d not in self._records or d in ids]
             if unknown:
                 problems.append(f"step {step.id!r} depends on steps not finished yet: {unknown}")
-            if step.tool is not None and step.tool not in self.agent.tools:
-                problems.append(f"step {step.id!r} uses unknown tool {step.tool!r}")
-            if step.kind in (StepKind.SEARCH, StepKind.DEBUG) and step.tool is None:
+            problems.extend(
+                f"step {step.id!r} uses unknown tool {name!r}"
+                for name in (step.tool, *step.tools)
+                if name is not None and name not in self.agent.tools
+            )
+            if step.kind in (StepKind.SEARCH, StepKind.DEBUG) and not (step.tool or step.tools):
                 problems.append(f"step {step.id!r} is a {step.kind} step but names no tool")
         if problems:
             raise PlanError(
@@ -529,22 +680,12 @@ class AgentRun:
                 structlog.contextvars.reset_contextvars(**tokens)
 
     async def _attempts(self, record: _StepRecord, timeout_s: float, policy: RetryPolicy) -> None:
-        # The first attempt runs outside tenacity: most steps succeed at once, and building a
-        # tenacity iteration costs more than the rest of a step. On a retryable failure,
-        # tenacity takes over and is shown that failure as its own first attempt, so back-off,
-        # Retry-After, logging and the attempt budget behave exactly as if it had run it.
-        try:
-            await self._timed_attempt(record, timeout_s)
-            return
-        except Exception as exc:
-            if policy.max_attempts == 1 or not is_retryable(exc):
-                raise
-            replay: list[Exception] = [exc]
-        async for attempt in retrying(policy, rng=self._rng, before_sleep=self._log_retry):
-            with attempt:
-                if replay:
-                    raise replay.pop()
-                await self._timed_attempt(record, timeout_s)
+        await call_with_retries(
+            lambda: self._timed_attempt(record, timeout_s),
+            policy,
+            rng=self._rng,
+            before_sleep=self._log_retry,
+        )
 
     async def _timed_attempt(self, record: _StepRecord, timeout_s: float) -> None:
         record.attempts += 1
@@ -575,6 +716,9 @@ class AgentRun:
             if not outputs and len(prompt) <= _CACHED_PROMPT_CHARS
             else Message(role="user", content=prompt)
         )
+        if step.tools:
+            await self._tool_loop_attempt(record, message)
+            return
         request = InferenceRequest(
             messages=(message,),
             max_output_tokens=step.output_tokens_hint,
@@ -595,7 +739,7 @@ class AgentRun:
         try:
             if chat is not None and self.agent._remote:
                 # Remote substrates propagate the current span (W3C traceparent) to their server.
-                with _current(chat):
+                with current_span(chat):
                     result = await substrate.infer(request)
             else:
                 result = await substrate.infer(request)
@@ -617,6 +761,9 @@ class AgentRun:
                 )
         if self._metrics:
             self.agent._instruments.record(result, t1 - t0, self.agent._provider)
+        recorder = self.agent.recorder
+        if recorder is not None:
+            recorder.model_turn(request, result)
         record.inference = result
         record.input_tokens += result.usage.input_tokens
         record.output_tokens += result.usage.output_tokens
@@ -637,7 +784,7 @@ class AgentRun:
         tool_span = tracer.start_tool(record.span_context, tool.name, attempt=record.attempts, t=t0)
         tool_result: ToolResult | None = None
         try:
-            with _current(tool_span if getattr(tool, "remote", False) else None):
+            with current_span(tool_span if getattr(tool, "remote", False) else None):
                 tool_result = await tool.call(args)
         except BaseException as exc:  # recorded on the span, then re-raised untouched
             error = exc
@@ -648,6 +795,63 @@ class AgentRun:
         measured = t1 - t0
         record.tool_result = tool_result
         record.tool_s = tool_result.duration_s if tool_result.duration_s is not None else measured
+        if recorder is not None:
+            arguments = json.dumps(raw_args, separators=(",", ":"))
+            call = ToolCall(id=f"{step.id}-{record.attempts}", name=tool.name, arguments=arguments)
+            recorder.tool_result(call, tool_result, record.tool_s)
+
+    async def _tool_loop_attempt(self, record: _StepRecord, message: Message) -> None:
+        """One attempt of a plan step with ``tools``: a small tool loop from its prompt."""
+        step = record.step
+        agent = self.agent
+        plan = self._plan
+        if plan is not None:
+            timeout_s, retry = plan.timeout_for(step), plan.retry_for(step)
+        else:
+            timeout_s = step.timeout_s or agent.defaults.timeout_s
+            retry = step.retry or agent.defaults.retry
+        loop = ToolLoop(
+            self,
+            [message],
+            tools={name: agent.tools[name] for name in step.tools},
+            specs=agent.specs(step.tools),
+            max_turns=step.max_turns or self.max_turns,
+            timeout_s=timeout_s,
+            retry=retry,
+            request={
+                "run_id": self.run_id,
+                "step_id": step.id,
+                "step_kind": step.kind,
+                "max_output_tokens": step.output_tokens_hint,
+                "prompt_tokens": step.prompt_tokens,
+                "slo": step.slo,
+                "substrate_hint": step.substrate,
+            },
+            parent=record.span_context,
+            as_steps=False,
+            attempt=record.attempts,
+        )
+        try:
+            await loop.run_to_answer()
+        except ToolLoopFailed:
+            raise
+        except Exception as exc:
+            if not is_retryable(exc):
+                raise
+            # Its own retries are spent: retrying the step would run the whole loop again.
+            raise ToolLoopFailed(
+                f"model call {loop.turns} of step {step.id!r} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        finally:
+            record.input_tokens += loop.input_tokens
+            record.output_tokens += loop.output_tokens
+            record.cost_usd += loop.cost_usd
+            record.energy_j += loop.energy_j
+            record.tool_s = loop.tool_s
+            if loop.last is not None:
+                record.inference = loop.last.model_copy(
+                    update={"text": loop.output, "timing": loop.timing}
+                )
 
     def _outputs_for(self, step: Step) -> dict[str, dict[str, str]]:
         if not step.args and (step.prompt is None or "{{" not in step.prompt):
@@ -774,15 +978,6 @@ def _retry_s(record: _StepRecord) -> float:
     if record.start is None or record.last_attempt_start is None or record.attempts <= 1:
         return 0.0
     return record.last_attempt_start - record.start
-
-
-def _current(span: Span | None) -> AbstractContextManager[object]:
-    """Make ``span`` the current span (for log trace ids and trace propagation), if any."""
-    if span is None:
-        return nullcontext()
-    return trace.use_span(
-        span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-    )
 
 
 def _describe(error: BaseException | None) -> str | None:

@@ -13,6 +13,7 @@ AgentrtError
 │   │   └── SubstrateTimeout    also TimeoutError
 │   └── BadResponse             the substrate answered something unusable
 ├── ToolError                   a tool call failed (RetryableToolError may be retried)
+├── ToolLoopFailed              a tool-calling loop hit max_turns or too many failed tool calls
 ├── StepTimeout                 one attempt of a step ran past its timeout (retryable, TimeoutError)
 ├── StepFailed                  a step failed for good: carries step_id and the cause
 ├── RunFailed                   a run ended without success: raised by RunResult.raise_for_status()
@@ -42,6 +43,7 @@ __all__ = [
     "SubstrateTimeout",
     "SubstrateUnavailable",
     "ToolError",
+    "ToolLoopFailed",
     "UnknownNameError",
 ]
 
@@ -146,6 +148,15 @@ class RetryableToolError(ToolError):
     """A tool call failed transiently and may be retried."""
 
     retryable = True
+
+
+class ToolLoopFailed(AgentrtError):
+    """A tool-calling loop stopped without an answer.
+
+    The model still asked for tools after ``max_turns`` model calls, or that many tool calls in a
+    row failed (``Agent(max_tool_failures=...)``). Not retryable: the same conversation would end
+    the same way.
+    """
 
 
 class StepTimeout(AgentrtError, TimeoutError):

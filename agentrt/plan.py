@@ -110,10 +110,12 @@ class StepDefaults(BaseModel):
 
 
 class Step(BaseModel):
-    """One step of a plan: a model call, optionally followed by a tool call.
+    """One step of a plan: a model call, optionally followed by a tool call, or a small tool loop.
 
     Every step asks the substrate for one inference (the model's turn: think, decide a tool call,
-    answer). A step with a ``tool`` then runs that tool with ``args``. ``prompt`` and string
+    answer). A step with a ``tool`` then runs that tool with ``args``. A step with ``tools``
+    instead offers them to the model and runs the tool-calling loop (at most ``max_turns`` model
+    calls) from its prompt; its output is the model's final text. ``prompt`` and string
     ``args`` may refer to the results of steps this one depends on: ``{{ plan }}`` is step
     ``plan``'s output (its tool output if it ran a tool, else its text), ``{{ plan.text }}`` the
     model text, ``{{ plan.tool }}`` the tool output.
@@ -132,6 +134,12 @@ class Step(BaseModel):
     prompt: str | None = Field(default=None, description="Prompt template for the model call.")
     tool: str | None = None
     args: dict[str, JsonValue] = Field(default_factory=dict)
+    tools: tuple[Annotated[str, Field(min_length=1)], ...] = Field(
+        default=(), description="Tools the model may call: the step runs a small tool loop."
+    )
+    max_turns: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="Model calls of a step with tools; default the run's max_turns."
+    )
     max_output_tokens: Annotated[int, Field(ge=1)] | None = Field(
         default=None, description="Output-length hint; default 48 for tool kinds, 256 otherwise."
     )
@@ -156,10 +164,28 @@ class Step(BaseModel):
             )
         return data
 
-    @field_validator("depends_on", mode="before")
+    @field_validator("depends_on", "tools", mode="before")
     @classmethod
     def _one_or_many(cls, value: object) -> object:
         return (value,) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _tool_or_tools(self) -> Step:
+        if self.tool is not None and self.tools:
+            raise PlanError(
+                f"step {self.id!r} has both tool (run after the model call, with args) and tools "
+                "(offered to the model); keep one",
+                step_ids=(self.id,),
+            )
+        if self.max_turns is not None and not self.tools:
+            raise PlanError(
+                f"step {self.id!r} sets max_turns but offers no tools; add tools: [...] or drop "
+                "max_turns",
+                step_ids=(self.id,),
+            )
+        if len(set(self.tools)) != len(self.tools):
+            raise PlanError(f"step {self.id!r} names a tool twice in tools", step_ids=(self.id,))
+        return self
 
     @property
     def output_tokens_hint(self) -> int:
@@ -170,6 +196,9 @@ class Step(BaseModel):
 
     def default_prompt(self) -> str:
         """The prompt used when the step gives none."""
+        if self.tools:
+            tools = ", ".join(self.tools)
+            return f"Carry out the {self.kind} step {self.id}, using the tools {tools}."
         if self.tool is not None:
             return f"Call the {self.tool} tool for step {self.id}."
         return f"Carry out the {self.kind} step {self.id}."
@@ -327,7 +356,7 @@ class Plan(BaseModel):
                     f"step {step.id!r} depends on unknown step(s) "
                     f"{_listing(unknown, quote=True)}{hint}"
                 )
-            if step.kind in _TOOL_KINDS and step.tool is None:
+            if step.kind in _TOOL_KINDS and step.tool is None and not step.tools:
                 problems.append(
                     f"step {step.id!r} is a {step.kind} step but names no tool; "
                     f"add `tool: {step.kind}` (and its args)"
@@ -580,6 +609,12 @@ def _first_tool_problem(
     """(step index, message, location under the step) of the first bad tool or argument."""
     models: dict[str, type[BaseModel] | None] = {}
     for index, step in enumerate(plan.steps):
+        for k, name in enumerate(step.tools):
+            try:
+                args_model(name)
+            except (KeyError, ConfigError) as exc:
+                detail = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+                return index, f"step {step.id!r} offers an unknown tool: {detail}", ("tools", k)
         if step.tool is None:
             continue
         if step.tool not in models:

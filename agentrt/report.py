@@ -291,25 +291,22 @@ def _from_spans(spans: Sequence[_Span], trace_id: str) -> list[Attribution]:
     reports = []
     for root in sorted(roots, key=lambda s: s.start):
         steps = []
+        index: dict[str, int] = {}
         for step in children.get(root.id, []):
             if sc.STEP_ID not in step.attrs:
                 continue
             a = step.attrs
             status = str(a.get(sc.STEP_STATUS, "succeeded"))
-            attempts = int(a.get(sc.STEP_ATTEMPTS, 1))
-            timing: dict[str, float] = {}
-            tool_s = 0.0
-            substrate: str | None = None
-            for child in children.get(step.id, []):
-                if substrate is None and child.attrs.get(sc.SUBSTRATE):
-                    substrate = str(child.attrs[sc.SUBSTRATE])
-                if child.attrs.get(sc.ATTEMPT, attempts) != attempts or status != "succeeded":
-                    continue
-                op = child.attrs.get(sc.OPERATION_NAME)
-                if op == "chat":
-                    timing = {n: float(child.attrs.get(sc.TIMING[n], 0.0)) for n in _TIMING}
-                elif op == "execute_tool":
-                    tool_s += child.end - child.start
+            retry_s = float(a.get(sc.STEP_RETRY_S, 0.0))
+            index[str(a[sc.STEP_ID])] = int(a.get(sc.STEP_INDEX) or 0)
+            op = a.get(sc.OPERATION_NAME)
+            if op in ("chat", "execute_tool"):
+                # A tool loop's model or tool call: a step with no span of its own.
+                timing, tool_s, substrate = _own_times(step, op, status, retry_s)
+            else:
+                timing, tool_s, substrate = _child_times(
+                    children.get(step.id, []), status, int(a.get(sc.STEP_ATTEMPTS, 1))
+                )
             waits = a.get(sc.STEP_WAITS_FOR, [])
             if isinstance(waits, str):  # Jaeger stores lists as JSON strings
                 waits = json.loads(waits)
@@ -322,12 +319,12 @@ def _from_spans(spans: Sequence[_Span], trace_id: str) -> list[Attribution]:
                     end_s=step.end - root.start,
                     timing=timing,
                     tool_s=tool_s,
-                    retry_s=float(a.get(sc.STEP_RETRY_S, 0.0)),
+                    retry_s=retry_s,
                     waits_for=[str(w) for w in waits],
                     substrate=substrate,
                 )
             )
-        steps.sort(key=lambda s: (int(_attr(children, root, s.id, sc.STEP_INDEX) or 0), s.start_s))
+        steps.sort(key=lambda s: (index[s.id], s.start_s))
         reports.append(
             attribute(
                 steps,
@@ -341,11 +338,57 @@ def _from_spans(spans: Sequence[_Span], trace_id: str) -> list[Attribution]:
     return reports
 
 
-def _attr(children: Mapping[str | None, list[_Span]], root: _Span, step_id: str, key: str) -> Any:
-    for span in children.get(root.id, []):
-        if span.attrs.get(sc.STEP_ID) == step_id:
-            return span.attrs.get(key)
-    return None
+def _timing_of(chat: _Span) -> dict[str, float]:
+    return {n: float(chat.attrs.get(sc.TIMING[n], 0.0)) for n in _TIMING}
+
+
+def _own_times(
+    span: _Span, op: object, status: str, retry_s: float
+) -> tuple[dict[str, float], float, str | None]:
+    """(timing, tool_s, substrate) of a span that is both a step and its model or tool call."""
+    substrate = str(span.attrs[sc.SUBSTRATE]) if span.attrs.get(sc.SUBSTRATE) else None
+    if status != "succeeded":
+        return {}, 0.0, substrate
+    if op == "chat":
+        return _timing_of(span), 0.0, substrate
+    return {}, max(0.0, span.end - span.start - retry_s), substrate
+
+
+def _child_times(
+    children: Sequence[_Span], status: str, attempts: int
+) -> tuple[dict[str, float], float, str | None]:
+    """(timing, tool_s, substrate) of a step span from the calls of its final attempt.
+
+    A step with ``tools`` makes several model calls (their timings add up) and may run tools
+    side by side: its tool time is the time at least one of them ran, not their sum.
+    """
+    timing: dict[str, float] = {}
+    tools: list[tuple[float, float]] = []
+    substrate: str | None = None
+    for child in children:
+        if substrate is None and child.attrs.get(sc.SUBSTRATE):
+            substrate = str(child.attrs[sc.SUBSTRATE])
+        if child.attrs.get(sc.ATTEMPT, attempts) != attempts or status != "succeeded":
+            continue
+        op = child.attrs.get(sc.OPERATION_NAME)
+        if op == "chat":
+            for name, value in _timing_of(child).items():
+                timing[name] = timing.get(name, 0.0) + value
+        elif op == "execute_tool":
+            tools.append((child.start, child.end))
+    return timing, _covered(tools), substrate
+
+
+def _covered(intervals: list[tuple[float, float]]) -> float:
+    """The length of the union of ``intervals``."""
+    total = 0.0
+    end = -float("inf")
+    for start, stop in sorted(intervals):
+        if stop <= end:
+            continue
+        total += stop - max(start, end)
+        end = stop
+    return total
 
 
 def from_jaeger(document: Mapping[str, Any] | Sequence[Any]) -> list[Attribution]:

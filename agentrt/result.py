@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentrt.errors import RunFailed
-from agentrt.substrate import Timing
+from agentrt.substrate import Message, Timing, ToolCall
 
 __all__ = ["RunResult", "RunStatus", "StepResult", "StepStatus"]
 
@@ -22,6 +22,11 @@ class StepResult(BaseModel):
     ``latency_s`` is what the step cost the run; ``timing`` splits the model call of the final
     attempt into queue/network/prefill/decode/comm; ``tool_s`` is the tool's time. Whatever is
     left (retries, back-off, runtime overhead) is ``latency_s - timing.e2e_s - tool_s``.
+
+    In a tool-calling run (``Agent.run("task")``) each model call is a step of kind ``chat``
+    (``tool_calls`` holds what it asked for) and each tool call a step of kind ``tool``
+    (``tool_call_id`` names the call it answers). A plan step with ``tools`` is one step whose
+    ``timing`` sums its model calls and whose ``tool_s`` is the time its tools ran.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -52,6 +57,12 @@ class StepResult(BaseModel):
     retry_s: float = Field(
         default=0.0, description="Time before the final attempt: failed attempts and back-off."
     )
+    tool_call_id: str | None = Field(
+        default=None, description="Tool steps of a tool loop: the id of the model's call."
+    )
+    tool_calls: tuple[ToolCall, ...] = Field(
+        default=(), description="Chat steps of a tool loop: the tool calls the model asked for."
+    )
 
     @property
     def latency_s(self) -> float:
@@ -68,6 +79,10 @@ class StepResult(BaseModel):
 
 class RunResult(BaseModel):
     """How a run went: status, end-to-end time, and every step.
+
+    ``output`` is the run's answer: the model's final text in a tool-calling run, the output of
+    the plan's last step (in plan order) or of the policy's last finished step. ``messages`` is
+    the whole conversation of a tool-calling run (empty for plans and policies).
 
     Example:
         >>> r = RunResult(run_id="r1", agent="a", plan="p", status="succeeded", clock="virtual",
@@ -89,6 +104,10 @@ class RunResult(BaseModel):
     failed_step: str | None = None
     trace_id: str | None = None
     seed: int | None = None
+    output: str = Field(default="", description="The final answer (see the class docstring).")
+    messages: tuple[Message, ...] = Field(
+        default=(), description="A tool-calling run's conversation, oldest first."
+    )
 
     @property
     def cost_usd(self) -> float:

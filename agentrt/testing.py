@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, final
 
 import anyio
 import anyio.lowlevel
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, JsonValue
 
 from agentrt.clock import current_clock
 from agentrt.errors import BadResponse, ConfigError
@@ -26,6 +28,8 @@ from agentrt.substrate import (
     Substrate,
     Timing,
     TokenChunk,
+    ToolCall,
+    ToolCallDelta,
     Usage,
 )
 from agentrt.tool import ToolResult
@@ -34,7 +38,9 @@ __all__ = [
     "FixedLatencySubstrate",
     "FunctionSubstrate",
     "FunctionTool",
+    "Reply",
     "ScriptedSubstrate",
+    "ScriptedToolSubstrate",
     "check_substrate",
     "fixed_substrate",
     "synthetic_text",
@@ -311,6 +317,200 @@ class ScriptedSubstrate:
         tokens = max(1, len(item.split()))
         timing = Timing.build(output_tokens=tokens, decode_s=self.latency_s)
         return _text_result(request, item, substrate=self.name, model=self.model, timing=timing)
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One scripted model reply with both text and tool calls (see `ScriptedToolSubstrate`).
+
+    Example:
+        >>> Reply("Let me look.", ("search", {"query": "parser"})).calls[0][0]
+        'search'
+    """
+
+    text: str = ""
+    calls: tuple[ToolCall | tuple[str, Mapping[str, JsonValue] | str], ...] = ()
+
+    def __init__(
+        self, text: str = "", *calls: ToolCall | tuple[str, Mapping[str, JsonValue] | str]
+    ) -> None:
+        object.__setattr__(self, "text", text)
+        object.__setattr__(self, "calls", calls)
+
+
+#: What a `ScriptedToolSubstrate` script holds: a text answer, one tool call as ``(name, args)``
+#: (or a `ToolCall`), a list of calls made at once, a `Reply`, a whole result, or an exception.
+ScriptedReply = (
+    str
+    | ToolCall
+    | tuple[str, Mapping[str, JsonValue] | str]
+    | list[ToolCall | tuple[str, Mapping[str, JsonValue] | str]]
+    | Reply
+    | InferenceResult
+    | BaseException
+)
+
+
+def _as_reply(item: ScriptedReply) -> Reply | InferenceResult | BaseException:
+    if isinstance(item, Reply | InferenceResult | BaseException):
+        return item
+    if isinstance(item, str):
+        return Reply(item)
+    if isinstance(item, list):
+        return Reply("", *item)
+    return Reply("", item)
+
+
+def _tool_call(
+    spec: ToolCall | tuple[str, Mapping[str, JsonValue] | str], call_id: str
+) -> ToolCall:
+    if isinstance(spec, ToolCall):
+        return spec
+    name, args = spec
+    arguments = args if isinstance(args, str) else json.dumps(args, separators=(",", ":"))
+    return ToolCall(id=call_id, name=name, arguments=arguments)
+
+
+@final
+class ScriptedToolSubstrate:
+    """A model that plays a scripted conversation: text answers and tool calls, turn by turn.
+
+    Each run (each ``run_id``) replays the script from its start, one reply per model call; the
+    last reply repeats (a script ending in a tool call tests ``max_turns``). A mapping of plan
+    step id -> script gives each step with ``tools`` its own. Tool calls get the ids
+    ``call_<turn>_<k>`` unless given as `ToolCall` objects. It streams too (`stream`): the text
+    word by word, then each call as `ToolCallDelta` pieces.
+
+    Example:
+        >>> model = ScriptedToolSubstrate([
+        ...     ("search", {"query": "parser bug"}),             # turn 1: one tool call
+        ...     [("read", {"path": "a.py"}), ("read", {"path": "b.py"})],  # 2: two at once
+        ...     Reply("Found it; running the tests.", ("debug", {})),      # 3: text and a call
+        ...     "The bug is in parse().",                         # 4: the answer
+        ... ])
+        >>> model.name
+        'scripted-tools'
+
+    Args:
+        script: the replies in order, or plan step id -> replies.
+        latency_s: seconds per call on the run's clock; None answers without yielding to the
+            event loop at all (for measuring the runtime's own overhead).
+        input_tokens: input tokens reported per call; None estimates them from the request
+            (which reads the whole conversation: use a number for long benchmark runs).
+        name: substrate name in results.
+        model: model name in results.
+    """
+
+    def __init__(
+        self,
+        script: Sequence[ScriptedReply] | Mapping[str, Sequence[ScriptedReply]],
+        *,
+        latency_s: float | None = 0.0,
+        input_tokens: int | None = None,
+        name: str = "scripted-tools",
+        model: str = "scripted-tools",
+    ) -> None:
+        if latency_s is not None and latency_s < 0:
+            raise ConfigError(f"latency_s must be >= 0 (or None), got {latency_s}")
+        scripts = script if isinstance(script, Mapping) else {"": script}
+        self._scripts = {key: [_as_reply(item) for item in items] for key, items in scripts.items()}
+        for key, items in self._scripts.items():
+            if not items:
+                raise ConfigError(
+                    f"the script {key or 'given'!r} is empty; give at least one reply"
+                )
+        self._by_step = isinstance(script, Mapping)
+        self.name = name
+        self.model = model
+        self.latency_s = latency_s
+        self.input_tokens = input_tokens
+        self._position: dict[tuple[str | None, str], int] = {}
+        self._results: dict[tuple[str, int, str | None], InferenceResult] = {}
+        self.calls: list[InferenceRequest] = []
+
+    async def infer(self, request: InferenceRequest) -> InferenceResult:
+        """Wait ``latency_s``, then give (or raise) the conversation's next scripted reply."""
+        self.calls.append(request)
+        if self.latency_s is not None:
+            if self.latency_s > 0:
+                await anyio.sleep(self.latency_s)
+            else:
+                await anyio.lowlevel.checkpoint()
+        return self._next(request)
+
+    def _next(self, request: InferenceRequest) -> InferenceResult:
+        key = request.step_id or "" if self._by_step else ""
+        items = self._scripts.get(key)
+        if items is None:
+            known = ", ".join(sorted(self._scripts))
+            raise BadResponse(
+                f"no script for step {request.step_id!r} (scripted steps: {known}); add it"
+            )
+        slot = (request.run_id, key)
+        turn = self._position.get(slot, 0)
+        self._position[slot] = turn + 1
+        index = min(turn, len(items) - 1)
+        item = items[index]
+        if isinstance(item, BaseException):
+            raise item
+        if isinstance(item, InferenceResult):
+            return item
+        cache = (key, turn, request.model) if self.input_tokens is not None else None
+        if cache is not None and cache in self._results:
+            return self._results[cache]
+        calls = tuple(_tool_call(c, f"call_{turn + 1}_{k}") for k, c in enumerate(item.calls, 1))
+        out = max(1, len(item.text.split()) + sum((len(c.arguments) + 3) // 4 for c in calls))
+        tokens_in = (
+            self.input_tokens
+            if self.input_tokens is not None
+            else request.estimated_prompt_tokens()
+        )
+        result = InferenceResult(
+            text=item.text,
+            usage=Usage(input_tokens=tokens_in, output_tokens=out),
+            timing=Timing.build(output_tokens=out, decode_s=self.latency_s or 0.0),
+            substrate=self.name,
+            model=request.model or self.model,
+            finish_reason="tool_calls" if calls else "stop",
+            tool_calls=calls,
+        )
+        if cache is not None:
+            self._results[cache] = result
+        return result
+
+    def stream(self, request: InferenceRequest) -> AbstractAsyncContextManager[_ListStream]:
+        """Stream the reply `infer` would give: text words, then tool-call deltas."""
+        return self._stream(request)
+
+    @asynccontextmanager
+    async def _stream(self, request: InferenceRequest) -> AsyncIterator[_ListStream]:
+        self.calls.append(request)
+        result = self._next(request)
+        clock = current_clock()
+
+        async def chunks() -> AsyncIterator[TokenChunk]:
+            if self.latency_s:
+                await anyio.sleep(self.latency_s)
+            index = 0
+            for i, word in enumerate(result.text.split(" ") if result.text else ()):
+                yield TokenChunk(
+                    text=word if i == 0 else " " + word, index=index, t_s=clock.current_time()
+                )
+                index += 1
+            for k, call in enumerate(result.tool_calls):
+                pieces = [call.arguments[i : i + 16] for i in range(0, len(call.arguments), 16)]
+                deltas = [ToolCallDelta(index=k, id=call.id, name=call.name)]
+                deltas += [ToolCallDelta(index=k, arguments=p) for p in pieces]
+                for delta in deltas:
+                    yield TokenChunk(
+                        text="", index=index, t_s=clock.current_time(), tool_calls=(delta,)
+                    )
+                    index += 1
+
+        yield _ListStream(chunks(), result)
 
     async def aclose(self) -> None:
         """Nothing to release."""

@@ -60,6 +60,7 @@ __all__ = [
     "TIMING",
     "TOKEN_BUCKETS",
     "TOKEN_TYPE",
+    "TOOL_CALL_ID",
     "TOOL_NAME",
     "TOOL_OK",
     "TPOT_BUCKETS_S",
@@ -88,6 +89,7 @@ FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
 INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
 OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
 TOOL_NAME: Final = "gen_ai.tool.name"
+TOOL_CALL_ID: Final = "gen_ai.tool.call.id"
 TOKEN_TYPE: Final = "gen_ai.token.type"
 ERROR_TYPE: Final = "error.type"
 SERVER_ADDRESS: Final = "server.address"

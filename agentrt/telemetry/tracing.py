@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import traceback
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any, Literal
 
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
@@ -19,12 +20,42 @@ if TYPE_CHECKING:
     from agentrt.substrate import InferenceRequest, InferenceResult, Substrate
     from agentrt.tool import ToolResult
 
-__all__ = ["Detail", "Instruments", "RunTracer"]
+__all__ = ["Detail", "Instruments", "RunTracer", "current_span"]
 
 #: ``steps``: run, step, chat and tool spans. ``phases``: also queue/network/prefill/decode spans.
 Detail = Literal["steps", "phases"]
 
 _SCOPE = "agentrt"
+
+#: Attribute values a span takes.
+_Value = str | int | float | bool | Sequence[str]
+#: `RunTracer.step_attributes` keys: what a step span (or a span standing for a step) carries.
+_STEP_KEYS = {
+    "id": sc.STEP_ID,
+    "kind": sc.STEP_KIND,
+    "index": sc.STEP_INDEX,
+    "status": sc.STEP_STATUS,
+    "attempts": sc.STEP_ATTEMPTS,
+}
+
+
+def current_span(span: Span | None) -> AbstractContextManager[object]:
+    """Make ``span`` the current span (for log trace ids and trace propagation), if any."""
+    if span is None:
+        return nullcontext()
+    return trace.use_span(
+        span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+    )
+
+
+def _step_attributes(step: Mapping[str, Any]) -> dict[str, _Value]:
+    """The ``agentrt.step.*`` attributes of a model or tool call that is a step of its run."""
+    attributes: dict[str, _Value] = {key: step[name] for name, key in _STEP_KEYS.items()}
+    if step.get("waits_for"):
+        attributes[sc.STEP_WAITS_FOR] = step["waits_for"]
+    if step.get("retry_s"):
+        attributes[sc.STEP_RETRY_S] = step["retry_s"]
+    return attributes
 
 
 class Instruments:
@@ -283,8 +314,13 @@ class RunTracer:
         error: BaseException | None,
         t_start: float,
         t_end: float,
+        step: Mapping[str, Any] | None = None,
     ) -> None:
-        """Close a chat span: usage, timing attributes and, at ``phases`` detail, phase spans."""
+        """Close a chat span: usage, timing attributes and, at ``phases`` detail, phase spans.
+
+        ``step`` (id, kind, index, status, attempts, waits_for, retry_s) makes the span stand
+        for a step of the run too: a tool loop's model calls are steps with no span of their own.
+        """
         if span is None:
             return
         # Attribute cleaning dominates the SDK's cost: set everything in one batch, skip empties.
@@ -325,6 +361,8 @@ class RunTracer:
                 attributes.update(result.attributes)
             if result.model != opening[sc.REQUEST_MODEL]:
                 span.update_name(sc.CHAT_SPAN.format(model=result.model))
+        if step is not None:
+            attributes.update(_step_attributes(step))
         span.set_attributes(attributes)
         if result is not None and self._detail == "phases":
             self._phases(span, result, t_start)
@@ -364,16 +402,32 @@ class RunTracer:
             phase.end(end_time=self._ns(t))
 
     def start_tool(
-        self, parent: Context | None, tool: str, *, attempt: int, t: float
+        self,
+        parent: Context | None,
+        tool: str,
+        *,
+        attempt: int,
+        t: float,
+        call_id: str | None = None,
     ) -> Span | None:
-        """Open an ``execute_tool {tool}`` span under the step whose context is ``parent``."""
+        """Open an ``execute_tool {tool}`` span under ``parent`` (a step's or the run's context).
+
+        ``call_id`` is the model's id of the call (``gen_ai.tool.call.id``), when a model asked.
+        """
         if parent is None:
             return None
+        attributes: dict[str, _Value] = {
+            sc.OPERATION_NAME: "execute_tool",
+            sc.TOOL_NAME: tool,
+            sc.ATTEMPT: attempt,
+        }
+        if call_id is not None:
+            attributes[sc.TOOL_CALL_ID] = call_id
         return self._tracer.start_span(
             sc.EXECUTE_TOOL_SPAN.format(tool=tool),
             context=parent,
             start_time=self._ns(t),
-            attributes={sc.OPERATION_NAME: "execute_tool", sc.TOOL_NAME: tool, sc.ATTEMPT: attempt},
+            attributes=attributes,
         )
 
     def end_tool(
@@ -383,11 +437,17 @@ class RunTracer:
         result: ToolResult | None,
         error: BaseException | None,
         t: float,
+        step: Mapping[str, Any] | None = None,
     ) -> None:
-        """Close a tool span."""
+        """Close a tool span; ``step`` as for `end_chat`."""
         if span is None:
             return
-        if result is not None:
+        if step is not None:
+            attributes = _step_attributes(step)
+            if result is not None:
+                attributes[sc.TOOL_OK] = result.ok
+            span.set_attributes(attributes)
+        elif result is not None:
             span.set_attribute(sc.TOOL_OK, result.ok)
         if error is not None:
             _record_error(span, error, self._ns(t))

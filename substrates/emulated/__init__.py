@@ -1,7 +1,8 @@
 """The emulated engines: the performance model and the engine that plays it on a clock.
 
 The model: profiles, deployments and sizing, the pass model (perfmodel, comm, predict),
-calibration. The engine: scheduler, content sources, `EmulatedEngine`, presets.
+calibration. The engine: scheduler, content sources (a recorded trajectory among them),
+`EmulatedEngine`, presets.
 
 Example:
     >>> from substrates.emulated import build_engine
@@ -31,6 +32,7 @@ from substrates.emulated.sizing import (
     check_fits,
     size_deployment,
 )
+from substrates.emulated.trajectory import TrajectoryContent
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -48,6 +50,7 @@ __all__ = [
     "ScriptedContent",
     "SpecDecode",
     "SyntheticContent",
+    "TrajectoryContent",
     "build_deployment",
     "build_engine",
     "calibrate",

@@ -21,6 +21,8 @@ import yaml
 
 from agentrt.errors import BadResponse, ConfigError
 from agentrt.substrate import InferenceRequest
+from substrates.emulated.tokens import count_tokens, split_tokens
+from substrates.emulated.trajectory import TrajectoryContent
 
 __all__ = [
     "parse_content",
@@ -40,32 +42,6 @@ _VOCABULARY = (
     "line ends with a separator so the patch keeps an empty field and the suite passes again "
     "after checking the docs for the expected behaviour of trailing separators in records"
 ).split(" ")
-
-
-def count_tokens(text: str) -> int:
-    """Tokens in ``text`` by the usual 4-characters-per-token estimate (at least 1 if non-empty).
-
-    Example:
-        >>> count_tokens("twelve chars")
-        3
-    """
-    return math.ceil(len(text) / 4) if text else 0
-
-
-def split_tokens(text: str, tokens: int) -> list[str]:
-    """Split ``text`` into ``tokens`` consecutive pieces that join back to it (for streaming).
-
-    Example:
-        >>> split_tokens("abcdefgh", 3)
-        ['abc', 'def', 'gh']
-    """
-    if tokens <= 1 or not text:
-        return [text]
-    size = math.ceil(len(text) / tokens)
-    pieces = [text[i : i + size] for i in range(0, len(text), size)]
-    while len(pieces) < tokens:
-        pieces.append("")
-    return pieces
 
 
 @runtime_checkable
@@ -337,7 +313,10 @@ class ReplayContent:
 
 
 def parse_content(spec: str, *, seed: int | None = None) -> ContentSource:
-    """Content from ``synthetic``, ``scripted:FILE`` (YAML: step -> answer) or ``replay:RUN.json``.
+    """Content from ``synthetic``, ``scripted:FILE``, ``replay:RUN.json`` or ``trajectory:FILE``.
+
+    ``scripted:FILE`` is YAML (step id -> answer); ``replay:RUN.json`` the JSON of a recorded
+    `agentrt run`; ``trajectory:FILE`` a recorded trajectory (see `agentrt.trajectory`).
 
     Raises:
         ConfigError: an unknown form or an unreadable file.
@@ -347,6 +326,8 @@ def parse_content(spec: str, *, seed: int | None = None) -> ContentSource:
         return SyntheticContent(seed=seed)
     if kind == "replay" and rest:
         return ReplayContent(Path(rest))
+    if kind == "trajectory" and rest:
+        return TrajectoryContent(Path(rest))
     if kind == "scripted" and rest:
         try:
             answers = yaml.safe_load(Path(rest).read_text(encoding="utf-8"))
@@ -355,4 +336,7 @@ def parse_content(spec: str, *, seed: int | None = None) -> ContentSource:
         if not isinstance(answers, dict):
             raise ConfigError(f"{rest}: scripted answers are a mapping of step id -> text")
         return ScriptedContent({str(k): v for k, v in answers.items()}, seed=seed)
-    raise ConfigError(f"unknown content {spec!r}; use synthetic, scripted:FILE or replay:RUN.json")
+    raise ConfigError(
+        f"unknown content {spec!r}; use synthetic, scripted:FILE, replay:RUN.json or "
+        "trajectory:FILE"
+    )

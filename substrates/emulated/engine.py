@@ -9,8 +9,8 @@ from typing import final
 import anyio
 
 from agentrt import current_clock
-from agentrt.errors import BadResponse
-from agentrt.substrate import InferenceRequest, InferenceResult, TokenChunk, Usage
+from agentrt.errors import BadResponse, ConfigError
+from agentrt.substrate import InferenceRequest, InferenceResult, ToolCall, Usage
 from substrates.emulated.comm import network_s
 from substrates.emulated.content import (
     ContentSource,
@@ -29,6 +29,8 @@ from substrates.emulated.sizing import (
     check_context,
     check_fits,
 )
+from substrates.emulated.streaming import EngineStream
+from substrates.emulated.trajectory import ToolCallText, TrajectoryContent
 
 __all__ = [
     "DEFAULT_JITTER",
@@ -160,14 +162,16 @@ class EmulatedEngine:
             await anyio.sleep(self._network_s)
         cold = max(0.0, loaded - t0)
         elapsed = clock.current_time() - t0
-        return self._result(request, content.text(), record, cold_s=cold, elapsed_s=elapsed)
+        return self._result(
+            request, content.text(), record, cold_s=cold, elapsed_s=elapsed, tool_calls=content
+        )
 
-    def stream(self, request: InferenceRequest) -> AbstractAsyncContextManager[_EngineStream]:
+    def stream(self, request: InferenceRequest) -> AbstractAsyncContextManager[EngineStream]:
         """Stream tokens as the engine emits them: the first at TTFT, then the per-token gaps."""
         return self._stream(request)
 
     @asynccontextmanager
-    async def _stream(self, request: InferenceRequest) -> AsyncIterator[_EngineStream]:
+    async def _stream(self, request: InferenceRequest) -> AsyncIterator[EngineStream]:
         prompt, content, priority = self._prepare(request)
         clock = current_clock()
         t0 = clock.current_time()
@@ -176,8 +180,18 @@ class EmulatedEngine:
         # As in `infer`: the server's schedule is translated by half a round trip, so each token
         # reaches the client a whole round trip after the engine emits it.
         async with self._scheduler.stream(prompt, content.tokens, priority=priority) as served:
-            stream = _EngineStream(self, request, content, served, self._network_s, cold, t0)
-            yield stream
+
+            def finish(record: ServiceRecord, elapsed_s: float) -> InferenceResult:
+                return self._result(
+                    request,
+                    content.text(),
+                    record,
+                    cold_s=cold,
+                    elapsed_s=elapsed_s,
+                    tool_calls=content,
+                )
+
+            yield EngineStream(content, served, delay_s=self._network_s, t0=t0, finish=finish)
 
     async def warm_up(self) -> None:
         """Load the weights now, so that no request pays the cold start."""
@@ -233,6 +247,7 @@ class EmulatedEngine:
         *,
         cold_s: float,
         elapsed_s: float,
+        tool_calls: LazyText | None = None,
     ) -> InferenceResult:
         dep = self.deployment
         queue = max(0.0, record.queue_s) + cold_s
@@ -248,6 +263,10 @@ class EmulatedEngine:
             usage = Usage(input_tokens=record.prompt_tokens, output_tokens=n)
             if len(self._usage) < 4096:
                 self._usage[record.prompt_tokens, n] = usage
+        finish = "length" if n >= request.max_output_tokens else "stop"
+        calls: tuple[ToolCall, ...] = ()
+        if isinstance(tool_calls, ToolCallText) and tool_calls.tool_calls:
+            calls, finish = tool_calls.tool_calls, "tool_calls"
         # One validation of the whole result, the timing included as a mapping: the same
         # checks as building the `Timing` first, in one pass instead of two.
         return InferenceResult.model_validate(
@@ -265,7 +284,7 @@ class EmulatedEngine:
                 },
                 "substrate": self.name,
                 "model": self.model,
-                "finish_reason": "length" if n >= request.max_output_tokens else "stop",
+                "finish_reason": finish,
                 "cost_usd": price or 0.0,
                 "energy_j": energy_j(dep, busy),
                 "chips": dep.chips,
@@ -277,6 +296,7 @@ class EmulatedEngine:
                     "agentrt.engine.cold_start_s": cold_s,
                     **(burst_attributes(record) if dep.spec_decode else {}),
                 },
+                **({"tool_calls": calls} if calls else {}),
             }
         )
 
@@ -301,6 +321,7 @@ def build_engine(
     jitter: float = DEFAULT_JITTER,
     stall_prob: float = DEFAULT_STALL_PROB,
     content: str | ContentSource = "synthetic",
+    trajectory: str | None = None,
     name: str | None = None,
 ) -> EmulatedEngine:
     """An `EmulatedEngine` for a preset; every keyword is also a command-line option.
@@ -309,7 +330,8 @@ def build_engine(
     precision and speculative decoding apply unless ``precision`` / ``spec_decode`` say
     otherwise, ``spec_decode="off"`` turning speculation off); ``ep`` is the expert-parallel
     degree; ``spec_content`` (``chat``, ``code``, ``reasoning``) picks the stack draft's
-    acceptance rate.
+    acceptance rate. ``trajectory`` plays a recorded trajectory file (the same as
+    ``content="trajectory:FILE"``): each request gets its recorded turn, tool calls included.
 
     Example:
         >>> engine = build_engine("h100", model="llama-3.1-8b", precision="fp8")
@@ -330,6 +352,10 @@ def build_engine(
         ep=ep,
         spec_content=spec_content,
     )
+    if trajectory is not None:
+        if content != "synthetic":
+            raise ConfigError("give either trajectory=FILE or content=..., not both")
+        content = TrajectoryContent(trajectory)
     source = parse_content(content, seed=seed) if isinstance(content, str) else content
     return EmulatedEngine(
         dep,
@@ -341,56 +367,3 @@ def build_engine(
         jitter=jitter,
         stall_prob=stall_prob,
     )
-
-
-@final
-class _EngineStream:
-    """A `TokenStream` over a scheduler stream, delayed by the response's network time."""
-
-    def __init__(
-        self,
-        engine: EmulatedEngine,
-        request: InferenceRequest,
-        content: LazyText,
-        served: object,
-        network_s: float,
-        cold_s: float,
-        t0: float,
-    ) -> None:
-        self._engine = engine
-        self._request = request
-        self._content = content  # pieces are cut as they leave: memory stays one chunk
-        self._served = served
-        self._delay = network_s
-        self._cold = cold_s
-        self._t0 = t0
-        self._result: InferenceResult | None = None
-
-    def __aiter__(self) -> AsyncIterator[TokenChunk]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[TokenChunk]:
-        from substrates.emulated.scheduler import ServiceStream
-
-        served = self._served
-        assert isinstance(served, ServiceStream)
-        clock = current_clock()
-        async for arrivals in served.arrivals(max_tokens=1):
-            for offset, t in enumerate(arrivals.times_s):
-                index = arrivals.index + offset
-                due = t + self._delay
-                delay = due - clock.current_time()
-                if delay > 0:
-                    await anyio.sleep(delay)
-                piece = self._content.piece(index)
-                yield TokenChunk(text=piece, index=index, t_s=clock.current_time())
-        record = await served.wait()
-        elapsed = clock.current_time() - self._t0
-        self._result = self._engine._result(
-            self._request, self._content.text(), record, cold_s=self._cold, elapsed_s=elapsed
-        )
-
-    def result(self) -> InferenceResult:
-        if self._result is None:
-            raise BadResponse("the stream was not read to the end; its result is not known yet")
-        return self._result
