@@ -134,8 +134,8 @@ class HTTPStream:
         done = False
         if content_type.startswith("application/json"):  # the server ignored stream=true
             data = await self._json_body()
-            choice = self._choice((data.get("choices") or [{}])[0])
-            message = choice.get("message") or {}
+            choice = self._object((data.get("choices") or [{}])[0], "choice")
+            message = self._object(choice.get("message") or {}, "message")
             text = str(message.get("content") or "")
             source = f"{owner.name}: response from {owner.shown_url}"
             whole = parse_tool_calls(message.get("tool_calls"), source=source)
@@ -161,12 +161,10 @@ class HTTPStream:
                 model = str(event.get("model") or model)
                 if isinstance(event.get("usage"), dict):
                     usage = event["usage"]
-                for choice in event.get("choices") or []:
-                    choice = self._choice(choice)
+                for raw_choice in event.get("choices") or []:
+                    choice = self._object(raw_choice, "choice")
                     finish = choice.get("finish_reason") or finish
-                    delta = choice.get("delta") or {}
-                    if not isinstance(delta, dict):
-                        raise BadResponse(redact(f"{owner.name}: malformed delta {delta!r:.200}"))
+                    delta = self._object(choice.get("delta") or {}, "delta")
                     content = delta.get("content")
                     raw_calls = delta.get("tool_calls")
                     if not content and not raw_calls:
@@ -191,10 +189,10 @@ class HTTPStream:
             whole = calls.calls()
         self._result = self._finish(pieces, whole, usage, finish, model, t_first, max_gap)
 
-    def _choice(self, choice: object) -> dict[str, Any]:
-        if not isinstance(choice, dict):
-            raise BadResponse(redact(f"{self._owner.name}: malformed choice {choice!r:.200}"))
-        return choice
+    def _object(self, value: object, what: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise BadResponse(redact(f"{self._owner.name}: malformed {what} {value!r:.200}"))
+        return value
 
     async def _json_body(self) -> dict[str, Any]:
         owner = self._owner
