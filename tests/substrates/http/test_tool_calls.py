@@ -12,8 +12,19 @@ import httpx
 import openai
 import pytest
 
-from agentrt import InferenceRequest, Message, ToolCall, ToolSpec
+from agentrt import (
+    InferenceRequest,
+    InferenceResult,
+    Message,
+    Timing,
+    TokenChunk,
+    ToolCall,
+    ToolCallDelta,
+    ToolSpec,
+    Usage,
+)
 from agentrt.errors import BadResponse
+from substrates.http._reply import EventEncoder
 from substrates.http.client import OpenAIHTTPSubstrate
 
 MODEL = "scripted-model"
@@ -459,3 +470,41 @@ async def test_concurrent_tool_conversations_each_get_their_own_turns(
     assert answers == ["Paris 18 C, Oslo 9 C, at noon."] * 8
     turns = sorted(sum(m.role == "assistant" for m in r.messages) for r in engine.requests)
     assert turns == [0] * 8 + [1] * 8 + [2] * 8
+
+
+# -- the server's SSE encoder on its own -------------------------------------------------------
+
+
+def _decoded(events: list[bytes]) -> list[Any]:
+    return [json.loads(e[6:]) if e != b"data: [DONE]\n\n" else "[DONE]" for e in events]
+
+
+def test_calls_a_substrate_returns_but_does_not_stream_are_sent_before_the_finish() -> None:
+
+    encoder = EventEncoder(request_id="chatcmpl-1", model="m", created=0)
+    call = ToolCall(id="c1", name="clock", arguments='{"tz": "UTC"}')
+    result = InferenceResult(
+        text="Let me see.", usage=Usage(input_tokens=5, output_tokens=3), timing=Timing(),
+        substrate="s", model="m", finish_reason="tool_calls", tool_calls=(call,),
+    )  # fmt: skip
+    events = encoder.chunk(TokenChunk(text="Let me see.", index=0, t_s=0.0))
+    events += encoder.end(result, include_usage=True)
+    decoded = _decoded(events)
+    assert [e["choices"][0]["delta"] for e in decoded[:4]] == [
+        {"role": "assistant", "content": "Let me see."},
+        {"tool_calls": [{"index": 0, "id": "c1", "type": "function",
+                         "function": {"name": "clock", "arguments": ""}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": '{"tz": "UTC"}'}}]},
+        {},
+    ]  # fmt: skip
+    assert decoded[3]["choices"][0]["finish_reason"] == "tool_calls"
+    assert decoded[4]["usage"]["completion_tokens"] == 3
+    assert decoded[5] == "[DONE]"
+
+
+def test_a_streamed_call_without_a_name_is_reported_not_sent_half() -> None:
+
+    encoder = EventEncoder(request_id="chatcmpl-1", model="m", created=0)
+    nameless = ToolCallDelta(index=0, id="c1", arguments="{}")
+    with pytest.raises(BadResponse, match="without a name in its first piece"):
+        encoder.chunk(TokenChunk(text="", index=0, t_s=0.0, tool_calls=(nameless,)))
