@@ -128,6 +128,27 @@ async def test_streamed_tool_call_deltas_in_openai_shape(serve_script: Any, repl
     assert chunks[-1].usage.completion_tokens > 0
 
 
+async def test_the_openai_sdks_stream_helper_assembles_the_calls(
+    serve_script: Any, reply: Any
+) -> None:
+    """The SDK's own accumulator (events, final completion) reads serve's stream as OpenAI's."""
+    with serve_script(_script(reply)) as (url, _):
+        async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="-") as client:
+            completions = client.chat.completions
+            helper = getattr(completions, "stream", None) or client.beta.chat.completions.stream
+            async with helper(model=MODEL, messages=ASK, tools=TOOLS) as stream:
+                kinds = [event.type async for event in stream]
+                final = await stream.get_final_completion()
+    assert kinds.count("tool_calls.function.arguments.done") == 2
+    choice = final.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert [(c.id, c.function.name, json.loads(c.function.arguments))
+            for c in choice.message.tool_calls or []] == [
+        ("call_0_0", "weather", {"city": "Paris"}),
+        ("call_0_1", "weather", {"city": "Oslo", "unit": "C"}),
+    ]  # fmt: skip
+
+
 async def _converse(client: openai.AsyncOpenAI, *, stream: bool) -> tuple[list[Any], str]:
     """The tool loop an application writes with the openai client."""
     messages: list[Any] = list(ASK)
