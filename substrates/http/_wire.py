@@ -156,7 +156,7 @@ class ChatCompletionRequest(BaseModel):
                     content=m.text(),
                     tool_calls=calls,
                     tool_call_id=m.tool_call_id if m.role == "tool" else None,
-                    name=m.name if m.role == "tool" else None,
+                    name=m.name,
                 )
             )
         tools = tuple(

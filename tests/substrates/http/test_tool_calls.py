@@ -214,7 +214,7 @@ async def test_a_multi_turn_tool_conversation_with_the_openai_client(
 
 CONVERSATION = (
     Message(role="system", content="Be brief."),
-    Message(role="user", content="Weather in Paris?"),
+    Message(role="user", content="Weather in Paris?", name="ana"),
     Message(
         role="assistant",
         tool_calls=(ToolCall(id="call_a", name="weather", arguments='{"city": "Paris"}'),),
