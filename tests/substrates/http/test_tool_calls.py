@@ -262,6 +262,7 @@ async def test_openai_http_round_trips_every_field_through_serve(
         ToolCall(id="call_2_0", name="weather", arguments='{"city": "Oslo", "unit": "F"}'),
     )
     assert result.message().tool_calls == result.tool_calls
+    assert result.attributes["agentrt.http.tool_calls"] == 1
     assert result.usage.input_tokens == request.estimated_prompt_tokens()
     if mode == "stream":
         assert (deltas[0].index, deltas[0].id, deltas[0].name) == (0, "call_2_0", "weather")
