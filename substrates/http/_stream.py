@@ -24,8 +24,11 @@ from agentrt.substrate import (
     InferenceResult,
     Timing,
     TokenChunk,
+    ToolCall,
+    ToolCallDelta,
     Usage,
 )
+from substrates.http._toolcalls import ToolCallAssembler, parse_tool_calls
 
 if TYPE_CHECKING:
     from substrates.http.client import OpenAIHTTPSubstrate
@@ -119,6 +122,9 @@ class HTTPStream:
         clock = current_clock()
         content_type = self._response.headers.get("content-type", "")
         pieces: list[str] = []
+        calls = ToolCallAssembler(source=f"{owner.name}: stream from {owner.shown_url}")
+        whole: tuple[ToolCall, ...] = ()
+        chunks = 0
         usage: dict[str, Any] | None = None
         finish: str | None = None
         model = self._request.model or owner.model
@@ -128,13 +134,21 @@ class HTTPStream:
         done = False
         if content_type.startswith("application/json"):  # the server ignored stream=true
             data = await self._json_body()
-            choice = (data.get("choices") or [{}])[0]
-            text = str((choice.get("message") or {}).get("content") or "")
+            choice = self._object((data.get("choices") or [{}])[0], "choice")
+            message = self._object(choice.get("message") or {}, "message")
+            text = str(message.get("content") or "")
+            source = f"{owner.name}: response from {owner.shown_url}"
+            whole = parse_tool_calls(message.get("tool_calls"), source=source)
+            deltas = tuple(
+                ToolCallDelta(index=i, id=c.id, name=c.name, arguments=c.arguments)
+                for i, c in enumerate(whole)
+            )
             t_first = t_last = clock.current_time()
             pieces.append(text)
+            chunks = 1
             usage, finish, done = data.get("usage"), choice.get("finish_reason"), True
             model = str(data.get("model") or model)
-            yield TokenChunk(text=text, index=0, t_s=t_first)
+            yield TokenChunk(text=text, index=0, t_s=t_first, tool_calls=deltas)
         else:
             async for line, _ in self._lines():
                 if not line.startswith("data:"):
@@ -147,15 +161,15 @@ class HTTPStream:
                 model = str(event.get("model") or model)
                 if isinstance(event.get("usage"), dict):
                     usage = event["usage"]
-                for choice in event.get("choices") or []:
-                    if not isinstance(choice, dict):
-                        raise BadResponse(
-                            redact(f"{owner.name}: malformed chunk {payload[:200]!r}")
-                        )
+                for raw_choice in event.get("choices") or []:
+                    choice = self._object(raw_choice, "choice")
                     finish = choice.get("finish_reason") or finish
-                    delta = (choice.get("delta") or {}).get("content")
-                    if not delta:
+                    delta = self._object(choice.get("delta") or {}, "delta")
+                    content = delta.get("content")
+                    raw_calls = delta.get("tool_calls")
+                    if not content and not raw_calls:
                         continue
+                    deltas = calls.add(raw_calls) if raw_calls else ()
                     now = clock.current_time()
                     if t_first is None:
                         t_first = now
@@ -163,14 +177,22 @@ class HTTPStream:
                     else:
                         max_gap = max(max_gap, now - t_last)
                     t_last = now
-                    pieces.append(str(delta))
-                    yield TokenChunk(text=str(delta), index=len(pieces) - 1, t_s=now)
+                    text = str(content) if content else ""
+                    pieces.append(text)
+                    chunks += 1
+                    yield TokenChunk(text=text, index=chunks - 1, t_s=now, tool_calls=deltas)
             if not done and finish is None:
                 raise BadResponse(
                     f"{owner.name}: stream from {owner.shown_url} ended before its last chunk "
-                    f"(no finish_reason and no [DONE] after {len(pieces)} chunks): truncated"
+                    f"(no finish_reason and no [DONE] after {chunks} chunks): truncated"
                 )
-        self._result = self._finish(pieces, usage, finish, model, t_first, max_gap)
+            whole = calls.calls()
+        self._result = self._finish(pieces, whole, usage, finish, model, t_first, max_gap)
+
+    def _object(self, value: object, what: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise BadResponse(redact(f"{self._owner.name}: malformed {what} {value!r:.200}"))
+        return value
 
     async def _json_body(self) -> dict[str, Any]:
         owner = self._owner
@@ -205,6 +227,7 @@ class HTTPStream:
     def _finish(
         self,
         pieces: list[str],
+        tool_calls: tuple[ToolCall, ...],
         usage: dict[str, Any] | None,
         finish: str | None,
         model: str,
@@ -225,6 +248,14 @@ class HTTPStream:
         if input_tokens is None or output_tokens is None:
             input_tokens = self._request.estimated_prompt_tokens()
             output_tokens = len(pieces)
+        reason = _FINISH.get(finish or "stop", "stop")
+        if tool_calls and reason == "stop":
+            reason = "tool_calls"  # servers that say "stop" after tool calls (Ollama, some vLLMs)
+        if reason == "tool_calls" and not tool_calls:
+            raise BadResponse(
+                f"{self._owner.name}: {self._owner.shown_url} finished with {finish!r} but sent "
+                "no tool_calls (is it an old server speaking the deprecated function_call?)"
+            )
         timing = Timing.build(
             output_tokens=max(output_tokens, 1),
             network_s=network,
@@ -238,6 +269,7 @@ class HTTPStream:
                 "agentrt.http.ttfb_s": network,
                 "agentrt.http.max_gap_s": max_gap,
                 "agentrt.http.chunks": len(pieces),
+                "agentrt.http.tool_calls": len(tool_calls),
                 "agentrt.http.usage_estimated": estimated,
             }
         )
@@ -247,6 +279,7 @@ class HTTPStream:
             timing=timing,
             substrate=self._owner.name,
             model=model,
-            finish_reason=_FINISH.get(finish or "stop", "stop"),
+            finish_reason=reason,
             attributes=attributes,
+            tool_calls=tool_calls,
         )

@@ -47,6 +47,7 @@ from agentrt.retry import backoff_s
 from agentrt.substrate import InferenceRequest, InferenceResult
 from substrates.http._errors import status_error
 from substrates.http._stream import HTTPStream
+from substrates.http._toolcalls import wire_message, wire_tool_choice
 
 __all__ = ["OpenAIHTTPSubstrate", "openai_http"]
 
@@ -231,7 +232,7 @@ class OpenAIHTTPSubstrate:
     def _body(self, request: InferenceRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": request.model or self.model,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "messages": [wire_message(m) for m in request.messages],
             "max_tokens": request.max_output_tokens,
             "stream": True,
             "stream_options": {"include_usage": True},
@@ -240,6 +241,10 @@ class OpenAIHTTPSubstrate:
             body["temperature"] = request.temperature
         if request.seed is not None:
             body["seed"] = request.seed
+        if request.tools:
+            body["tools"] = [t.to_openai() for t in request.tools]
+        if request.tool_choice is not None:
+            body["tool_choice"] = wire_tool_choice(request.tool_choice)
         return body
 
     @asynccontextmanager

@@ -25,7 +25,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import anyio
 from opentelemetry import propagate, trace
@@ -40,7 +39,8 @@ from starlette.routing import Route
 from agentrt.errors import AgentrtError
 from agentrt.substrate import InferenceRequest, InferenceResult, StreamingSubstrate
 from agentrt.telemetry import semconv as sc
-from substrates.http._wire import ChatCompletionRequest, dumps, error_response, json_str, sse, usage
+from substrates.http._reply import EventEncoder, completion
+from substrates.http._wire import ChatCompletionRequest, error_response, read_chat, sse
 from substrates.http.connections import ConnectionLimits, default_max_connections, serve_in_thread
 
 __all__ = [
@@ -120,18 +120,9 @@ class _App:
         body = await self._read_body(request)
         if isinstance(body, Response):
             return body
-        try:
-            chat = ChatCompletionRequest.model_validate_json(body)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            if first["type"] == "json_invalid":
-                return error_response(
-                    400, f"invalid JSON body: {first['msg']}", code="invalid_json"
-                )
-            param = ".".join(str(p) for p in first["loc"]) or None
-            return error_response(
-                400, f"{param}: {first['msg']}", param=param, code="invalid_value"
-            )
+        chat = read_chat(body)
+        if isinstance(chat, Response):
+            return chat
         if chat.model != self.model:
             return error_response(
                 404,
@@ -140,7 +131,11 @@ class _App:
                 code="model_not_found",
             )
         request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        infer = chat.to_inference(request_id, default_max_tokens=self.default_max_tokens)
+        try:
+            infer = chat.to_inference(request_id, default_max_tokens=self.default_max_tokens)
+        except ValidationError as exc:  # a combination read_chat's checks did not foresee
+            message = f"invalid request: {exc.errors()[0]['msg']}"
+            return error_response(400, message, code="invalid_value")
         if self.context is not None:
             # Checked before any work (and before the headers of a stream are sent), in vLLM's
             # words: a request that cannot fit gets 400 at once, never a gigantic generation.
@@ -227,7 +222,10 @@ class _App:
         finally:
             release()
         _end(span, result, None)
-        return JSONResponse(self._completion(result, request_id))
+        created = int(time.time())
+        return JSONResponse(
+            completion(result, request_id=request_id, model=self.model, created=created)
+        )
 
     async def _events(
         self,
@@ -237,33 +235,17 @@ class _App:
         span: trace.Span,
         release: Callable[[], None],
     ) -> AsyncIterator[bytes]:
-        created = int(time.time())
-        head = {"id": request_id, "object": "chat.completion.chunk", "created": created,
-                "model": self.model}  # fmt: skip
-        # Every content chunk but the first differs only in its text: frame it once, encode
-        # only the text per token (the same bytes as encoding the whole chunk).
-        opened = dumps(head)[:-1]
-        before = b"data: " + opened + b',"choices":[{"index":0,"delta":{"content":'
-        after = b'},"finish_reason":null}]}\n\n'
+        encoder = EventEncoder(request_id=request_id, model=self.model, created=int(time.time()))
         result: InferenceResult | None = None
         error: BaseException | None = None
         try:
             async with self.engine.stream(infer) as chunks:
-                first = True
                 async for chunk in chunks:
-                    if first:
-                        first = False
-                        delta = {"role": "assistant", "content": chunk.text}
-                        choice = {"index": 0, "delta": delta, "finish_reason": None}
-                        yield sse({**head, "choices": [choice]})
-                    else:
-                        yield before + json_str(chunk.text).encode() + after
+                    for event in encoder.chunk(chunk):
+                        yield event
             result = chunks.result()
-            last = {"index": 0, "delta": {}, "finish_reason": result.finish_reason}
-            yield sse({**head, "choices": [last]})
-            if include_usage:
-                yield sse({**head, "choices": [], "usage": usage(result)})
-            yield b"data: [DONE]\n\n"
+            for event in encoder.end(result, include_usage=include_usage):
+                yield event
         except AgentrtError as exc:
             error = exc
             # Headers are gone already: report in-band, as OpenAI-compatible servers do.
@@ -276,22 +258,6 @@ class _App:
         finally:
             release()
             _end(span, result, error)
-
-    def _completion(self, result: InferenceResult, request_id: str) -> dict[str, Any]:
-        return {
-            "id": request_id,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": self.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": result.text},
-                    "finish_reason": result.finish_reason,
-                }
-            ],
-            "usage": usage(result),
-        }
 
 
 def _as_coroutine(function: Callable[[], None]) -> Callable[[], Awaitable[None]]:
