@@ -29,6 +29,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticSerializationError, to_json, to_jsonable_python
 
 from agentrt._docstring import parse_docstring
+from agentrt.clock import VirtualClock, current_clock
 from agentrt.errors import AgentrtError, ConfigError, RetryableToolError, ToolError
 from agentrt.tool import ToolResult
 
@@ -49,11 +50,12 @@ _JSON_TYPES = (
 class TypedTool(Generic[P, R]):
     """A `Tool` made from a typed function by `function_tool`; still callable as the function.
 
-    ``args_model`` is built from the signature; `call` validates nothing more (the agent already
-    did, with ``args_model``), calls the function (a sync one in a worker thread) and converts what
-    it returns: a `ToolResult` as is, a ``str`` as the output, anything else as JSON (``output``
-    the JSON text, ``data`` the JSON value). An exception the function raises becomes a
-    `ToolError` naming the tool (an `AgentrtError` passes unchanged).
+    ``args_model`` is built from the signature. `call` takes an ``args_model`` instance (or a
+    dict, which it validates), calls the function (a sync one in a worker thread, or inline in
+    virtual time, where its work takes no time) and converts what it returns: a `ToolResult` as
+    is, a ``str`` as the output, anything else as JSON (``output`` the JSON text, ``data`` the
+    JSON value). An exception the function raises becomes a `ToolError` naming the tool (an
+    `AgentrtError` passes unchanged).
 
     Example:
         >>> @function_tool
@@ -138,7 +140,9 @@ class TypedTool(Generic[P, R]):
     async def _run(self, positional: list[Any], keywords: dict[str, Any]) -> Any:
         if self._is_async:
             return await cast(Callable[..., Awaitable[Any]], self._fn)(*positional, **keywords)
-        if not self._thread:
+        if not self._thread or isinstance(current_clock(), VirtualClock):
+            # In virtual time a thread's work takes no time, and while the loop waited for it
+            # the clock would jump to the next deadline (timeout_s, the step's) and fire it.
             return self._fn(*positional, **keywords)
         call = functools.partial(self._fn, *positional, **keywords)
         # A blocking function must not hold the event loop; on cancellation (or timeout_s) the
@@ -203,7 +207,8 @@ def function_tool(
         description: what the tool does; default the docstring's text before its sections.
         timeout_s: a limit on one call; past it the call raises `RetryableToolError`.
         thread: run a sync function in a worker thread (the default), so it cannot block the
-            event loop; False calls it inline (only for functions that never block).
+            event loop; False calls it inline (only for functions that never block). In virtual
+            time a sync function always runs inline: its work takes no virtual time.
 
     Raises:
         ConfigError: a parameter without annotation, ``*args``/``**kwargs``, a type with no

@@ -272,6 +272,26 @@ async def test_sync_functions_run_in_a_worker_thread_async_ones_on_the_loop() ->
     assert (await awhere.call({})).data == loop_thread
 
 
+def test_in_virtual_time_a_sync_function_runs_inline_and_no_deadline_jumps_past_it() -> None:
+    # In a thread, the virtual clock would jump to the deadline while the loop waits for it.
+    @function_tool(timeout_s=5)
+    def busy(x: int) -> list[int]:
+        """Work for a while of real time."""
+        threading.Event().wait(0.05)
+        return [x, threading.get_ident()]
+
+    async def main() -> tuple[ToolResult, float, float]:
+        clock = agentrt.current_clock()
+        t0 = clock.current_time()
+        with anyio.fail_after(1):
+            result = await busy.call({"x": 7})
+        return result, t0, clock.current_time()
+
+    result, t0, t1 = agentrt.run(main, clock=agentrt.VirtualClock())
+    assert result.data == [7, threading.get_ident()]
+    assert t1 == t0
+
+
 async def test_blocking_sync_calls_run_concurrently() -> None:
     # Three calls that each wait for the other two: they only finish if they run at once.
     barrier = threading.Barrier(3, timeout=10)
