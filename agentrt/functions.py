@@ -100,7 +100,9 @@ class TypedTool(Generic[P, R]):
                 f"function_tool({label}): no description; give the function a docstring "
                 "(the model reads it) or pass description=..."
             )
-        self.args_model, self._plan = _args_model(fn, label, self.name, doc.params)
+        self.args_model, plan = _args_model(fn, label, self.name, doc.params)
+        self._positional = tuple(field for field, keyword in plan if keyword is None)
+        self._keywords = tuple((field, keyword) for field, keyword in plan if keyword is not None)
         self.timeout_s = timeout_s
         self._is_async = inspect.iscoroutinefunction(inspect.unwrap(fn))
         self._thread = thread
@@ -119,8 +121,8 @@ class TypedTool(Generic[P, R]):
                 args = self.args_model.model_validate(args)
             except ValidationError as exc:
                 raise ToolError(f"invalid arguments for tool {self.name!r}: {exc}") from exc
-        positional = [getattr(args, field) for field, keyword in self._plan if keyword is None]
-        keywords = {keyword: getattr(args, field) for field, keyword in self._plan if keyword}
+        positional = [getattr(args, field) for field in self._positional]
+        keywords = {keyword: getattr(args, field) for field, keyword in self._keywords}
         try:
             if self.timeout_s is None:
                 value = await self._run(positional, keywords)

@@ -4,7 +4,7 @@ Run (the peers live in their own venv, never in the project's dev one):
 
     python3 -m venv .venv-peers
     .venv-peers/bin/pip install -e . -r benchmarks/peers-requirements.txt
-    .venv-peers/bin/python benchmarks/peers.py [--turns 50] [--reps 7] [--only NAME,...]
+    .venv-peers/bin/python benchmarks/peers.py [--turns 50] [--reps 9] [--only NAME,...]
 
 The standard peer scenario (issue 15): ``--turns`` sequential turns, each one model call that asks
 for one tool call, then the tool; then one last model call that answers with text. The model is
@@ -24,7 +24,9 @@ framework's own types, driven through the framework's documented extension point
 The tool is an async function (smolagents: a sync one, which it calls inline). Every run checks
 that the model was called turns + 1 times, the tool turns times, and the answer came back. Each
 framework runs in its own subprocess (no shared globals, imports not timed); a few warm-up runs,
-then ``--reps`` timed runs; the table shows the median (and the min) of total wall time / turns.
+then ``gc.freeze()`` (so the garbage collector does not walk the import-time heap again during a
+timed run), then ``--reps`` timed runs; the table shows the median (and the min) of the run's
+wall time / turns. The machine's other load shows as a median far above the min: rerun then.
 "traced" runs the same with spans through an OpenTelemetry SDK ``BatchSpanProcessor`` to an
 ``InMemorySpanExporter`` (finished spans cleared between runs, outside the timed region), where
 the framework emits OpenTelemetry spans without extra packages: agentrt, PydanticAI (its
@@ -36,6 +38,7 @@ as is agentrt while its ``Agent.run`` does not take a task text and ``max_turns`
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.metadata
 import inspect
 import json
@@ -494,6 +497,11 @@ async def measure(name: str, turns: int, reps: int, traced: bool) -> list[float]
     samples = []
     for i in range(WARM_UP_RUNS + reps):
         script.reset()
+        if i == WARM_UP_RUNS:
+            # Imports and warm-up left a heap that every full collection would walk again: a
+            # framework with a big import graph would pay for it at random runs.
+            gc.collect()
+            gc.freeze()
         t0 = time.perf_counter()
         answer = run()
         if isinstance(answer, Awaitable):
@@ -551,7 +559,7 @@ def cell(result: dict[str, Any] | None, base: float | None) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=50, help="tool-calling turns per run")
-    parser.add_argument("--reps", type=int, default=7, help="timed runs per framework")
+    parser.add_argument("--reps", type=int, default=9, help="timed runs per framework")
     parser.add_argument("--only", default="", help="comma-separated rows, e.g. agentrt,Burr")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--traced", action="store_true", help=argparse.SUPPRESS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import inspect
 import json
 import threading
 from collections.abc import Callable
@@ -15,7 +16,18 @@ from pydantic import BaseModel, Field, ValidationError
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
 import agentrt
-from agentrt import ConfigError, RetryableToolError, Tool, ToolCall, ToolError, ToolResult
+from agentrt import (
+    ConfigError,
+    InferenceRequest,
+    InferenceResult,
+    RetryableToolError,
+    Timing,
+    Tool,
+    ToolCall,
+    ToolError,
+    ToolResult,
+    Usage,
+)
 from agentrt import function_tool as function_tool_from_root
 from agentrt._docstring import parse_docstring
 from agentrt.functions import TypedTool, function_tool
@@ -514,3 +526,68 @@ def test_a_bound_method_is_a_tool_without_self() -> None:
     assert list(props(bump)) == ["by"]
     assert anyio.run(bump.call, {"by": 2}).data == 2
     assert counter.n == 2
+
+
+# -- through the agent's tool loop ---------------------------------------------------------
+
+_HAS_LOOP = "max_turns" in inspect.signature(agentrt.Agent.run).parameters
+
+
+class _Replay:
+    """A model that answers from a list and keeps the requests it saw."""
+
+    name = "replay"
+
+    def __init__(self, replies: list[tuple[ToolCall, ...] | str]) -> None:
+        self.replies = replies
+        self.requests: list[InferenceRequest] = []
+
+    async def infer(self, request: InferenceRequest) -> InferenceResult:
+        self.requests.append(request)
+        reply = self.replies[len(self.requests) - 1]
+        calls = () if isinstance(reply, str) else reply
+        return InferenceResult(
+            text=reply if isinstance(reply, str) else "",
+            tool_calls=calls,
+            finish_reason="tool_calls" if calls else "stop",
+            usage=Usage(input_tokens=10, output_tokens=5),
+            timing=Timing(),
+            substrate=self.name,
+            model="replay",
+        )
+
+    async def aclose(self) -> None:
+        return None
+
+
+@pytest.mark.skipif(not _HAS_LOOP, reason="Agent.run(task, max_turns=N) is not on this branch yet")
+async def test_an_agent_offers_and_runs_function_tools() -> None:
+    @function_tool
+    async def lookup(key: str) -> dict[str, str]:
+        """Look a key up.
+
+        Args:
+            key: the key to look up.
+        """
+        return {"key": key, "value": key.upper()}
+
+    @function_tool
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    model = _Replay([
+        (ToolCall(id="c1", name="lookup", arguments='{"key": "x"}'),
+         ToolCall(id="c2", name="add", arguments='{"a": "two", "b": 1}')),
+        (ToolCall(id="c3", name="add", arguments='{"a": 2, "b": 1}'),),
+        "x is X and 2 + 1 = 3",
+    ])  # fmt: skip
+    result = await agentrt.Agent(model, tools=[lookup, add]).run("task", max_turns=5)
+
+    assert result.status == "succeeded", result.error
+    assert result.output == "x is X and 2 + 1 = 3"
+    assert model.requests[0].tools == (tool_spec(lookup), tool_spec(add))
+    answers = {m.tool_call_id: m.content for m in result.messages if m.role == "tool"}
+    assert json.loads(answers["c1"]) == {"key": "x", "value": "X"}
+    assert "invalid arguments for add" in answers["c2"]  # told to the model, which tries again
+    assert answers["c3"] == "3"
