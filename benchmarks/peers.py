@@ -5,6 +5,7 @@ Run (the peers live in their own venv, never in the project's dev one):
     python3 -m venv .venv-peers
     .venv-peers/bin/pip install -e . -r benchmarks/peers-requirements.txt
     .venv-peers/bin/python benchmarks/peers.py [--turns 50] [--reps 9] [--only NAME,...]
+        [--growth 10,200]
 
 The standard peer scenario (issue 15): ``--turns`` sequential turns, each one model call that asks
 for one tool call, then the tool; then one last model call that answers with text. The model is
@@ -538,22 +539,40 @@ def child(name: str, turns: int, reps: int, traced: bool) -> dict[str, Any]:
     return {"version": version, "us_per_turn": samples}
 
 
-def run_child(name: str, args: argparse.Namespace, traced: bool) -> dict[str, Any]:
-    argv = [sys.executable, __file__, "--child", name, "--turns", str(args.turns),
-            "--reps", str(args.reps)] + (["--traced"] if traced else [])  # fmt: skip
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+def run_child(name: str, turns: int, reps: int, traced: bool) -> dict[str, Any]:
+    argv = [sys.executable, __file__, "--child", name, "--turns", str(turns), "--reps", str(reps)]
+    proc = subprocess.run(
+        argv + (["--traced"] if traced else []),
+        capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return {"skipped": f"failed: {last}"}
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
-def cell(result: dict[str, Any] | None, base: float | None) -> list[str]:
+def median_of(result: dict[str, Any] | None) -> float | None:
     if result is None or "us_per_turn" not in result:
+        return None
+    return statistics.median(result["us_per_turn"])
+
+
+def cell(result: dict[str, Any] | None, base: float | None) -> list[str]:
+    median = median_of(result)
+    if result is None or median is None:
         return ["—", "—"]
-    median = statistics.median(result["us_per_turn"])
     ratio = f"{median / base:.1f}x" if base else "—"
     return [f"{median:,.1f} (min {min(result['us_per_turn']):,.1f})", ratio]
+
+
+def _version(name: str, result: dict[str, Any]) -> str:
+    if name != "agentrt":
+        return str(result["version"])
+    head = subprocess.run(
+        ["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return f"{result['version']} ({head.stdout.strip()})" if head.returncode == 0 else "?"
 
 
 def main() -> None:
@@ -561,6 +580,9 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=50, help="tool-calling turns per run")
     parser.add_argument("--reps", type=int, default=9, help="timed runs per framework")
     parser.add_argument("--only", default="", help="comma-separated rows, e.g. agentrt,Burr")
+    parser.add_argument(
+        "--growth", default="", help="also untraced µs/turn at these turn counts, e.g. 10,200"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--traced", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -572,34 +594,45 @@ def main() -> None:
     from _common import print_table
 
     wanted = [n for n in PEERS if not args.only or n in args.only.split(",")]
-    plain = {name: run_child(name, args, traced=False) for name in wanted}
-    traced = {
-        name: run_child(name, args, traced=True)
-        for name in wanted
-        if name in TRACED and "us_per_turn" in plain[name]
-    }
-    base = {
-        key: statistics.median(runs["agentrt"]["us_per_turn"]) if "agentrt" in runs
-        and "us_per_turn" in runs["agentrt"] else None
-        for key, runs in (("plain", plain), ("traced", traced))
-    }  # fmt: skip
-    rows, skipped = [], []
-    for name, result in plain.items():
-        if "us_per_turn" not in result:
-            skipped.append(f"{name}: skipped, {result['skipped']}")
-            continue
-        rows.append([name, result["version"], *cell(result, base["plain"]),
-                     *cell(traced.get(name), base["traced"])])  # fmt: skip
+    plain = {name: run_child(name, args.turns, args.reps, traced=False) for name in wanted}
+    ran = [name for name in wanted if "us_per_turn" in plain[name]]
+    traced = {name: run_child(name, args.turns, args.reps, True) for name in ran if name in TRACED}
+    base = {"plain": median_of(plain.get("agentrt")), "traced": median_of(traced.get("agentrt"))}
+    rows = [
+        [name, _version(name, plain[name]), *cell(plain[name], base["plain"]),
+         *cell(traced.get(name), base["traced"])]
+        for name in ran
+    ]  # fmt: skip
     print_table(
         f"tool loop per turn: {args.turns} turns of one model call + one tool call, instant model "
         f"(µs per turn, median of {args.reps} runs)",
         ["framework", "version", "untraced µs/turn", "x agentrt", "traced µs/turn", "x agentrt"],
         rows,
     )
-    for line in skipped:
-        print(line)
+    for name in wanted:
+        if name not in ran:
+            print(f"{name}: skipped, {plain[name]['skipped']}")
     print("traced: OpenTelemetry SDK, batch processor, in-memory exporter (OpenAI Agents SDK: "
           "its own tracing, in-memory processor); — = not measured")  # fmt: skip
+    if args.growth:
+        counts = sorted({args.turns, *(int(k) for k in args.growth.split(","))})
+        growth = {
+            name: [
+                median_of(plain[name]) if k == args.turns else median_of(
+                    run_child(name, k, max(3, args.reps // 2), traced=False))
+                for k in counts
+            ]
+            for name in ran
+        }  # fmt: skip
+        print_table(
+            "untraced µs per turn by the number of turns (flat = no per-turn work that grows "
+            "with the conversation)",
+            ["framework", *(f"{k} turns" for k in counts)],
+            [
+                [name, *(f"{us:,.1f}" if us else "—" for us in by_k)]
+                for name, by_k in growth.items()
+            ],
+        )
     for key, limit in (("plain", 20), ("traced", 100)):
         label = "untraced" if key == "plain" else "traced"
         if base[key] is None:
