@@ -633,6 +633,16 @@ def main() -> None:
                 for name, by_k in growth.items()
             ],
         )
+    busy = [
+        f"{name}{label}"
+        for runs, label in ((plain, ""), (traced, " traced"))
+        for name, result in runs.items()
+        if "us_per_turn" in result
+        and statistics.median(result["us_per_turn"]) > 1.15 * min(result["us_per_turn"])
+    ]
+    if busy:
+        print(f"warning: the machine was busy during {', '.join(busy)} (median more than 15% above "
+              "the min); rerun for figures to compare")  # fmt: skip
     for key, limit in (("plain", 20), ("traced", 100)):
         label = "untraced" if key == "plain" else "traced"
         if base[key] is None:
