@@ -120,7 +120,12 @@ class TypedTool(Generic[P, R]):
             try:
                 args = self.args_model.model_validate(args)
             except ValidationError as exc:
-                raise ToolError(f"invalid arguments for tool {self.name!r}: {exc}") from exc
+                first = exc.errors()[0]
+                where = ".".join(str(part) for part in first["loc"]) or "arguments"
+                more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+                raise ToolError(
+                    f"invalid arguments for tool {self.name!r}: {where}: {first['msg']}{more}"
+                ) from exc
         positional = [getattr(args, field) for field in self._positional]
         keywords = {keyword: getattr(args, field) for field, keyword in self._keywords}
         try:

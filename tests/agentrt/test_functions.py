@@ -417,9 +417,15 @@ async def test_invalid_arguments_are_a_tool_error() -> None:
         """Square x."""
         return x * x
 
-    for bad in ({"x": "seven"}, {}, {"x": 1, "y": 2}):
-        with pytest.raises(ToolError, match="invalid arguments for tool 'square'"):
+    for bad, problem in (
+        ({"x": "seven"}, "x: Input should be a valid integer"),
+        ({}, "x: Field required"),
+        ({"x": 1, "y": 2}, "y: Extra inputs are not permitted"),
+    ):
+        with pytest.raises(ToolError) as info:
             await square.call(bad)
+        assert str(info.value).startswith(f"invalid arguments for tool 'square': {problem}")
+        assert "\n" not in str(info.value)
 
 
 async def test_timeout_s_stops_a_slow_call_async_or_in_a_thread() -> None:
