@@ -31,6 +31,7 @@ from agentrt.errors import (
     ToolError,
     UnknownNameError,
 )
+from agentrt.functions import TypedTool, function_tool
 from agentrt.plan import Plan, RetryPolicy, Step, StepDefaults, StepKind, load_plan
 from agentrt.policy import Policy, RunState
 from agentrt.result import RunResult, RunStatus, StepResult, StepStatus
@@ -99,12 +100,14 @@ __all__ = [
     "ToolError",
     "ToolResult",
     "ToolSpec",
+    "TypedTool",
     "UnknownNameError",
     "Usage",
     "VirtualClock",
     "VirtualTimeStalled",
     "__version__",
     "current_clock",
+    "function_tool",
     "load_plan",
     "run",
 ]

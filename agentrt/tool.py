@@ -11,7 +11,9 @@ import weakref
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic.json_schema import GenerateJsonSchema
 
+from agentrt._docstring import parse_docstring
 from agentrt.substrate import ToolCall, ToolSpec
 
 __all__ = ["Tool", "ToolCall", "ToolResult", "tool_spec"]
@@ -74,13 +76,22 @@ class Tool(Protocol):
         ...
 
 
+class _ToolSchema(GenerateJsonSchema):
+    """Pydantic's JSON schema without the titles it derives from field names (tokens, no news)."""
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+
 _SPECS: weakref.WeakKeyDictionary[Any, ToolSpec] = weakref.WeakKeyDictionary()
 
 
 def tool_spec(tool: Tool) -> ToolSpec:
     """The `ToolSpec` a model sees for ``tool``: its name, description and argument schema.
 
-    The schema is pydantic's JSON schema of ``tool.args_model`` (computed once per tool).
+    The schema is pydantic's JSON schema of ``tool.args_model`` without the titles pydantic derives
+    from names, and with only the first part of the model's docstring (computed once per tool):
+    each field's ``description`` is what tells the model what to pass.
 
     Example:
         >>> from pydantic import BaseModel
@@ -93,15 +104,17 @@ def tool_spec(tool: Tool) -> ToolSpec:
         ...     async def call(self, args: GrepArgs) -> ToolResult: ...
         ...     async def aclose(self) -> None: ...
         >>> spec = tool_spec(Grep())
-        >>> spec.parameters["required"], spec.parameters["properties"]["pattern"]["type"]
-        (['pattern'], 'string')
+        >>> spec.parameters["required"], spec.parameters["properties"]["pattern"]
+        (['pattern'], {'type': 'string'})
     """
     try:
         return _SPECS[tool]
     except (KeyError, TypeError):
         pass
-    schema = tool.args_model.model_json_schema()
+    schema = tool.args_model.model_json_schema(schema_generator=_ToolSchema)
     schema.pop("title", None)
+    if isinstance(doc := schema.get("description"), str):  # the model's docstring: no examples
+        schema["description"] = parse_docstring(doc).description
     spec = ToolSpec(name=tool.name, description=tool.description, parameters=schema)
     with contextlib.suppress(TypeError):  # not weak-referenceable: computed each time
         _SPECS[tool] = spec

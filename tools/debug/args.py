@@ -62,12 +62,14 @@ class DebugArgs(BaseModel):
         default_factory=dict, description="Files (relative path -> text) written before the run."
     )
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
-    timeout_s: float | None = Field(default=None, gt=0)
-    cpu_s: int | None = Field(default=None, gt=0)
-    memory_mib: int | None = Field(default=None, gt=0)
-    file_size_mib: int | None = Field(default=None, gt=0)
-    max_processes: int | None = Field(default=None, gt=0)
-    disk_mib: int | None = Field(default=None, gt=0)
+    timeout_s: float | None = Field(
+        default=None, gt=0, description="Wall-clock limit for the run; default the tool's."
+    )
+    cpu_s: int | None = Field(default=None, gt=0, description="CPU seconds per process.")
+    memory_mib: int | None = Field(default=None, gt=0, description="Memory per process, MiB.")
+    file_size_mib: int | None = Field(default=None, gt=0, description="Largest file written, MiB.")
+    max_processes: int | None = Field(default=None, gt=0, description="Live processes at most.")
+    disk_mib: int | None = Field(default=None, gt=0, description="Bytes all files may take, MiB.")
 
     @model_validator(mode="after")
     def _check(self) -> Self:
