@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 from agentrt import run
 from agentrt.report import load_trace_file
+from agentrt.trajectory import read_trajectory
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -169,3 +171,26 @@ def test_every_file_under_examples_is_exercised() -> None:
         assert f'"{path.stem}"' in source or f"examples/{relative}" in source, (
             f"examples/{relative} is run by no test in {Path(__file__).name}"
         )
+
+
+@pytest.mark.parametrize(
+    "way", [(), ("--serve",), ("--framework", "pydantic-ai")], ids=["scripted", "serve", "peer"]
+)
+def test_the_tool_agent_fixes_the_package_every_way(way: tuple[str, ...], tmp_path: Path) -> None:
+    """The model chooses the tools; in process, over HTTP and through PydanticAI alike."""
+    record = tmp_path / "run.jsonl"
+    proc = example("examples/tool_agent.py", *way, "--record", str(record))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "the tests pass" in proc.stdout
+    if way:
+        assert "package fixed: True" in proc.stdout
+    # the recorded trajectory replays on the emulated engines
+    recorded = read_trajectory(record)
+    assert [t.tool_calls[0].name for t in recorded.turns if t.tool_calls] == [
+        "read_file", "search", "write_file", "run_tests",
+    ]  # fmt: skip
+    replay = example("-m", "agentrt", "replay", str(record), "--substrates", "wse3,h100", "--json")
+    assert replay.returncode == 0, replay.stderr
+    times = json.loads(replay.stdout)["substrates"]
+    assert times["wse3"]["model_s"] < times["h100"]["model_s"]
