@@ -33,33 +33,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from coding_agent import FIXED_MODULE, PROJECT, copy_project  # the demo's package and its fix
+
 from agentrt import Agent, RunResult, Substrate, Tool, function_tool, run
 from agentrt.log import configure_logging
 from agentrt.render import print_run, terminal_console
 from agentrt.testing import Reply, ScriptedToolSubstrate
 from agentrt.trajectory import TrajectoryRecorder
 
-PROJECT = Path(__file__).resolve().parent / "projects" / "tinycsv"
 TASK = "The tests of tinycsv fail. Find out why, fix the package and check that they pass."
 INSTRUCTIONS = "You fix Python packages. Use the tools; answer when the tests pass."
-# What the model writes: the whole fixed module (a whole-file edit).
-FIXED_MODULE = '''"""tinycsv: split and join delimited records."""
-
-from __future__ import annotations
-
-__all__ = ["join_record", "split_record"]
-
-
-def split_record(line: str, sep: str = ",") -> list[str]:
-    """Split one record into fields; a trailing separator means an empty last field."""
-    line = line.rstrip("\\n")
-    return [f.strip() for f in line.split(sep)]
-
-
-def join_record(fields: list[str], sep: str = ",") -> str:
-    """Join fields into one record; the inverse of `split_record`."""
-    return sep.join(fields)
-'''
 ANSWER = (
     "Fixed: split_record dropped the empty last field of a record ending in a separator. "
     "It now keeps it, as docs/format.md says; the tests pass."
@@ -75,14 +58,6 @@ SCRIPT = [
     ("run_tests", {"target": "tests/"}),
     ANSWER,
 ]
-
-
-def copy_project(into: str | Path | None = None) -> Path:
-    """A fresh temporary copy of the bundled package (the agent edits the copy only)."""
-    root = Path(into) if into is not None else Path(tempfile.mkdtemp(prefix="agentrt-tinycsv-"))
-    target = root / "tinycsv"
-    shutil.copytree(PROJECT, target, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
-    return target
 
 
 def _inside(workdir: Path, path: str) -> Path:
