@@ -17,7 +17,9 @@ Three ways to run it, each fixing the package for real:
 ``agentrt serve`` in process on an emulated wafer (``wse3``) that plays it: every reply, tool
 call and token count is the recorded one, timed by the engine for the real prompt. The agent on
 the other side (agentrt's own, or PydanticAI's through its OpenAI model) only sees an
-OpenAI-compatible endpoint. ``--record FILE`` keeps the trajectory; then compare substrates:
+OpenAI-compatible endpoint. ``--record FILE`` keeps a trajectory (with ``--serve``, the run
+recorded through ``openai_http`` against the endpoint; otherwise the scripted run's); then
+compare substrates:
 
     agentrt replay FILE --substrates wse3,h100
 """
@@ -137,13 +139,13 @@ def served(trajectory: Path) -> Iterator[str]:
         yield url
 
 
-async def run_over_http(url: str, workdir: Path) -> RunResult:
-    """agentrt's loop with ``openai_http`` pointed at ``url``."""
+async def run_over_http(url: str, workdir: Path, *, record: Path | None = None) -> RunResult:
+    """agentrt's loop with ``openai_http`` pointed at ``url`` (recorded to ``record``)."""
     from substrates.http.client import OpenAIHTTPSubstrate
 
     model = OpenAIHTTPSubstrate(f"{url}/v1", "llama-3.1-70b", api_key="unused")
     try:
-        return await run_agent(model, workdir)
+        return await run_agent(model, workdir, record=record)
     finally:
         await model.aclose()
 
@@ -190,10 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     console = terminal_console(piped_width=140)
     scratch = Path(tempfile.mkdtemp(prefix="agentrt-tool-agent-"))
     try:
-        trajectory = args.record or scratch / "trajectory.jsonl"
+        # The scripted run; over HTTP, the served wafer plays its trajectory, and --record
+        # keeps the run against the endpoint (what `agentrt replay` then plays everywhere).
+        direct = not (args.serve or args.framework)
+        trajectory = scratch / "trajectory.jsonl" if args.serve or not args.record else args.record
         here = copy_project(scratch / "a")
         first = run(lambda: run_agent(scripted_model(), here, record=trajectory))
-        if not (args.serve or args.framework):
+        if direct:
             print_run(console, first)
             print(f"answer: {first.output}")
             if args.record:
@@ -208,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"answer: {answer}")
                 ok = answer == ANSWER
             else:
-                result = run(lambda: run_over_http(url, workdir))
+                result = run(lambda: run_over_http(url, workdir, record=args.record))
                 print_run(console, result)
                 print(f"answer: {result.output}")
                 ok = result.status == "succeeded"
