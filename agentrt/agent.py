@@ -27,15 +27,15 @@ from pydantic import JsonValue, ValidationError
 from tenacity import RetryCallState
 
 from agentrt._construct import trusted
-from agentrt._timeouts import AttemptTimeouts
-from agentrt._toolloop import (
+from agentrt._loopparts import (
     DEFAULT_MAX_CONCURRENT_TOOLS,
     DEFAULT_MAX_TOOL_FAILURES,
     DEFAULT_MAX_TURNS,
-    ToolLoop,
     call_with_retries,
     conversation,
 )
+from agentrt._timeouts import AttemptTimeouts
+from agentrt._toolloop import ToolLoop
 from agentrt.clock import Clock, VirtualClock, current_clock
 from agentrt.errors import (
     ConfigError,
