@@ -16,9 +16,9 @@ cancel scope be cut by a timeout and the turn resume (see "the loop" below).
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 import structlog
@@ -50,6 +50,8 @@ if TYPE_CHECKING:
     from agentrt.agent import AgentRun
 
 __all__ = ["ToolLoop"]
+
+T = TypeVar("T")
 
 
 class ToolLoop:
@@ -281,15 +283,7 @@ class ToolLoop:
                     raise timed_out
                 await self._chat_attempt(chat, shared=True)
             except Exception as exc:
-                if self.retry.max_attempts == 1 or not is_retryable(exc):
-                    raise
-                await retry_after(
-                    exc,
-                    lambda: self._chat_attempt(chat, shared=False),
-                    self.retry,
-                    rng=self.run._rng,
-                    before_sleep=self.run._log_retry,
-                )
+                await self._retry(exc, lambda: self._chat_attempt(chat, shared=False))
         except BaseException as exc:
             if self._cut is chat:
                 raise  # the shared scope's timeout: `_resume` finishes this call
@@ -448,14 +442,8 @@ class ToolLoop:
                             raise timed_out
                         result = await self._tool_attempt(op, shared=shared)
                     except Exception as exc:
-                        if self.retry.max_attempts == 1 or not is_retryable(exc):
-                            raise
-                        result = await retry_after(
-                            exc,
-                            lambda: self._tool_attempt(op, shared=False),
-                            self.retry,
-                            rng=self.run._rng,
-                            before_sleep=self.run._log_retry,
+                        result = await self._retry(
+                            exc, lambda: self._tool_attempt(op, shared=False)
                         )
                 except Exception as exc:
                     problem = f"{call.name} failed: {type(exc).__name__}: {exc}"
@@ -545,6 +533,14 @@ class ToolLoop:
         return f"there is no tool named {name!r}{hint}; the tools are: {', '.join(known) or 'none'}"
 
     # -- bookkeeping ---------------------------------------------------------------------------
+
+    async def _retry(self, failed: Exception, attempt: Callable[[], Awaitable[T]]) -> T:
+        """After a first attempt failed with ``failed``: retry if the policy lets, else raise it."""
+        if self.retry.max_attempts == 1 or not is_retryable(failed):
+            raise failed
+        return await retry_after(
+            failed, attempt, self.retry, rng=self.run._rng, before_sleep=self.run._log_retry
+        )
 
     def _step_attributes(self, step: LoopStep) -> dict[str, Any]:
         return {
