@@ -43,6 +43,7 @@ from agentrt.redact import redact
 from agentrt.result import StepResult
 from agentrt.retry import is_retryable
 from agentrt.substrate import InferenceRequest, InferenceResult, Message, Timing, ToolCall, ToolSpec
+from agentrt.telemetry import semconv as sc
 from agentrt.telemetry.tracing import current_span
 from agentrt.tool import Tool, ToolResult
 
@@ -543,15 +544,22 @@ class ToolLoop:
         )
 
     def _step_attributes(self, step: LoopStep) -> dict[str, Any]:
-        return {
-            "id": step.id,
-            "kind": step.kind,
-            "index": step.index,
-            "waits_for": step.waits_for,
-            "status": step.state,
-            "attempts": step.attempts,
-            "retry_s": step.retry_s,
-        }
+        """The ``agentrt.step.*`` attributes of a call's span, leaving out what is implied.
+
+        The kind is the span's operation (chat, execute_tool); a missing status means
+        succeeded, missing attempts one, a missing retry_s none: each attribute costs the
+        OpenTelemetry SDK about a microsecond, and a turn has two spans.
+        """
+        attributes: dict[str, Any] = {sc.STEP_ID: step.id, sc.STEP_INDEX: step.index}
+        if step.waits_for:
+            attributes[sc.STEP_WAITS_FOR] = step.waits_for
+        if step.state != "succeeded":
+            attributes[sc.STEP_STATUS] = step.state
+        if step.attempts != 1:
+            attributes[sc.STEP_ATTEMPTS] = step.attempts
+            if step.attempts > 1:
+                attributes[sc.STEP_RETRY_S] = step.retry_s
+        return attributes
 
     def _bind(self, step: LoopStep) -> Mapping[str, Any] | None:
         run = self.run

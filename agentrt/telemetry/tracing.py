@@ -5,7 +5,7 @@ from __future__ import annotations
 import traceback
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
@@ -29,14 +29,6 @@ _SCOPE = "agentrt"
 
 #: Attribute values a span takes.
 _Value = str | int | float | bool | Sequence[str]
-#: `RunTracer.step_attributes` keys: what a step span (or a span standing for a step) carries.
-_STEP_KEYS = {
-    "id": sc.STEP_ID,
-    "kind": sc.STEP_KIND,
-    "index": sc.STEP_INDEX,
-    "status": sc.STEP_STATUS,
-    "attempts": sc.STEP_ATTEMPTS,
-}
 
 
 def current_span(span: Span | None) -> AbstractContextManager[object]:
@@ -46,16 +38,6 @@ def current_span(span: Span | None) -> AbstractContextManager[object]:
     return trace.use_span(
         span, end_on_exit=False, record_exception=False, set_status_on_exception=False
     )
-
-
-def _step_attributes(step: Mapping[str, Any]) -> dict[str, _Value]:
-    """The ``agentrt.step.*`` attributes of a model or tool call that is a step of its run."""
-    attributes: dict[str, _Value] = {key: step[name] for name, key in _STEP_KEYS.items()}
-    if step.get("waits_for"):
-        attributes[sc.STEP_WAITS_FOR] = step["waits_for"]
-    if step.get("retry_s"):
-        attributes[sc.STEP_RETRY_S] = step["retry_s"]
-    return attributes
 
 
 class Instruments:
@@ -314,12 +296,12 @@ class RunTracer:
         error: BaseException | None,
         t_start: float,
         t_end: float,
-        step: Mapping[str, Any] | None = None,
+        step: Mapping[str, _Value] | None = None,
     ) -> None:
         """Close a chat span: usage, timing attributes and, at ``phases`` detail, phase spans.
 
-        ``step`` (id, kind, index, status, attempts, waits_for, retry_s) makes the span stand
-        for a step of the run too: a tool loop's model calls are steps with no span of their own.
+        ``step`` holds ``agentrt.step.*`` attributes that make the span stand for a step of the
+        run too: a tool loop's model calls are steps with no span of their own.
         """
         if span is None:
             return
@@ -361,7 +343,7 @@ class RunTracer:
             if result.model != opening[sc.REQUEST_MODEL]:
                 span.update_name(sc.CHAT_SPAN.format(model=result.model))
         if step is not None:
-            attributes.update(_step_attributes(step))
+            attributes.update(step)
         span.set_attributes(attributes)
         if result is not None and self._detail == "phases":
             self._phases(span, result, t_start)
@@ -435,13 +417,13 @@ class RunTracer:
         result: ToolResult | None,
         error: BaseException | None,
         t: float,
-        step: Mapping[str, Any] | None = None,
+        step: Mapping[str, _Value] | None = None,
     ) -> None:
         """Close a tool span; ``step`` as for `end_chat`."""
         if span is None:
             return
         if step is not None:
-            attributes = _step_attributes(step)
+            attributes = dict(step)
             if result is not None:
                 attributes[sc.TOOL_OK] = result.ok
             span.set_attributes(attributes)

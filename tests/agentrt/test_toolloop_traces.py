@@ -54,6 +54,9 @@ def same_attribution(spans: Sequence[ReadableSpan], report: Attribution) -> None
     document = json.loads(json.dumps(spans_to_jaeger(spans)))
     (from_trace,) = from_jaeger(document)
     assert from_trace.critical_path == report.critical_path
+    assert [(s.id, s.kind, s.status) for s in from_trace.steps] == [
+        (s.id, s.kind, s.status) for s in report.steps
+    ]
     assert from_trace.e2e_s == pytest.approx(report.e2e_s, abs=1e-5)
     for c in CATEGORIES:
         assert from_trace.categories[c] == pytest.approx(report.categories[c], abs=1e-4), c
