@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import traceback
+import weakref
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Literal
@@ -29,6 +31,25 @@ _SCOPE = "agentrt"
 
 #: Attribute values a span takes.
 _Value = str | int | float | bool | Sequence[str]
+
+
+_TRACERS: weakref.WeakKeyDictionary[trace.TracerProvider, trace.Tracer] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _tracer_of(provider: trace.TracerProvider) -> trace.Tracer:
+    """The tracer agentrt uses from ``provider``, made once per provider (not once per run)."""
+    try:
+        return _TRACERS[provider]
+    except (KeyError, TypeError):
+        pass
+    from agentrt import __version__
+
+    tracer = provider.get_tracer(_SCOPE, __version__)
+    with contextlib.suppress(TypeError):  # not weak-referenceable: asked again next run
+        _TRACERS[provider] = tracer
+    return tracer
 
 
 def current_span(span: Span | None) -> AbstractContextManager[object]:
@@ -148,10 +169,8 @@ class RunTracer:
         *,
         detail: Detail = "steps",
     ) -> None:
-        from agentrt import __version__
-
         provider = tracer_provider or trace.get_tracer_provider()
-        self._tracer = provider.get_tracer(_SCOPE, __version__)
+        self._tracer = _tracer_of(provider)
         self._clock = clock
         self._ns = clock.to_epoch_ns
         self._detail = detail
