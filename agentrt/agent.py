@@ -208,11 +208,22 @@ class Agent:
         """The `ToolSpec` of each tool (or of the tools ``names``), as model requests offer them.
 
         Computed once per set of names.
+
+        Raises:
+            ConfigError: a tool's name is not one a model can call (OpenAI's rule:
+                ``^[A-Za-z0-9_-]{1,64}$``) or its argument model has no JSON schema.
         """
         key = tuple(self.tools) if names is None else tuple(names)
         specs = self._specs.get(key)
         if specs is None:
-            specs = self._specs[key] = tuple(tool_spec(self.tools[n]) for n in key)
+            try:
+                specs = tuple(tool_spec(self.tools[n]) for n in key)
+            except (ValidationError, TypeError, ValueError) as exc:
+                raise ConfigError(
+                    f"cannot offer the tools {', '.join(key)} to a model: {exc}; tool names "
+                    "must match ^[A-Za-z0-9_-]{1,64}$ and argument models must have a JSON schema"
+                ) from exc
+            self._specs[key] = specs
         return specs
 
     def prepare(
@@ -244,6 +255,7 @@ class Agent:
                     "a conversation is a task text or a non-empty sequence of Message objects"
                 )
             target = messages
+            self.specs()  # fails here, before the run, if a tool cannot be offered
         elif isinstance(target, Plan):
             wanted = (name for s in target.steps for name in (s.tool, *s.tools) if name)
             missing = sorted({name for name in wanted if name not in self.tools})
@@ -255,6 +267,9 @@ class Agent:
                     f"does not have (agent tools: {known}); pass them as Agent(..., tools=[...])",
                     step_ids=tuple(users),
                 )
+            for step in target.steps:
+                if step.tools:
+                    self.specs(step.tools)
         if deadline_s is not None and deadline_s <= 0:
             raise ConfigError(f"deadline_s must be positive, got {deadline_s}")
         if max_steps is not None and max_steps < 1:

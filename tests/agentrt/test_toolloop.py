@@ -525,3 +525,9 @@ def test_the_run_deadline_stops_a_loop() -> None:
     assert result.status == "failed"
     assert result.error == "run deadline of 3.5 s exceeded"
     assert result.steps[-1].status == "cancelled"
+
+
+def test_a_tool_a_model_cannot_call_is_refused_before_the_run() -> None:
+    agent = Agent(ScriptedToolSubstrate(["x"]), tools=[FunctionTool("my tool", lambda a: "")])
+    with pytest.raises(ConfigError, match=r"cannot offer the tools my tool to a model"):
+        agent.prepare("Hi")
