@@ -274,8 +274,11 @@ def describe(error: BaseException) -> str:
     return redact(f"{type(error).__name__}: {error}")
 
 
+_USER_FIELDS = {"role", "content"}
+
+
 def conversation(task: str | Sequence[Message]) -> list[Message]:
     """The messages a run starts from: a task text becomes one user message."""
     if isinstance(task, str):
-        return [Message(role="user", content=task)]
+        return [trusted(Message, {"role": "user", "content": task}, _USER_FIELDS)]
     return list(task)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import random
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -279,7 +279,7 @@ class Agent:
         return AgentRun(
             self,
             target,
-            run_id=run_id or uuid.uuid4().hex[:16],
+            run_id=run_id or os.urandom(8).hex(),
             deadline_s=deadline_s,
             max_steps=max_steps,
             max_turns=max_turns,

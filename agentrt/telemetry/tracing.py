@@ -155,6 +155,7 @@ class RunTracer:
         "_chat_openings",
         "_clock",
         "_detail",
+        "_idle",
         "_ns",
         "_tracer",
         "enabled",
@@ -170,6 +171,8 @@ class RunTracer:
         detail: Detail = "steps",
     ) -> None:
         provider = tracer_provider or trace.get_tracer_provider()
+        # The API hands out its proxy until an SDK provider is set: then no span would record.
+        self._idle = isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
         self._tracer = _tracer_of(provider)
         self._clock = clock
         self._ns = clock.to_epoch_ns
@@ -188,7 +191,9 @@ class RunTracer:
         return format(self.root.get_span_context().trace_id, "032x")
 
     def start_run(self, *, agent: str, run_id: str, target: str, t: float) -> None:
-        """Open the root ``invoke_agent`` span."""
+        """Open the root ``invoke_agent`` span (none at all when no SDK is configured)."""
+        if self._idle:
+            return
         root = self._tracer.start_span(
             sc.INVOKE_AGENT_SPAN.format(agent=agent),
             kind=SpanKind.INTERNAL,
