@@ -116,7 +116,7 @@ class ToolLoop:
         self.failed_step: str | None = None
         # Sums over the conversation, for a plan step that holds it.
         self.last: InferenceResult | None = None
-        self.timing = Timing()
+        self.timing: Timing | None = None
         self.input_tokens = 0
         self.output_tokens = 0
         self.cost_usd = 0.0
@@ -365,7 +365,8 @@ class ToolLoop:
         )
         self.last = result
         if not self.as_steps:
-            self.timing = result.timing if self.turns == 1 else self.timing.plus(result.timing)
+            timing = self.timing
+            self.timing = result.timing if timing is None else timing.plus(result.timing)
             self.input_tokens += result.usage.input_tokens
             self.output_tokens += result.usage.output_tokens
             self.cost_usd += result.cost_usd
