@@ -7,213 +7,52 @@ child spans of that step and the step sums their times. See docs/agent-loop.md.
 Every turn is constant work, whatever the length of the conversation: the request, the messages
 and the step results are built from parts that are valid already (`agentrt._construct.trusted`),
 the offered tools' schemas are computed once per run, and a tool is looked up by name once per
-call.
+call. The step records, limits and retry helpers live in `agentrt._loopparts`.
+
+Why one module: the model-call and tool-call halves share the state machine that lets a shared
+cancel scope be cut by a timeout and the turn resume (see "the loop" below).
 """
 
 from __future__ import annotations
 
-import asyncio
 import difflib
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 import structlog
 from opentelemetry.context import Context
-from opentelemetry.trace import Span
-from pydantic import BaseModel, ValidationError
 
 from agentrt._construct import trusted
-from agentrt.clock import Clock, RealClock
+from agentrt._loopparts import (
+    ASSISTANT_FIELDS,
+    REQUEST_DEFAULTS,
+    TOOL_MESSAGE_FIELDS,
+    LoopStep,
+    OpenChat,
+    OpenTool,
+    describe,
+    fast_clock,
+    parse_arguments,
+    retry_after,
+)
 from agentrt.errors import StepTimeout, ToolError, ToolLoopFailed
 from agentrt.plan import RetryPolicy
 from agentrt.redact import redact
 from agentrt.result import StepResult
-from agentrt.retry import is_retryable, retrying
-from agentrt.substrate import (
-    InferenceRequest,
-    InferenceResult,
-    Message,
-    Timing,
-    ToolCall,
-    ToolSpec,
-)
+from agentrt.retry import is_retryable
+from agentrt.substrate import InferenceRequest, InferenceResult, Message, Timing, ToolCall, ToolSpec
+from agentrt.telemetry import semconv as sc
 from agentrt.telemetry.tracing import current_span
 from agentrt.tool import Tool, ToolResult
 
 if TYPE_CHECKING:
-    from tenacity import RetryCallState
-
     from agentrt.agent import AgentRun
 
-__all__ = [
-    "DEFAULT_MAX_CONCURRENT_TOOLS",
-    "DEFAULT_MAX_TOOL_FAILURES",
-    "DEFAULT_MAX_TURNS",
-    "LoopStep",
-    "ToolLoop",
-    "call_with_retries",
-    "conversation",
-    "fast_clock",
-    "retry_after",
-]
-
-#: Model calls a conversation may make before it fails (a 50-tool-call loop needs 51).
-DEFAULT_MAX_TURNS = 100
-#: Tool calls of one turn that run at the same time; the others wait for a free slot.
-DEFAULT_MAX_CONCURRENT_TOOLS = 8
-#: Failed tool calls in a row (bad arguments, unknown tool, an error) that end the loop.
-DEFAULT_MAX_TOOL_FAILURES = 3
+__all__ = ["ToolLoop"]
 
 T = TypeVar("T")
-_State = Literal["running", "succeeded", "failed", "cancelled"]
-
-
-async def call_with_retries(
-    attempt: Callable[[], Awaitable[T]],
-    policy: RetryPolicy,
-    *,
-    rng: Any,
-    before_sleep: Callable[[RetryCallState], None] | None = None,
-) -> T:
-    """Await ``attempt()``; on a retryable error, again under ``policy`` (back-off on the clock).
-
-    The first attempt runs outside tenacity: most calls succeed at once, and building a tenacity
-    iteration costs more than the rest of a step. On a retryable failure tenacity takes over and
-    is shown that failure as its own first attempt, so back-off, Retry-After, logging and the
-    attempt budget behave exactly as if it had run it.
-    """
-    try:
-        return await attempt()
-    except Exception as exc:
-        if policy.max_attempts == 1 or not is_retryable(exc):
-            raise
-        failed = exc
-    return await retry_after(failed, attempt, policy, rng=rng, before_sleep=before_sleep)
-
-
-async def retry_after(
-    failed: Exception,
-    attempt: Callable[[], Awaitable[T]],
-    policy: RetryPolicy,
-    *,
-    rng: Any,
-    before_sleep: Callable[[RetryCallState], None] | None = None,
-) -> T:
-    """`call_with_retries` after its first attempt failed with ``failed`` (a retryable error).
-
-    For hot paths that make the first attempt themselves, without building a closure.
-    """
-    replay: list[Exception] = [failed]
-    async for retry in retrying(policy, rng=rng, before_sleep=before_sleep):
-        with retry:
-            if replay:
-                raise replay.pop()
-            value = await attempt()
-        if not retry.retry_state.outcome or not retry.retry_state.outcome.failed:
-            return value
-    raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
-
-
-class LoopStep:
-    """One model call (kind ``chat``) or tool call (kind ``tool``) while the loop runs."""
-
-    __slots__ = (
-        "attempts",
-        "call",
-        "end",
-        "error",
-        "id",
-        "index",
-        "inference",
-        "kind",
-        "last_attempt_start",
-        "start",
-        "state",
-        "tool_result",
-        "tool_s",
-        "waits_for",
-    )
-
-    def __init__(
-        self, step_id: str, kind: str, index: int, waits_for: tuple[str, ...], start: float
-    ) -> None:
-        self.id = step_id
-        self.kind = kind
-        self.index = index
-        self.waits_for = waits_for
-        self.start = start
-        self.end: float | None = None
-        self.state: _State = "running"
-        self.attempts = 0
-        self.last_attempt_start = start
-        self.inference: InferenceResult | None = None
-        self.call: ToolCall | None = None
-        self.tool_result: ToolResult | None = None
-        self.tool_s = 0.0
-        self.error: str | None = None
-
-    @property
-    def retry_s(self) -> float:
-        """Time before the final attempt (failed attempts and back-off); 0 if tried once."""
-        return self.last_attempt_start - self.start if self.attempts > 1 else 0.0
-
-    def freeze(self, origin: float, now: float) -> StepResult:
-        """The step's `StepResult` (a running step shows as cancelled, ending ``now``)."""
-        values = _STEP_DEFAULTS.copy()
-        values["id"] = self.id
-        values["kind"] = self.kind
-        values["status"] = "cancelled" if self.state == "running" else self.state
-        values["start_s"] = self.start - origin
-        values["end_s"] = (self.end if self.end is not None else now) - origin
-        values["attempts"] = self.attempts
-        values["index"] = self.index
-        values["waits_for"] = self.waits_for
-        values["error"] = self.error
-        if self.attempts > 1:
-            values["retry_s"] = self.last_attempt_start - self.start
-        inference = self.inference
-        if inference is not None:
-            usage = inference.usage
-            values["substrate"] = inference.substrate
-            values["model"] = inference.model
-            values["input_tokens"] = usage.input_tokens
-            values["output_tokens"] = usage.output_tokens
-            values["timing"] = inference.timing
-            values["cost_usd"] = inference.cost_usd
-            values["energy_j"] = inference.energy_j
-            values["text"] = inference.text
-            values["tool_calls"] = inference.tool_calls
-        call = self.call
-        if call is not None:
-            values["tool"] = call.name
-            values["tool_call_id"] = call.id
-            values["tool_s"] = self.tool_s
-            tool_result = self.tool_result
-            if tool_result is not None:
-                values["tool_ok"] = tool_result.ok
-                values["tool_output"] = tool_result.output
-        return trusted(StepResult, values, _STEP_FIELDS)
-
-
-#: Every `StepResult` field's default: a step's values start as a copy (no merge per step).
-_STEP_DEFAULTS: dict[str, Any] = {
-    name: field.default for name, field in StepResult.model_fields.items()
-}
-_STEP_FIELDS = set(_STEP_DEFAULTS)
-#: The same for requests: a conversation's requests start from one full dict.
-_REQUEST_DEFAULTS: dict[str, Any] = {
-    name: field.default
-    for name, field in InferenceRequest.model_fields.items()
-    if not field.is_required()
-}
-
-
-#: The fields given in every assistant and tool message the loop appends (shared: the models
-#: are frozen, nothing adds to these sets).
-_ASSISTANT_FIELDS = {"role", "content", "tool_calls"}
-_TOOL_MESSAGE_FIELDS = {"role", "content", "tool_call_id", "name"}
 
 
 class ToolLoop:
@@ -259,7 +98,7 @@ class ToolLoop:
         self.parent = parent
         self.as_steps = as_steps
         self.attempt = attempt
-        self._request = {**_REQUEST_DEFAULTS, **request, "tools": specs}
+        self._request = {**REQUEST_DEFAULTS, **request, "tools": specs}
         self._request_fields = {"messages", *request, "tools"}
         self._step_id: str | None = request.get("step_id")
         self._now = fast_clock(run._clock)
@@ -277,7 +116,7 @@ class ToolLoop:
         self.failed_step: str | None = None
         # Sums over the conversation, for a plan step that holds it.
         self.last: InferenceResult | None = None
-        self.timing = Timing()
+        self.timing: Timing | None = None
         self.input_tokens = 0
         self.output_tokens = 0
         self.cost_usd = 0.0
@@ -291,7 +130,7 @@ class ToolLoop:
         self._turn_tools: list[LoopStep] = []
         # Created by run_to_answer, on the loop that runs the calls.
         self._stretch: anyio.CancelScope
-        self._cut: _OpenChat | _OpenTool | None = None
+        self._cut: OpenChat | OpenTool | None = None
 
     # -- the loop ------------------------------------------------------------------------------
     #
@@ -396,7 +235,7 @@ class ToolLoop:
         self._cut = None
         if cut is None:  # pragma: no cover - the stretch is only cancelled by a timeout
             return False
-        if isinstance(cut, _OpenChat):
+        if isinstance(cut, OpenChat):
             timeout = StepTimeout(
                 f"attempt {cut.step.attempts} of model call {cut.step.id!r} exceeded its "
                 f"timeout of {self.timeout_s} s"
@@ -411,7 +250,7 @@ class ToolLoop:
 
     # -- model calls ---------------------------------------------------------------------------
 
-    def _open_chat(self, turn: int) -> _OpenChat:
+    def _open_chat(self, turn: int) -> OpenChat:
         fields = self._request.copy()
         fields["messages"] = tuple(self.messages)
         if self.as_steps:
@@ -433,9 +272,9 @@ class ToolLoop:
             else None
         )
         tokens = self._bind(step) if self._logs else None
-        return _OpenChat(step, request, span, tokens)
+        return OpenChat(step, request, span, tokens)
 
-    async def _chat(self, chat: _OpenChat, *, timed_out: Exception | None = None) -> LoopStep:
+    async def _chat(self, chat: OpenChat, *, timed_out: Exception | None = None) -> LoopStep:
         """Make the model call (retrying transient errors) and close its step."""
         step = chat.step
         error: BaseException | None = None
@@ -445,15 +284,7 @@ class ToolLoop:
                     raise timed_out
                 await self._chat_attempt(chat, shared=True)
             except Exception as exc:
-                if self.retry.max_attempts == 1 or not is_retryable(exc):
-                    raise
-                await retry_after(
-                    exc,
-                    lambda: self._chat_attempt(chat, shared=False),
-                    self.retry,
-                    rng=self.run._rng,
-                    before_sleep=self.run._log_retry,
-                )
+                await self._retry(exc, lambda: self._chat_attempt(chat, shared=False))
         except BaseException as exc:
             if self._cut is chat:
                 raise  # the shared scope's timeout: `_resume` finishes this call
@@ -464,7 +295,7 @@ class ToolLoop:
                 self._close_chat(chat, error)
         return step
 
-    async def _chat_attempt(self, chat: _OpenChat, *, shared: bool) -> None:
+    async def _chat_attempt(self, chat: OpenChat, *, shared: bool) -> None:
         run = self.run
         step, request, span = chat.step, chat.request, chat.span
         step.attempts += 1
@@ -498,14 +329,14 @@ class ToolLoop:
             agent._instruments.record(result, self._now() - t0, agent._provider)
         step.inference = result
 
-    def _close_chat(self, chat: _OpenChat, error: BaseException | None) -> None:
+    def _close_chat(self, chat: OpenChat, error: BaseException | None) -> None:
         step = chat.step
         end = step.end = self._now()
         if error is None:
             step.state = "succeeded"
         elif isinstance(error, Exception):
             step.state = "failed"
-            step.error = _describe(error)
+            step.error = describe(error)
         else:
             step.state = "cancelled"
         if chat.span is not None:
@@ -529,12 +360,13 @@ class ToolLoop:
             trusted(
                 Message,
                 {"role": "assistant", "content": result.text, "tool_calls": result.tool_calls},
-                _ASSISTANT_FIELDS,
+                ASSISTANT_FIELDS,
             )
         )
         self.last = result
         if not self.as_steps:
-            self.timing = result.timing if self.turns == 1 else self.timing.plus(result.timing)
+            timing = self.timing
+            self.timing = result.timing if timing is None else timing.plus(result.timing)
             self.input_tokens += result.usage.input_tokens
             self.output_tokens += result.usage.output_tokens
             self.cost_usd += result.cost_usd
@@ -566,7 +398,7 @@ class ToolLoop:
                 tg.start_soon(one, i, step, name=f"agentrt tool call {step.id}")
         return [r for r in replies if r is not None]
 
-    def _open_tool(self, step: LoopStep) -> _OpenTool:
+    def _open_tool(self, step: LoopStep) -> OpenTool:
         call = step.call
         assert call is not None
         if self.as_steps:
@@ -588,14 +420,14 @@ class ToolLoop:
         tokens = self._bind(step) if self._logs else None
         tool = self.tools.get(call.name)
         if tool is None:
-            return _OpenTool(step, span, tokens, None, None, self._unknown_tool(call.name))
-        args = _parse_arguments(tool.args_model, call)
+            return OpenTool(step, span, tokens, None, None, self._unknown_tool(call.name))
+        args = parse_arguments(tool.args_model, call)
         if isinstance(args, str):
-            return _OpenTool(step, span, tokens, tool, None, args)
-        return _OpenTool(step, span, tokens, tool, args, None)
+            return OpenTool(step, span, tokens, tool, None, args)
+        return OpenTool(step, span, tokens, tool, args, None)
 
     async def _tool(
-        self, op: _OpenTool, *, shared: bool, timed_out: Exception | None = None
+        self, op: OpenTool, *, shared: bool, timed_out: Exception | None = None
     ) -> Message:
         """Run one tool call; every failure becomes a tool message the model reads."""
         step = op.step
@@ -612,14 +444,8 @@ class ToolLoop:
                             raise timed_out
                         result = await self._tool_attempt(op, shared=shared)
                     except Exception as exc:
-                        if self.retry.max_attempts == 1 or not is_retryable(exc):
-                            raise
-                        result = await retry_after(
-                            exc,
-                            lambda: self._tool_attempt(op, shared=False),
-                            self.retry,
-                            rng=self.run._rng,
-                            before_sleep=self.run._log_retry,
+                        result = await self._retry(
+                            exc, lambda: self._tool_attempt(op, shared=False)
                         )
                 except Exception as exc:
                     problem = f"{call.name} failed: {type(exc).__name__}: {exc}"
@@ -638,10 +464,10 @@ class ToolLoop:
         return trusted(
             Message,
             {"role": "tool", "content": result.output, "tool_call_id": call.id, "name": call.name},
-            _TOOL_MESSAGE_FIELDS,
+            TOOL_MESSAGE_FIELDS,
         )
 
-    async def _tool_attempt(self, op: _OpenTool, *, shared: bool) -> ToolResult:
+    async def _tool_attempt(self, op: OpenTool, *, shared: bool) -> ToolResult:
         step, tool, args = op.step, op.tool, op.args
         assert tool is not None
         step.attempts += 1
@@ -671,7 +497,7 @@ class ToolLoop:
 
     def _close_tool(
         self,
-        op: _OpenTool,
+        op: OpenTool,
         result: ToolResult | None,
         problem: str | None,
         error: BaseException | None,
@@ -710,16 +536,31 @@ class ToolLoop:
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
+    async def _retry(self, failed: Exception, attempt: Callable[[], Awaitable[T]]) -> T:
+        """After a first attempt failed with ``failed``: retry if the policy lets, else raise it."""
+        if self.retry.max_attempts == 1 or not is_retryable(failed):
+            raise failed
+        return await retry_after(
+            failed, attempt, self.retry, rng=self.run._rng, before_sleep=self.run._log_retry
+        )
+
     def _step_attributes(self, step: LoopStep) -> dict[str, Any]:
-        return {
-            "id": step.id,
-            "kind": step.kind,
-            "index": step.index,
-            "waits_for": step.waits_for,
-            "status": step.state,
-            "attempts": step.attempts,
-            "retry_s": step.retry_s,
-        }
+        """The ``agentrt.step.*`` attributes of a call's span, leaving out what is implied.
+
+        The kind is the span's operation (chat, execute_tool); a missing status means
+        succeeded, missing attempts one, a missing retry_s none: each attribute costs the
+        OpenTelemetry SDK about a microsecond, and a turn has two spans.
+        """
+        attributes: dict[str, Any] = {sc.STEP_ID: step.id, sc.STEP_INDEX: step.index}
+        if step.waits_for:
+            attributes[sc.STEP_WAITS_FOR] = step.waits_for
+        if step.state != "succeeded":
+            attributes[sc.STEP_STATUS] = step.state
+        if step.attempts != 1:
+            attributes[sc.STEP_ATTEMPTS] = step.attempts
+            if step.attempts > 1:
+                attributes[sc.STEP_RETRY_S] = step.retry_s
+        return attributes
 
     def _bind(self, step: LoopStep) -> Mapping[str, Any] | None:
         run = self.run
@@ -753,87 +594,3 @@ class ToolLoop:
     def results(self, origin: float, now: float) -> list[StepResult]:
         """Every step so far, in start order."""
         return [s.freeze(origin, now) for s in self.steps]
-
-
-class _OpenChat:
-    """A model call in progress: its step, request, span and log context tokens."""
-
-    __slots__ = ("request", "span", "step", "tokens")
-
-    def __init__(
-        self,
-        step: LoopStep,
-        request: InferenceRequest,
-        span: Span | None,
-        tokens: Mapping[str, Any] | None,
-    ) -> None:
-        self.step = step
-        self.request = request
-        self.span = span
-        self.tokens = tokens
-
-
-class _OpenTool:
-    """A tool call in progress: its step, span, tokens, tool and arguments, or what is wrong."""
-
-    __slots__ = ("args", "problem", "span", "step", "tokens", "tool")
-
-    def __init__(
-        self,
-        step: LoopStep,
-        span: Span | None,
-        tokens: Mapping[str, Any] | None,
-        tool: Tool | None,
-        args: BaseModel | None,
-        problem: str | None,
-    ) -> None:
-        self.step = step
-        self.span = span
-        self.tokens = tokens
-        self.tool = tool
-        self.args = args
-        self.problem = problem
-
-
-def fast_clock(clock: Clock) -> Callable[[], float]:
-    """A function reading ``clock``: the running asyncio loop's own ``time`` for real time.
-
-    `RealClock.current_time` reads the same number after a lookup of the running loop; a loop
-    reads the clock several times per turn, on one event loop.
-    """
-    if isinstance(clock, RealClock):
-        try:
-            return asyncio.get_running_loop().time
-        except RuntimeError:
-            pass
-    return clock.current_time
-
-
-def _parse_arguments(model: type[BaseModel], call: ToolCall) -> BaseModel | str:
-    """The call's arguments validated by the tool's model, or what is wrong with them."""
-    try:
-        return model.model_validate_json(call.arguments or "{}")
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        if first["type"] == "json_invalid":
-            return (
-                f"the arguments of {call.name} are not valid JSON ({first['msg']}): "
-                f"{call.arguments[:200]!r}; send one JSON object that matches the tool's schema"
-            )
-        where = ".".join(str(p) for p in first["loc"]) or "arguments"
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        return (
-            f"invalid arguments for {call.name}: {where}: {first['msg']}{more}; call it again "
-            "with arguments that match its schema"
-        )
-
-
-def _describe(error: BaseException) -> str:
-    return redact(f"{type(error).__name__}: {error}")
-
-
-def conversation(task: str | Sequence[Message]) -> list[Message]:
-    """The messages a run starts from: a task text becomes one user message."""
-    if isinstance(task, str):
-        return [Message(role="user", content=task)]
-    return list(task)

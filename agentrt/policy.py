@@ -21,12 +21,14 @@ class RunState:
         elapsed_s: seconds since the run started, on the run's clock.
         steps_run: how many steps have been started.
         max_steps: the run's step budget.
+        index: the same steps by id, if the caller keeps them so (``by_id`` is then free).
     """
 
     results: Sequence[StepResult]
     elapsed_s: float
     steps_run: int
     max_steps: int
+    index: Mapping[str, StepResult] | None = None
 
     @property
     def last(self) -> StepResult | None:
@@ -35,7 +37,9 @@ class RunState:
 
     @property
     def by_id(self) -> Mapping[str, StepResult]:
-        """Finished steps by id."""
+        """Finished steps by id (the agent keeps this map as steps finish: no cost per call)."""
+        if self.index is not None:
+            return self.index
         return {r.id: r for r in self.results}
 
 

@@ -251,7 +251,8 @@ def print_run(console: Console, result: RunResult) -> None:
         rows.append(
             [
                 s.id,
-                s.kind,
+                # A tool loop's tool steps name the tool the model called.
+                f"{s.kind} {s.tool}" if s.kind == "tool" and s.tool else s.kind,
                 f"[{_STATUS[s.status]}]{s.status}[/]",
                 s.substrate or "-",
                 _ms(s.start_s),

@@ -300,8 +300,10 @@ def _from_spans(spans: Sequence[_Span], trace_id: str) -> list[Attribution]:
             retry_s = float(a.get(sc.STEP_RETRY_S, 0.0))
             index[str(a[sc.STEP_ID])] = int(a.get(sc.STEP_INDEX) or 0)
             op = a.get(sc.OPERATION_NAME)
+            kind = a.get(sc.STEP_KIND)
             if op in ("chat", "execute_tool"):
                 # A tool loop's model or tool call: a step with no span of its own.
+                kind = kind or ("chat" if op == "chat" else "tool")
                 timing, tool_s, substrate = _own_times(step, op, status, retry_s)
             else:
                 timing, tool_s, substrate = _child_times(
@@ -313,7 +315,7 @@ def _from_spans(spans: Sequence[_Span], trace_id: str) -> list[Attribution]:
             steps.append(
                 _step(
                     id=str(a[sc.STEP_ID]),
-                    kind=str(a.get(sc.STEP_KIND, "think")),
+                    kind=str(kind or "think"),
                     status=status,
                     start_s=step.start - root.start,
                     end_s=step.end - root.start,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import traceback
+import weakref
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
@@ -29,14 +31,25 @@ _SCOPE = "agentrt"
 
 #: Attribute values a span takes.
 _Value = str | int | float | bool | Sequence[str]
-#: `RunTracer.step_attributes` keys: what a step span (or a span standing for a step) carries.
-_STEP_KEYS = {
-    "id": sc.STEP_ID,
-    "kind": sc.STEP_KIND,
-    "index": sc.STEP_INDEX,
-    "status": sc.STEP_STATUS,
-    "attempts": sc.STEP_ATTEMPTS,
-}
+
+
+_TRACERS: weakref.WeakKeyDictionary[trace.TracerProvider, trace.Tracer] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _tracer_of(provider: trace.TracerProvider) -> trace.Tracer:
+    """The tracer agentrt uses from ``provider``, made once per provider (not once per run)."""
+    try:
+        return _TRACERS[provider]
+    except (KeyError, TypeError):
+        pass
+    from agentrt import __version__
+
+    tracer = provider.get_tracer(_SCOPE, __version__)
+    with contextlib.suppress(TypeError):  # not weak-referenceable: asked again next run
+        _TRACERS[provider] = tracer
+    return tracer
 
 
 def current_span(span: Span | None) -> AbstractContextManager[object]:
@@ -46,16 +59,6 @@ def current_span(span: Span | None) -> AbstractContextManager[object]:
     return trace.use_span(
         span, end_on_exit=False, record_exception=False, set_status_on_exception=False
     )
-
-
-def _step_attributes(step: Mapping[str, Any]) -> dict[str, _Value]:
-    """The ``agentrt.step.*`` attributes of a model or tool call that is a step of its run."""
-    attributes: dict[str, _Value] = {key: step[name] for name, key in _STEP_KEYS.items()}
-    if step.get("waits_for"):
-        attributes[sc.STEP_WAITS_FOR] = step["waits_for"]
-    if step.get("retry_s"):
-        attributes[sc.STEP_RETRY_S] = step["retry_s"]
-    return attributes
 
 
 class Instruments:
@@ -152,6 +155,7 @@ class RunTracer:
         "_chat_openings",
         "_clock",
         "_detail",
+        "_idle",
         "_ns",
         "_tracer",
         "enabled",
@@ -166,10 +170,10 @@ class RunTracer:
         *,
         detail: Detail = "steps",
     ) -> None:
-        from agentrt import __version__
-
         provider = tracer_provider or trace.get_tracer_provider()
-        self._tracer = provider.get_tracer(_SCOPE, __version__)
+        # The API hands out its proxy until an SDK provider is set: then no span would record.
+        self._idle = isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+        self._tracer = _tracer_of(provider)
         self._clock = clock
         self._ns = clock.to_epoch_ns
         self._detail = detail
@@ -187,7 +191,9 @@ class RunTracer:
         return format(self.root.get_span_context().trace_id, "032x")
 
     def start_run(self, *, agent: str, run_id: str, target: str, t: float) -> None:
-        """Open the root ``invoke_agent`` span."""
+        """Open the root ``invoke_agent`` span (none at all when no SDK is configured)."""
+        if self._idle:
+            return
         root = self._tracer.start_span(
             sc.INVOKE_AGENT_SPAN.format(agent=agent),
             kind=SpanKind.INTERNAL,
@@ -314,12 +320,12 @@ class RunTracer:
         error: BaseException | None,
         t_start: float,
         t_end: float,
-        step: Mapping[str, Any] | None = None,
+        step: Mapping[str, _Value] | None = None,
     ) -> None:
         """Close a chat span: usage, timing attributes and, at ``phases`` detail, phase spans.
 
-        ``step`` (id, kind, index, status, attempts, waits_for, retry_s) makes the span stand
-        for a step of the run too: a tool loop's model calls are steps with no span of their own.
+        ``step`` holds ``agentrt.step.*`` attributes that make the span stand for a step of the
+        run too: a tool loop's model calls are steps with no span of their own.
         """
         if span is None:
             return
@@ -361,7 +367,7 @@ class RunTracer:
             if result.model != opening[sc.REQUEST_MODEL]:
                 span.update_name(sc.CHAT_SPAN.format(model=result.model))
         if step is not None:
-            attributes.update(_step_attributes(step))
+            attributes.update(step)
         span.set_attributes(attributes)
         if result is not None and self._detail == "phases":
             self._phases(span, result, t_start)
@@ -435,13 +441,13 @@ class RunTracer:
         result: ToolResult | None,
         error: BaseException | None,
         t: float,
-        step: Mapping[str, Any] | None = None,
+        step: Mapping[str, _Value] | None = None,
     ) -> None:
         """Close a tool span; ``step`` as for `end_chat`."""
         if span is None:
             return
         if step is not None:
-            attributes = _step_attributes(step)
+            attributes = dict(step)
             if result is not None:
                 attributes[sc.TOOL_OK] = result.ok
             span.set_attributes(attributes)

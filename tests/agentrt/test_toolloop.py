@@ -64,6 +64,21 @@ def vrun_conversation(agent: Agent, task: Any, **kw: Any) -> Any:
     return run(functools.partial(agent.run, task, **kw), clock=VirtualClock())
 
 
+def cancel_after(agent: Agent, task: str, seconds: float) -> Any:
+    """Run ``task`` and cancel it from outside after ``seconds``; no task may be left running."""
+
+    async def main() -> Any:
+        before = {t.id for t in anyio.get_running_tasks()}
+        prepared = agent.prepare(task)
+        with anyio.move_on_after(seconds):
+            await prepared.execute()
+        await anyio.lowlevel.checkpoint()
+        assert {t.id for t in anyio.get_running_tasks()} <= before
+        return prepared.result()
+
+    return run(main, clock=VirtualClock())
+
+
 def test_the_model_calls_a_tool_sees_its_result_and_answers() -> None:
     model = ScriptedToolSubstrate(
         [("search", {"query": "parser bug"}), "The bug is in parse()."], latency_s=0.5
@@ -307,16 +322,7 @@ def test_cancelling_a_run_cancels_its_tool_calls_and_keeps_the_record() -> None:
     calls = [("read", {"path": p}) for p in ("a", "b")]
     agent = Agent(ScriptedToolSubstrate([calls, "ok"], latency_s=1.0), tools=[read_tool(10.0)])
 
-    async def main() -> Any:
-        before = {t.id for t in anyio.get_running_tasks()}
-        prepared = agent.prepare("Read.")
-        with anyio.move_on_after(3.0):
-            await prepared.execute()
-        await anyio.lowlevel.checkpoint()
-        assert {t.id for t in anyio.get_running_tasks()} <= before
-        return prepared.result()
-
-    result = run(main, clock=VirtualClock())
+    result = cancel_after(agent, "Read.", 3.0)
     assert result.status == "cancelled"
     assert [(s.id, s.status) for s in result.steps] == [
         ("chat-1", "succeeded"),
@@ -503,16 +509,7 @@ def test_cancelling_a_single_tool_call_leaves_nothing_running() -> None:
         tools=[read_tool(10.0)],
     )
 
-    async def main() -> Any:
-        before = {t.id for t in anyio.get_running_tasks()}
-        prepared = agent.prepare("Read.")
-        with anyio.move_on_after(2.0):
-            await prepared.execute()
-        await anyio.lowlevel.checkpoint()
-        assert {t.id for t in anyio.get_running_tasks()} <= before
-        return prepared.result()
-
-    result = run(main, clock=VirtualClock())
+    result = cancel_after(agent, "Read.", 2.0)
     assert result.status == "cancelled"
     assert [(s.id, s.status) for s in result.steps] == [
         ("chat-1", "succeeded"),
@@ -528,3 +525,9 @@ def test_the_run_deadline_stops_a_loop() -> None:
     assert result.status == "failed"
     assert result.error == "run deadline of 3.5 s exceeded"
     assert result.steps[-1].status == "cancelled"
+
+
+def test_a_tool_a_model_cannot_call_is_refused_before_the_run() -> None:
+    agent = Agent(ScriptedToolSubstrate(["x"]), tools=[FunctionTool("my tool", lambda a: "")])
+    with pytest.raises(ConfigError, match=r"cannot offer the tools my tool to a model"):
+        agent.prepare("Hi")

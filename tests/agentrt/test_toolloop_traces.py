@@ -11,7 +11,6 @@ from typing import Any
 import anyio
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 from pydantic import BaseModel
@@ -47,18 +46,6 @@ def search_tool(latency_s: float) -> FunctionTool:
     return FunctionTool("search", search, args_model=Query)
 
 
-@pytest.fixture
-def exporter() -> InMemorySpanExporter:
-    return InMemorySpanExporter()
-
-
-@pytest.fixture
-def provider(exporter: InMemorySpanExporter) -> TracerProvider:
-    tp = TracerProvider()
-    tp.add_span_processor(SimpleSpanProcessor(exporter))
-    return tp
-
-
 def vrun(agent: Agent, target: Any, **kw: Any) -> RunResult:
     return run(functools.partial(agent.run, target, **kw), clock=VirtualClock())
 
@@ -67,6 +54,9 @@ def same_attribution(spans: Sequence[ReadableSpan], report: Attribution) -> None
     document = json.loads(json.dumps(spans_to_jaeger(spans)))
     (from_trace,) = from_jaeger(document)
     assert from_trace.critical_path == report.critical_path
+    assert [(s.id, s.kind, s.status) for s in from_trace.steps] == [
+        (s.id, s.kind, s.status) for s in report.steps
+    ]
     assert from_trace.e2e_s == pytest.approx(report.e2e_s, abs=1e-5)
     for c in CATEGORIES:
         assert from_trace.categories[c] == pytest.approx(report.categories[c], abs=1e-4), c
@@ -245,3 +235,56 @@ def test_a_plan_naming_tools_the_agent_lacks_fails_before_running() -> None:
 def test_a_search_step_may_offer_its_tool_instead_of_naming_it() -> None:
     step = Step(id="s", kind="search", tools=["search"])
     assert Plan(name="p", steps=[step]).step("s").tools == ("search",)
+
+
+def test_a_cancelled_tool_loop_leaves_no_span_open(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    async def slow(args: Query) -> str:
+        await anyio.sleep(10.0)
+        return "late"
+
+    model = ScriptedToolSubstrate(
+        [[("search", {"query": "a"}), ("search", {"query": "b"})], "ok"], latency_s=1.0
+    )
+    agent = Agent(
+        model, tools=[FunctionTool("search", slow, args_model=Query)], tracer_provider=provider
+    )
+
+    async def main() -> RunResult:
+        prepared = agent.prepare("Go.")
+        with anyio.move_on_after(2.0):
+            await prepared.execute()
+        return prepared.result()
+
+    result = run(main, clock=VirtualClock())
+    assert result.status == "cancelled"
+    spans = exporter.get_finished_spans()
+    # Every span started was ended: the root, the model call and both tool calls.
+    assert sorted(s.name for s in spans) == [
+        "chat scripted-tools",
+        "execute_tool search",
+        "execute_tool search",
+        "invoke_agent agent",
+    ]
+    tools = [s for s in spans if s.name.startswith("execute_tool")]
+    assert all(s.status.status_code == StatusCode.ERROR for s in tools)
+    assert all(s.attributes[sc.STEP_STATUS] == "cancelled" for s in tools)  # type: ignore[index]
+
+
+def test_a_policy_step_may_offer_tools() -> None:
+    from agentrt import RunState
+
+    class Investigate:
+        name = "investigate"
+
+        async def next_steps(self, state: RunState) -> list[Step]:
+            if state.results:
+                return []
+            return [Step(id="look", kind="answer", tools=["search"], prompt="Find it.")]
+
+    model = ScriptedToolSubstrate({"look": [("search", {"query": "x"}), "found"]})
+    result = vrun(Agent(model, tools=[search_tool(0.5)]), Investigate())
+    assert result.status == "succeeded", result.error
+    assert result.output == "found"
+    assert result.step("look").tool_s == pytest.approx(0.5)

@@ -36,18 +36,6 @@ from agentrt.testing import (
 NO_JITTER = RetryPolicy(max_attempts=3, initial_backoff_s=0.5, jitter_s=0.0)
 
 
-@pytest.fixture
-def exporter() -> InMemorySpanExporter:
-    return InMemorySpanExporter()
-
-
-@pytest.fixture
-def provider(exporter: InMemorySpanExporter) -> TracerProvider:
-    tp = TracerProvider()
-    tp.add_span_processor(SimpleSpanProcessor(exporter))
-    return tp
-
-
 def by_name(spans: Sequence[ReadableSpan], prefix: str) -> list[ReadableSpan]:
     return [s for s in spans if s.name.startswith(prefix)]
 
