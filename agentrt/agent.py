@@ -889,10 +889,16 @@ class AgentRun:
     def _outputs_for(self, step: Step) -> dict[str, dict[str, str]]:
         if not step.args and (step.prompt is None or "{{" not in step.prompt):
             return {}
-        # Only the steps the templates name (plans check that each is an ancestor): walking
-        # every ancestor per step made long chains quadratic.
-        wanted = {ref.step_id for text in _templates_of(step) for ref in template_refs(text)}
-        return {sid: self._records[sid].outputs() for sid in wanted if sid in self._records}
+        # Only the steps the templates name (plans check that each is an ancestor, and find
+        # them once when built): walking every ancestor per step made long chains quadratic.
+        plan = self._plan
+        wanted: Iterable[str | None] = (
+            plan.references(step.id)
+            if plan is not None
+            else {ref.step_id for text in _templates_of(step) for ref in template_refs(text)}
+        )
+        records = self._records
+        return {sid: records[sid].outputs() for sid in wanted if sid is not None and sid in records}
 
     # -- bookkeeping ---------------------------------------------------------------------------
 

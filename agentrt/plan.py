@@ -327,6 +327,7 @@ class Plan(BaseModel):
 
     _order: tuple[str, ...] = PrivateAttr(default=())
     _by_id: dict[str, Step] = PrivateAttr(default_factory=dict)
+    _refs: dict[str, tuple[str, ...]] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -370,7 +371,7 @@ class Plan(BaseModel):
                 "the steps form a cycle: " + " -> ".join(cycle), step_ids=tuple(cycle[:-1])
             )
         self._by_id = {s.id: s for s in self.steps}
-        _check_references(self._by_id, order)
+        self._refs = _check_references(self._by_id, order)
         self._order = order
         return self
 
@@ -386,6 +387,17 @@ class Plan(BaseModel):
             KeyError: no such step.
         """
         return self._by_id[step_id]
+
+    def references(self, step_id: str) -> tuple[str, ...]:
+        """The steps whose results ``step_id``'s prompt and args refer to (found once, when built).
+
+        Example:
+            >>> plan = Plan(name="p", steps=[Step(id="a"), Step(id="b", depends_on=["a"],
+            ...                                                  prompt="Use {{ a.text }}")])
+            >>> plan.references("b"), plan.references("a")
+            (('a',), ())
+        """
+        return self._refs.get(step_id, ())
 
     def ancestors(self, step_id: str) -> frozenset[str]:
         """Every step that ``step_id`` depends on, directly or through others."""
@@ -553,8 +565,13 @@ def load_plan(
     return plan
 
 
-def _check_references(by_id: Mapping[str, Step], order: Sequence[str]) -> None:
+def _check_references(
+    by_id: Mapping[str, Step], order: Sequence[str]
+) -> dict[str, tuple[str, ...]]:
     """Every ``{{ ref }}`` names a step this one depends on, directly or not.
+
+    Returns the steps each step refers to (only steps that refer to any), for the agent to look
+    up when the step runs.
 
     Direct dependencies are a set lookup. Other references are checked against ancestor sets
     kept as bitsets (one bit per referenced step), built once in topological order: linear in
@@ -564,11 +581,14 @@ def _check_references(by_id: Mapping[str, Step], order: Sequence[str]) -> None:
     problems: list[str] = []
     bad: list[str] = []
     indirect: dict[str, list[TemplateRef]] = {}
+    refs: dict[str, dict[str, None]] = {}
     for step in by_id.values():
         for text in _templates_of(step):
             if "{{" not in text:
                 continue
             for ref in template_refs(text):
+                if ref.step_id is not None:
+                    refs.setdefault(step.id, {})[ref.step_id] = None
                 if ref.step_id is None:
                     problems.append(
                         f"step {step.id!r} has a malformed template reference "
@@ -601,6 +621,7 @@ def _check_references(by_id: Mapping[str, Step], order: Sequence[str]) -> None:
                     bad.append(step_id)
     if problems:
         raise PlanError(_joined(problems), step_ids=tuple(dict.fromkeys(bad)))
+    return {step_id: tuple(found) for step_id, found in refs.items()}
 
 
 def _first_tool_problem(
