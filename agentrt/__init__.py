@@ -29,6 +29,7 @@ from agentrt.errors import (
     SubstrateTimeout,
     SubstrateUnavailable,
     ToolError,
+    ToolLoopFailed,
     UnknownNameError,
 )
 from agentrt.functions import TypedTool, function_tool
@@ -98,6 +99,7 @@ __all__ = [
     "ToolCall",
     "ToolCallDelta",
     "ToolError",
+    "ToolLoopFailed",
     "ToolResult",
     "ToolSpec",
     "TypedTool",

@@ -122,8 +122,8 @@ SpecDecode = Annotated[
     str | None,
     typer.Option(
         metavar="D:A",
-        help="Emulated engines: speculative decoding DRAFT:ACCEPT[:eagle|mtp|MODEL], or off "
-        "(default: the stack's).",
+        help="Emulated engines: speculative decoding DRAFT:ACCEPT[:eagle|mtp|MODEL], off, or on "
+        "(the stack's draft where it ships one off, as trtllm does; default: the stack's).",
     ),
 ]
 Stack = Annotated[

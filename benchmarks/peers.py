@@ -33,7 +33,7 @@ wall time / turns. The machine's other load shows as a median far above the min:
 the framework emits OpenTelemetry spans without extra packages: agentrt, PydanticAI (its
 ``Instrumentation`` capability) and Burr (``OpenTelemetryBridge``); the OpenAI Agents SDK row uses
 its own tracing with an in-memory trace processor. A framework that is not installed is skipped,
-as is agentrt while its ``Agent.run`` does not take a task text and ``max_turns``.
+and so is agentrt on a tree whose ``Agent.run`` predates the tool loop.
 """
 
 from __future__ import annotations

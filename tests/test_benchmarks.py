@@ -21,6 +21,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         ("load.py", ["--agents", "50", "--steps", "5"]),
         ("server.py", ["--requests", "20", "--tokens", "4", "--concurrency", "1,10"]),
         ("energy_price.py", ["--presets", "h100,wse3", "--models", "llama-3.1-8b"]),
+        ("peers.py", ["--reps", "1", "--turns", "3"]),
     ],
 )
 def test_benchmark_runs_and_prints_a_table(script: str, args: list[str]) -> None:
