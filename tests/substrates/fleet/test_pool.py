@@ -336,3 +336,13 @@ def test_engine_pool_is_deterministic_in_virtual_time_and_uses_the_derived_cold_
     from agentrt import VirtualClock, run
 
     assert run(main, clock=VirtualClock()) == pytest.approx(derived)
+
+
+def test_slots_come_from_the_first_replica_built(vrun: Vrun) -> None:
+    pool = Pool(lambda i: build_engine("h100", model="llama-3.1-8b", max_batch=16), initial=0)
+
+    async def main() -> int:
+        pool.scale_to(1, reason="from zero")
+        return pool.snapshot().slots_per_replica
+
+    assert vrun(main) == 16
