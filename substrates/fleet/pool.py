@@ -216,8 +216,6 @@ class Pool:
         self.replicas.drain_all(now)
         self._wake()
 
-    # -- the Substrate protocol ---------------------------------------------------------------
-
     async def infer(self, request: InferenceRequest) -> InferenceResult:
         """Serve ``request`` on the least-loaded warm replica (waiting for one if allowed).
 
@@ -281,7 +279,10 @@ class Pool:
     # -- internals ----------------------------------------------------------------------------
 
     def _now(self) -> float:
-        now = current_clock().current_time()
+        try:
+            now = current_clock().current_time()
+        except RuntimeError:  # read after the run (a report): the last time the pool saw
+            return self.replicas.last_t
         self.replicas.advance(now)
         return now
 

@@ -65,6 +65,11 @@ class ReplicaSet:
         """The index the next replica built gets."""
         return len(self._replicas)
 
+    @property
+    def last_t(self) -> float:
+        """The latest clock time the set was told of (0 before any)."""
+        return self._last_t or 0.0
+
     def all(self) -> Iterator[Replica]:
         """Every replica ever built, stopped ones included, by index."""
         return iter(self._replicas)
