@@ -26,7 +26,7 @@ Example:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Annotated, Literal, final
 
@@ -308,29 +308,38 @@ class ScalingController:
     def _target(self, now: float, current: int, want: int, *, woke: bool) -> int | None:
         """The count to apply now, or None to hold (delays and cooldowns)."""
         t = self.timing
-        since_change = None if self._last_change is None else now - self._last_change
         if want > current:
             self._down_since = None
             if woke:
                 return want if t.scale_up_delay_s == 0 else 1
             self._up_since = now if self._up_since is None else self._up_since
-            if now - self._up_since < t.scale_up_delay_s:
-                return None
-            if since_change is not None and since_change < t.scale_up_cooldown_s:
-                return None
-            start = max(self._up_since, now - t.scale_up_delay_s)
-            return min(w for ts, w in self._seen if ts >= start)
+            return self._settled(
+                now, self._up_since, t.scale_up_delay_s, t.scale_up_cooldown_s, min
+            )
         if want < current:
             self._up_since = None
             self._down_since = now if self._down_since is None else self._down_since
-            if now - self._down_since < t.scale_down_delay_s:
-                return None
-            if since_change is not None and since_change < t.scale_down_cooldown_s:
-                return None
-            start = max(self._down_since, now - t.scale_down_delay_s)
-            return max(w for ts, w in self._seen if ts >= start)
+            return self._settled(
+                now, self._down_since, t.scale_down_delay_s, t.scale_down_cooldown_s, max
+            )
         self._up_since = self._down_since = None
         return None
+
+    def _settled(
+        self,
+        now: float,
+        since: float,
+        delay_s: float,
+        cooldown_s: float,
+        cautious: Callable[[Iterable[int]], int],
+    ) -> int | None:
+        """The most ``cautious`` count wanted over the delay, once it held and cooled down."""
+        if now - since < delay_s:
+            return None
+        if self._last_change is not None and now - self._last_change < cooldown_s:
+            return None
+        start = max(since, now - delay_s)
+        return cautious(w for ts, w in self._seen if ts >= start)
 
     def _record(self, event: ScaleEvent) -> None:
         self.events.append(event)

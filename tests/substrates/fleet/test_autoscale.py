@@ -389,3 +389,20 @@ def test_the_same_seed_gives_the_same_decisions() -> None:
     second, _, lat2 = _spike(3)
     assert first == second
     assert lat1 == lat2
+
+
+def test_running_in_the_background_stops_with_the_block(vrun: Callable[..., Any]) -> None:
+    pool = Pool(
+        lambda i: FixedLatencySubstrate(latency_s=1.0), name="gpu", min_replicas=0,
+        max_replicas=2, initial=1, cold_start_s=5.0,
+    )  # fmt: skip
+    controller = ScalingController(pool, UtilizationSpec(interval_s=2, scale_down_delay_s=10))
+
+    async def main() -> float:
+        async with controller.running():
+            await current_clock().sleep(100.0)
+        return current_clock().current_time()
+
+    assert vrun(main) == 100.0
+    assert controller.ticks == 50
+    assert [(e.before, e.after) for e in controller.events] == [(1, 0)]  # idle: to zero
