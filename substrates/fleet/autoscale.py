@@ -28,11 +28,11 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import Annotated, Literal, final
+from typing import Annotated, Literal, Self, final
 
 import anyio
 from opentelemetry import metrics, trace
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 from agentrt import current_clock
 from substrates.fleet.ops import ScalablePool, ScaleEvent
@@ -89,6 +89,13 @@ class ScaleTiming(BaseModel):
         default=None, ge=0, description="a floor above the pool's (0 = to zero)"
     )
     max_replicas: int | None = Field(default=None, ge=0, description="a ceiling below the pool's")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Self:
+        low, high = self.min_replicas, self.max_replicas
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"min_replicas {low} > max_replicas {high}; lower min or raise max")
+        return self
 
 
 class TargetConcurrencySpec(ScaleTiming):
@@ -279,8 +286,11 @@ class ScalingController:
         )
         want = max(low, min(high, rec.replicas))
         current = snap.replicas
-        waiting = snap.queued + snap.in_flight
-        if current == 0 and waiting > 0 and high > 0:
+        # Demand at zero: requests waiting for a replica, or (``when_cold: reject``) refused
+        # since the last tick.
+        shed = any(c.rejected and c.t_s >= now - t.interval_s for c in window)
+        woke = current == 0 and (snap.queued + snap.in_flight > 0 or shed)
+        if woke and high > 0:
             want = max(want, 1)
         self._seen.append((now, want))
         keep = max(t.scale_up_delay_s, t.scale_down_delay_s)
@@ -294,7 +304,7 @@ class ScalingController:
             METRIC_REPLICAS, current, {**self._labels(), "agentrt.fleet.replicas.kind": "current"},
             description="Replicas a pool's autoscaler wants (desired) and has (current).",
         )  # fmt: skip
-        target = self._target(now, current, want, woke=current == 0 and waiting > 0)
+        target = self._target(now, current, want, woke=woke)
         if target is None:
             return None
         event = self.pool.scale_to(target, reason=rec.reason, policy=self.policy.name)
