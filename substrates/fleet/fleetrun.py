@@ -121,11 +121,13 @@ async def _awaited(fn: Callable[[], Awaitable[None]]) -> None:
 def _merged(
     tenants: Sequence[Tenant], duration_s: float, seeds: list[int]
 ) -> Iterator[tuple[float, int]]:
-    streams = [
-        ((t, i) for t in tenant.arrivals.times(duration_s, seed=seeds[i]))
-        for i, tenant in enumerate(tenants)
-    ]
-    return heapq.merge(*streams)
+    """All tenants' arrivals in time order, each as (time, tenant index)."""
+
+    def tagged(k: int) -> Iterator[tuple[float, int]]:
+        for t in tenants[k].arrivals.times(duration_s, seed=seeds[k]):
+            yield t, k
+
+    return heapq.merge(*(tagged(k) for k in range(len(tenants))))
 
 
 async def run_fleet(
