@@ -81,14 +81,14 @@ def run_check(
     Raises:
         AgentrtError: a bad plan, substrate or fleet spec.
     """
-    seed = check.seed if check.seed is not None else seed
-    if check.fleet is not None:
+    if check.fleet is not None:  # the fleet spec's own seed unless the check gives one
         measure_fleet = fleet if fleet is not None else _fleet_measure()
-        measure = measure_fleet(check.fleet, virtual, seed)
+        measure = measure_fleet(check.fleet, virtual, check.seed)
         verdicts = tuple(Verdict(t, measure(t)) for t in check.targets)
         return CheckOutcome(name, verdicts, sim_s=float("nan"), wall_s=float("nan"))
     if check.plan is None or check.substrate is None:  # the schema refuses this
         raise ConfigError("a check runs `plan:` on `substrate:`, or a `fleet:` spec")
+    seed = check.seed if check.seed is not None else seed
     plan = load_plan(check.plan, tools=default_registry().tool_args_model)
     report = run_load_study(
         plan,
@@ -107,7 +107,7 @@ def run_check(
 
 
 def _fleet_measure() -> FleetMeasure:
-    from substrates.fleet.fleetspec import measure_fleet_spec
+    from substrates.fleet.fleetbuild import measure_fleet_spec
 
     return measure_fleet_spec
 

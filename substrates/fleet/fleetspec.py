@@ -1,17 +1,205 @@
-"""Fleet spec files: pools, routing, autoscalers, tenants, rollouts (``agentrt load FLEET``)."""
+"""Fleet spec files: pools, routing, autoscalers, tenants and rollouts (``agentrt load FLEET``).
+
+A fleet spec is YAML, validated with ``file:line`` errors::
+
+    duration_s: 600               # arrivals stop after this (simulated) time
+    sample_s: 5                   # the time series' interval
+    pools:                        # each a `Pool` of replicas of one registered substrate
+      wse3:
+        preset: wse3              # a registered substrate (an emulated preset)
+        options: {max_batch: 32}  # its deployment options, stack included
+        min: 1                    # replica bounds and the count warm at the start
+        max: 4
+        initial: 1
+        standby: 1                # warm-pool replicas (loaded, not serving)
+        cold_start_s: 45          # default: derived from the deployment
+        autoscaler: {kind: queue_length, target: 2, interval_s: 5}
+      h100: {preset: h100, max: 8, autoscaler: {kind: target_concurrency}}
+    routing: {policy: least-time} # the `Router` between pools (any of its policies)
+    tenants:
+      chat:
+        plan: ../plans/research.yaml
+        arrivals: {kind: step, base_rate: 1, peak_rate: 20, at_s: 120}
+        slo: interactive
+        priority: 10
+        e2e_s: 8                  # its SLO: end to end per run, and TTFT per call
+        ttft_s: 0.5
+    rollouts:
+      - {kind: canary, pool: h100-canary, weight: 0.1, ...}
+
+Paths are relative to the spec file. `substrates.fleet.fleetbuild.build_fleet` builds the
+objects; this module holds only the schema and `load_fleet_spec`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
 
-from agentrt.errors import ConfigError
-from substrates.fleet.targets import Target
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["measure_fleet_spec"]
+from substrates.fleet.arrivals import ArrivalProcess
+from substrates.fleet.autoscale import AutoscalerSpec
+from substrates.fleet.router import Policy
+from substrates.fleet.specfile import read_spec
+
+__all__ = [
+    "FleetSpec",
+    "PoolSpec",
+    "RoutingSpec",
+    "TenantSpec",
+    "is_fleet_spec",
+    "load_fleet_spec",
+]
+
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+_FLEET_KEYS = frozenset({"pools", "tenants"})
 
 
-def measure_fleet_spec(
-    path: str, virtual: bool, seed: int | None
-) -> Callable[[Target], float | None]:
-    """Run the fleet spec at ``path`` and return what each target measures."""
-    raise ConfigError(f"{path}: fleet checks are not available yet")
+class PoolSpec(BaseModel):
+    """One pool: replicas of a registered substrate, their bounds, starts and autoscaler."""
+
+    model_config = _STRICT
+
+    preset: str = Field(min_length=1, description="A registered substrate, e.g. wse3 or h100.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="The substrate's options (model, max_batch, stack...)."
+    )
+    version: str = Field(default="v1", min_length=1, description="The version label.")
+    min: int = Field(default=0, ge=0, description="Fewest replicas (0 = may scale to zero).")
+    max: int = Field(default=4, ge=1, le=10_000, description="Most replicas.")
+    initial: int | None = Field(
+        default=None, ge=0, description="Replicas warm at the start; default `min`, at least 1."
+    )
+    standby: int = Field(default=0, ge=0, le=10_000, description="Warm-pool replicas.")
+    cold_start_s: float | None = Field(
+        default=None, ge=0, allow_inf_nan=False, description="Default: from the deployment."
+    )
+    warm_start_s: float | None = Field(
+        default=None, ge=0, allow_inf_nan=False, description="A standby replica's start."
+    )
+    when_cold: Literal["wait", "reject"] = "wait"
+    wait_timeout_s: float = Field(default=600.0, gt=0, allow_inf_nan=False)
+    max_queue: int | None = Field(default=None, ge=0, description="Admission control bound.")
+    autoscaler: AutoscalerSpec | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> PoolSpec:
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}; lower min or raise max")
+        if self.initial is not None and not self.min <= self.initial <= self.max:
+            raise ValueError(
+                f"initial {self.initial} must lie within min..max ({self.min}..{self.max})"
+            )
+        return self
+
+    @property
+    def initial_replicas(self) -> int:
+        """Replicas warm at the start: ``initial``, else ``min`` (at least one)."""
+        return self.initial if self.initial is not None else max(self.min, 1)
+
+
+class RoutingSpec(BaseModel):
+    """How calls are spread over the pools: the `Router`'s policy and its settings."""
+
+    model_config = _STRICT
+
+    policy: Policy = "least-time"
+    by_slo: dict[str, str] = Field(default_factory=dict)
+    by_kind: dict[str, str] = Field(default_factory=dict)
+    default: str | None = None
+    weights: dict[str, float] = Field(default_factory=dict)
+    failover: bool = True
+    hedge_after_s: float | None = Field(default=None, gt=0)
+    ewma_alpha: float = Field(default=0.2, gt=0, le=1)
+
+    def names(self) -> list[tuple[str, str]]:
+        """Every pool name this routing refers to, with the key that names it."""
+        named = [(f"by_slo.{k}", v) for k, v in self.by_slo.items()]
+        named += [(f"by_kind.{k}", v) for k, v in self.by_kind.items()]
+        named += [(f"weights.{k}", k) for k in self.weights]
+        if self.default is not None:
+            named.append(("default", self.default))
+        return named
+
+
+class TenantSpec(BaseModel):
+    """One tenant: a plan, its arrivals, its priority class and SLO targets."""
+
+    model_config = _STRICT
+
+    plan: str = Field(min_length=1, description="A plan file, relative to the spec.")
+    arrivals: ArrivalProcess
+    slo: str = Field(default="interactive", min_length=1)
+    priority: int = 0
+    e2e_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    ttft_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+
+
+class FleetSpec(BaseModel):
+    """A fleet spec file's content (see the module docstring)."""
+
+    model_config = _STRICT
+
+    name: str | None = None
+    duration_s: float = Field(gt=0, le=30 * 86_400, allow_inf_nan=False)
+    sample_s: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    seed: int = 0
+    pools: dict[str, PoolSpec] = Field(min_length=1)
+    routing: RoutingSpec = Field(default_factory=RoutingSpec)
+    tenants: dict[str, TenantSpec] = Field(min_length=1)
+    rollouts: list[dict[str, Any]] = Field(default_factory=list)
+    drain_timeout_s: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _names_exist(self) -> FleetSpec:
+        known = ", ".join(self.pools)
+        for where, name in self.routing.names():
+            if name not in self.pools:
+                raise ValueError(f"routing.{where} names pool {name!r}; the pools are {known}")
+        for i, rollout in enumerate(self.rollouts):
+            for key in ("pool", "baseline", "canary", "blue", "green", "old", "new"):
+                named = rollout.get(key)
+                if isinstance(named, str) and named not in self.pools:
+                    raise ValueError(
+                        f"rollouts.{i}.{key} names pool {named!r}; the pools are {known}"
+                    )
+        if self.sample_s > self.duration_s:
+            raise ValueError(
+                f"sample_s {self.sample_s:g} is longer than duration_s {self.duration_s:g}; "
+                "sample more often"
+            )
+        return self
+
+    def resolve(self, base: Path) -> FleetSpec:
+        """This spec with the tenants' plan paths relative to ``base`` (the spec's folder)."""
+        tenants = {
+            name: t.model_copy(update={"plan": str(base / t.plan)})
+            for name, t in self.tenants.items()
+        }
+        return self.model_copy(update={"tenants": tenants})
+
+
+def is_fleet_spec(path: Path) -> bool:
+    """Whether the YAML file at ``path`` looks like a fleet spec (it has ``pools`` and ``tenants``).
+
+    A cheap sniff for ``agentrt load FILE``: plans have ``steps``, fleet specs ``pools``.
+    """
+    if path.suffix.lower() not in (".yaml", ".yml") or not path.is_file():
+        return False
+    try:
+        head = path.read_text(encoding="utf-8", errors="replace")[:65_536]
+    except OSError:
+        return False
+    keys = {line.partition(":")[0].strip() for line in head.splitlines() if line[:1].isalpha()}
+    return keys >= _FLEET_KEYS
+
+
+def load_fleet_spec(path: str | Path) -> FleetSpec:
+    """Read and validate the fleet spec at ``path``; plan paths resolved against its folder.
+
+    Raises:
+        ConfigError: the file cannot be read or does not match the schema (``file:line``).
+    """
+    p = Path(path)
+    return read_spec(p, FleetSpec, what="fleet spec").resolve(p.parent)

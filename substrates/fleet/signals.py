@@ -106,7 +106,5 @@ class Signals:
             return
         gauge = self._gauges.get(metric)
         if gauge is None:
-            gauge = self._gauges[metric] = self._meter.create_gauge(
-                metric, description=description
-            )
+            gauge = self._gauges[metric] = self._meter.create_gauge(metric, description=description)
         gauge.set(value, attributes=dict(attributes))
