@@ -102,7 +102,7 @@ class TargetConcurrencySpec(ScaleTiming):
 
     def build(self) -> ConcurrencyPolicy:
         """The policy."""
-        return ConcurrencyPolicy(self.target, self.tolerance)
+        return ConcurrencyPolicy(self.target, self.tolerance, self.window_s)
 
 
 class UtilizationSpec(ScaleTiming):
@@ -114,7 +114,7 @@ class UtilizationSpec(ScaleTiming):
 
     def build(self) -> UtilizationPolicy:
         """The policy."""
-        return UtilizationPolicy(self.target, self.tolerance)
+        return UtilizationPolicy(self.target, self.tolerance, self.window_s)
 
 
 class QueueLengthSpec(ScaleTiming):

@@ -65,6 +65,11 @@ def statistics_of(substrate: Substrate) -> Any | None:
     return None
 
 
+def _check_weights(weights: Mapping[str, float]) -> None:
+    if not weights or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ConfigError("the weighted policy needs non-negative weights with a positive sum")
+
+
 @final
 class Router:
     """A `Substrate` that routes each call to one of ``routes`` by a policy, with fail-over.
@@ -127,12 +132,8 @@ class Router:
                 f"the router names unknown route(s) {', '.join(unknown)}; "
                 f"routes: {', '.join(self.routes)}"
             )
-        if policy == "weighted" and (
-            not self.weights
-            or any(w < 0 for w in self.weights.values())
-            or sum(self.weights.values()) <= 0
-        ):
-            raise ConfigError("the weighted policy needs non-negative weights with a positive sum")
+        if policy == "weighted":
+            _check_weights(self.weights)
         if policy == "cost" and cost_budget_usd is None:
             raise ConfigError("the cost policy needs cost_budget_usd")
         if hedge_after_s is not None and hedge_after_s < 0:
@@ -156,6 +157,23 @@ class Router:
         self.hedges = 0
         self.spent_usd = 0.0
         self._rng = random.Random(seed)
+
+    def set_weights(self, weights: Mapping[str, float]) -> None:
+        """Replace the ``weighted`` policy's weights at run time (a canary shift, a switch).
+
+        Calls already routed keep their route; the next pick uses the new weights.
+
+        Raises:
+            ConfigError: a weight names an unknown route, is negative, or they sum to 0.
+        """
+        unknown = sorted(n for n in weights if n not in self.routes)
+        if unknown:
+            raise ConfigError(
+                f"weights name unknown route(s) {', '.join(unknown)}; "
+                f"routes: {', '.join(self.routes)}"
+            )
+        _check_weights(weights)
+        self.weights = dict(weights)
 
     # -- choosing --------------------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ __all__ = [
     "SchedulePolicy",
     "SloPolicy",
     "UtilizationPolicy",
+    "average_load",
     "is_idle",
 ]
 
@@ -85,16 +86,26 @@ def _load(snapshot: PoolSnapshot) -> int:
     return snapshot.in_flight + snapshot.queued
 
 
+def average_load(snapshot: PoolSnapshot, window: Sequence[Completion], window_s: float) -> float:
+    """Requests in flight or queued: now, or on average over the window if more.
+
+    The average is Little's law over the window: the seconds its requests spent in the pool
+    over the window's length. A sample at one instant misses a busy pool between two bursts;
+    the average keeps it from scaling down (or to zero) until a whole window was quiet.
+    """
+    busy_s = sum(c.e2e_s for c in window if not c.rejected)
+    return max(float(_load(snapshot)), busy_s / window_s)
+
+
 def _proportional(
-    snapshot: PoolSnapshot, per_replica: float, tolerance: float, what: str
+    snapshot: PoolSnapshot, load: float, per_replica: float, tolerance: float, what: str
 ) -> Recommendation:
     """ceil(load / per_replica), unless the load is within ``tolerance`` of the current target."""
     current = snapshot.replicas
-    load = _load(snapshot)
-    want = math.ceil(load / per_replica)
+    want = math.ceil(load / per_replica - 1e-9)
     if current > 0 and abs(load / (current * per_replica) - 1.0) <= tolerance:
         want = current
-    return Recommendation(want, f"{what}: {load} in flight+queued / {per_replica:g} -> {want}")
+    return Recommendation(want, f"{what}: {load:.3g} in flight+queued / {per_replica:g} -> {want}")
 
 
 class _FromSpec(BaseModel):
@@ -103,10 +114,11 @@ class _FromSpec(BaseModel):
 
 @dataclass(slots=True)
 class ConcurrencyPolicy:
-    """``target_concurrency``: ``ceil((in_flight + queued) / target)`` replicas."""
+    """``target_concurrency``: ``ceil(load / target)`` replicas (load: see `average_load`)."""
 
     target: float | None
     tolerance: float
+    window_s: float = 60.0
     name: str = "target_concurrency"
 
     def desired(
@@ -116,7 +128,8 @@ class ConcurrencyPolicy:
         if is_idle(snapshot, window):
             return Recommendation(0, f"{self.name}: idle")
         per = self.target if self.target is not None else float(snapshot.slots_per_replica)
-        return _proportional(snapshot, per, self.tolerance, self.name)
+        load = average_load(snapshot, window, self.window_s)
+        return _proportional(snapshot, load, per, self.tolerance, self.name)
 
 
 @dataclass(slots=True)
@@ -125,6 +138,7 @@ class UtilizationPolicy:
 
     target: float
     tolerance: float
+    window_s: float = 60.0
     name: str = "utilization"
 
     def desired(
@@ -133,9 +147,9 @@ class UtilizationPolicy:
         """See the class docs."""
         if is_idle(snapshot, window):
             return Recommendation(0, f"{self.name}: idle")
-        return _proportional(
-            snapshot, snapshot.slots_per_replica * self.target, self.tolerance, self.name
-        )
+        load = average_load(snapshot, window, self.window_s)
+        per = snapshot.slots_per_replica * self.target
+        return _proportional(snapshot, load, per, self.tolerance, self.name)
 
 
 @dataclass(slots=True)
