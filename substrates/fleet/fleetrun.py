@@ -193,7 +193,11 @@ async def run_fleet(
     last_end = t0
 
     def on_call(result: InferenceResult) -> None:
-        pool_name = str(result.attributes.get("agentrt.route.substrate", result.substrate))
+        attrs = result.attributes
+        # The router's route names the pool; else a Pool's own label; else the engine.
+        pool_name = str(
+            attrs.get("agentrt.route.substrate", attrs.get("agentrt.pool", result.substrate))
+        )
         pool = report.pools.setdefault(pool_name, PoolReport(pool_name))
         pool.calls += 1
         pool.ttft_s.append(result.timing.ttft_s)

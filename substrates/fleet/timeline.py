@@ -1,7 +1,7 @@
 """A fleet run over time: the time-series picture (PNG/SVG) and the terminal summary.
 
-`plot_timeline` draws four panels sharing the time axis: arrivals (and completions, rejections)
-per second; replicas per pool as step lines with scale decisions marked as ticks; queued requests
+`plot_timeline` draws panels sharing the time axis: arrivals (and completions, rejections) per
+second; replicas per pool as step lines with scale decisions marked as ticks; queued requests
 per pool and agent runs in flight; windowed E2E and TTFT percentiles. Rollout steps are vertical
 lines across all panels. `print_fleet_summary` prints the per-tenant and per-pool tables.
 """
@@ -111,11 +111,14 @@ def plot_timeline(report: FleetReport, path: str | Path, *, title: str | None = 
 
     xs = [s.t_s for s in report.samples]
     pools = sorted({p for s in report.samples for p in s.pools})
-    fig, axes = plt.subplots(4, 1, sharex=True, figsize=(11, 10))
+    # Without sampled pools (plain substrates) there is no replicas panel.
+    rows = 4 if pools else 3
+    fig, axes = plt.subplots(rows, 1, sharex=True, figsize=(11, 2.5 * rows))
     _panel_arrivals(axes[0], report, xs)
-    _panel_replicas(axes[1], report, xs, pools)
-    _panel_queue(axes[2], report, xs, pools)
-    _panel_latency(axes[3], report, xs)
+    if pools:
+        _panel_replicas(axes[1], report, xs, pools)
+    _panel_queue(axes[rows - 2], report, xs, pools)
+    _panel_latency(axes[rows - 1], report, xs)
     for event in report.rollout_events:
         for ax in axes:
             ax.axvline(event.t_s - report.start_s, color="tab:gray", linestyle="--", linewidth=0.9)

@@ -85,3 +85,18 @@ def test_summary_fits_100_columns(vrun: Callable[..., Any]) -> None:
     assert "h100" in text
     assert "scale_up" in text
     assert f"{report.arrivals:,} arrivals" in text
+
+
+def test_picture_without_pools(vrun: Callable[..., Any], tmp_path: Path) -> None:
+    from agentrt.testing import FixedLatencySubstrate
+    from substrates.fleet.arrivals import PoissonArrivals
+    from substrates.fleet.timeline import plot_timeline
+
+    tenant = Tenant(
+        name="t", plan=Plan(name="p", steps=[Step(id="a")]), arrivals=PoissonArrivals(rate=2)
+    )
+    report = vrun(
+        partial(run_fleet, [tenant], FixedLatencySubstrate(latency_s=0.3), duration_s=10.0)
+    )
+    assert report.pools == {} or all(p.replica_s is None for p in report.pools.values())
+    assert plot_timeline(report, tmp_path / "plain.svg").stat().st_size > 0
