@@ -9,6 +9,7 @@ Registered as ``check = "substrates.fleet.check:check_command"`` in ``agentrt.co
 from __future__ import annotations
 
 import json
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -83,9 +84,10 @@ def run_check(
     """
     if check.fleet is not None:  # the fleet spec's own seed unless the check gives one
         measure_fleet = fleet if fleet is not None else _fleet_measure()
+        wall0 = time.perf_counter()
         measure = measure_fleet(check.fleet, virtual, check.seed)
         verdicts = tuple(Verdict(t, measure(t)) for t in check.targets)
-        return CheckOutcome(name, verdicts, sim_s=float("nan"), wall_s=float("nan"))
+        return CheckOutcome(name, verdicts, sim_s=float("nan"), wall_s=time.perf_counter() - wall0)
     if check.plan is None or check.substrate is None:  # the schema refuses this
         raise ConfigError("a check runs `plan:` on `substrate:`, or a `fleet:` spec")
     seed = check.seed if check.seed is not None else seed

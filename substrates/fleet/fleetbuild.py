@@ -12,14 +12,12 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from agentrt import VirtualClock, run
-from agentrt.errors import ConfigError
 from agentrt.interrupts import Interrupted
 from agentrt.plan import Plan, load_plan
 from agentrt.registry import default_registry
@@ -29,8 +27,9 @@ from substrates.fleet.autoscale import ScalingController
 from substrates.fleet.checkspec import measure_samples
 from substrates.fleet.fleetreport import FleetReport
 from substrates.fleet.fleetrun import Background, run_fleet
-from substrates.fleet.fleetspec import FleetSpec, PoolSpec, load_fleet_spec
+from substrates.fleet.fleetspec import CanarySpec, FleetSpec, PoolSpec, load_fleet_spec
 from substrates.fleet.pool import Pool
+from substrates.fleet.rollout import BlueGreen, Canary
 from substrates.fleet.router import Router
 from substrates.fleet.study import tools_for
 from substrates.fleet.targets import Target
@@ -67,7 +66,7 @@ class Fleet:
     substrate: Substrate
     tenants: list[Tenant]
     controllers: list[ScalingController] = field(default_factory=list)
-    rollouts: list[Any] = field(default_factory=list)
+    rollouts: list[Canary | BlueGreen] = field(default_factory=list)
     tools: list[Tool] = field(default_factory=list)
 
     @property
@@ -136,7 +135,7 @@ def build_fleet(spec: FleetSpec, *, virtual: bool = True, seed: int | None = Non
             by_slo=r.by_slo,
             by_kind=r.by_kind,
             default=r.default,
-            weights=r.weights or None,
+            weights=_weights(spec),
             failover=r.failover,
             hedge_after_s=r.hedge_after_s,
             ewma_alpha=r.ewma_alpha,
@@ -170,19 +169,54 @@ def build_fleet(spec: FleetSpec, *, virtual: bool = True, seed: int | None = Non
     return Fleet(spec, pools, substrate, tenants, controllers, rollouts, list(tools.values()))
 
 
-def _build_rollouts(spec: FleetSpec, pools: dict[str, Pool], substrate: Substrate) -> list[Any]:
-    if not spec.rollouts:
+def _build_rollouts(
+    spec: FleetSpec, pools: dict[str, Pool], substrate: Substrate
+) -> list[Canary | BlueGreen]:
+    if not spec.rollouts or not isinstance(substrate, Router):
         return []
-    try:
-        rollout_mod = importlib.import_module("substrates.fleet.rollout")
-    except ImportError:
-        raise ConfigError(
-            "rollouts need substrates.fleet.rollout, which this install lacks; remove `rollouts:`"
-        ) from None
-    build = getattr(rollout_mod, "build_rollout", None)
-    if build is None or not isinstance(substrate, Router):
-        raise ConfigError("rollouts are not wired in this build; remove `rollouts:`")
-    return [build(entry, pools=pools, router=substrate) for entry in spec.rollouts]
+    rollouts: list[Canary | BlueGreen] = []
+    for r in spec.rollouts:
+        if isinstance(r, CanarySpec):
+            rollouts.append(
+                Canary(
+                    substrate,
+                    pools[r.stable],
+                    pools[r.canary],
+                    percent=r.percent,
+                    slo=r.slo,
+                    window_s=r.window_s,
+                    min_requests=r.min_requests,
+                    interval_s=r.interval_s,
+                    steps=r.steps,
+                    promote=r.promote,
+                    drain=r.drain,
+                )
+            )
+        else:
+            rollouts.append(
+                BlueGreen(
+                    substrate,
+                    pools[r.blue],
+                    pools[r.green],
+                    switch_at_s=r.switch_at_s,
+                    ready_timeout_s=r.ready_timeout_s,
+                    drain_timeout_s=r.drain_timeout_s,
+                    interval_s=r.interval_s,
+                )
+            )
+    return rollouts
+
+
+def _weights(spec: FleetSpec) -> dict[str, float] | None:
+    """The router's starting weights: as given, else all traffic on each rollout's old pool."""
+    if spec.routing.weights or not spec.rollouts:
+        return dict(spec.routing.weights) or None
+    weights: dict[str, float] = {}
+    for rollout in spec.rollouts:
+        old, new = rollout.pools()
+        weights.setdefault(old, 100.0)
+        weights.setdefault(new, 0.0)
+    return weights
 
 
 def run_fleet_spec(

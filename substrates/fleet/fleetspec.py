@@ -24,8 +24,13 @@ A fleet spec is YAML, validated with ``file:line`` errors::
         priority: 10
         e2e_s: 8                  # its SLO: end to end per run, and TTFT per call
         ttft_s: 0.5
-    rollouts:
-      - {kind: canary, pool: h100-canary, weight: 0.1, ...}
+    rollouts:                     # need `routing: {policy: weighted}`
+      - kind: canary              # percent of traffic to `canary`; rolled back on a breach
+        stable: h100
+        canary: h100-vllm
+        percent: 10
+        slo: {p95_e2e_s: 30, max_error_rate: 0.01}
+      - {kind: blue_green, blue: h100, green: h100-v2, switch_at_s: 300}
 
 Paths are relative to the spec file. `substrates.fleet.fleetbuild.build_fleet` builds the
 objects; this module holds only the schema and `load_fleet_spec`.
@@ -34,18 +39,22 @@ objects; this module holds only the schema and `load_fleet_spec`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from substrates.fleet.arrivals import ArrivalProcess
 from substrates.fleet.autoscale import AutoscalerSpec
+from substrates.fleet.rollout import CanarySlo
 from substrates.fleet.router import Policy
 from substrates.fleet.specfile import read_spec
 
 __all__ = [
+    "BlueGreenSpec",
+    "CanarySpec",
     "FleetSpec",
     "PoolSpec",
+    "RolloutSpec",
     "RoutingSpec",
     "TenantSpec",
     "is_fleet_spec",
@@ -136,6 +145,50 @@ class TenantSpec(BaseModel):
     ttft_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
 
+class CanarySpec(BaseModel):
+    """A canary: ``percent`` of traffic to ``canary``, judged against ``slo`` every window."""
+
+    model_config = _STRICT
+
+    kind: Literal["canary"] = "canary"
+    stable: str
+    canary: str
+    percent: float = Field(gt=0, le=100)
+    slo: CanarySlo
+    steps: list[float] = Field(default_factory=list)
+    promote: bool = False
+    drain: bool = True
+    window_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    min_requests: int = Field(default=20, ge=1)
+    interval_s: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+
+    def pools(self) -> tuple[str, str]:
+        """(old, new)."""
+        return self.stable, self.canary
+
+
+class BlueGreenSpec(BaseModel):
+    """Blue-green: all traffic on ``blue`` until ``switch_at_s``, then on ``green``."""
+
+    model_config = _STRICT
+
+    kind: Literal["blue_green"] = "blue_green"
+    blue: str
+    green: str
+    switch_at_s: float = Field(ge=0, allow_inf_nan=False)
+    ready_timeout_s: float = Field(default=600.0, gt=0, allow_inf_nan=False)
+    drain_timeout_s: float = Field(default=600.0, gt=0, allow_inf_nan=False)
+    interval_s: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+
+    def pools(self) -> tuple[str, str]:
+        """(old, new)."""
+        return self.blue, self.green
+
+
+#: One rollout of a fleet spec, told apart by ``kind``.
+RolloutSpec = Annotated[CanarySpec | BlueGreenSpec, Field(discriminator="kind")]
+
+
 class FleetSpec(BaseModel):
     """A fleet spec file's content (see the module docstring)."""
 
@@ -148,7 +201,7 @@ class FleetSpec(BaseModel):
     pools: dict[str, PoolSpec] = Field(min_length=1)
     routing: RoutingSpec = Field(default_factory=RoutingSpec)
     tenants: dict[str, TenantSpec] = Field(min_length=1)
-    rollouts: list[dict[str, Any]] = Field(default_factory=list)
+    rollouts: list[RolloutSpec] = Field(default_factory=list)
     drain_timeout_s: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
@@ -158,12 +211,13 @@ class FleetSpec(BaseModel):
             if name not in self.pools:
                 raise ValueError(f"routing.{where} names pool {name!r}; the pools are {known}")
         for i, rollout in enumerate(self.rollouts):
-            for key in ("pool", "baseline", "canary", "blue", "green", "old", "new"):
-                named = rollout.get(key)
-                if isinstance(named, str) and named not in self.pools:
-                    raise ValueError(
-                        f"rollouts.{i}.{key} names pool {named!r}; the pools are {known}"
-                    )
+            for named in rollout.pools():
+                if named not in self.pools:
+                    raise ValueError(f"rollouts.{i} names pool {named!r}; the pools are {known}")
+        if self.rollouts and self.routing.policy != "weighted":
+            raise ValueError(
+                "a rollout shifts the router's weights: set `routing: {policy: weighted}`"
+            )
         if self.sample_s > self.duration_s:
             raise ValueError(
                 f"sample_s {self.sample_s:g} is longer than duration_s {self.duration_s:g}; "
