@@ -6,7 +6,7 @@ returns the `FleetReport`; `measure_fleet` reads an ``agentrt check`` target off
 
 Example:
     >>> from substrates.fleet.fleetspec import load_fleet_spec
-    >>> spec = load_fleet_spec("examples/fleets/check-fleet.yaml")  # doctest: +SKIP
+    >>> spec = load_fleet_spec("examples/fleets/autoscale-h100.yaml")  # doctest: +SKIP
     >>> report = run_fleet_spec(spec, virtual=True)                  # doctest: +SKIP
 """
 

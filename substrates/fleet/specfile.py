@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -91,8 +91,26 @@ def parse_spec_text(text: str, model: type[M], *, source: str, what: str = "spec
             for e in errors
             if e["type"] == "missing" and tuple(e["loc"][:-1]) == loc[:-1]
         ]
-        message = _message(first, missing)
+        message = _message(first, missing or sorted(_field_names(model)))
         raise ConfigError(f"{_where(source, line)}: {where}: {message}") from None
+
+
+def _field_names(model: type[BaseModel]) -> set[str]:
+    """Every field name of ``model`` and of the models its fields hold (for "did you mean")."""
+    names: set[str] = set()
+    todo: list[Any] = [model]
+    seen: set[int] = set()
+    while todo:
+        kind = todo.pop()
+        if id(kind) in seen:
+            continue
+        seen.add(id(kind))
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            names.update(kind.model_fields)
+            todo.extend(f.annotation for f in kind.model_fields.values())
+        else:
+            todo.extend(get_args(kind))
+    return names
 
 
 def _message(error: Any, missing: list[str]) -> str:
