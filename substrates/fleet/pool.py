@@ -38,7 +38,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from itertools import takewhile
-from typing import Any, Literal, final
+from typing import Literal, final
 
 import anyio
 
@@ -51,6 +51,7 @@ from substrates.fleet.replicas import (
     PoolStream,
     Replica,
     ReplicaSet,
+    annotated,
     check_options,
     deployment_of,
 )
@@ -134,10 +135,9 @@ class Pool:
             self.replicas.add(self._build(), "warm", ready_at=0.0)
         for _ in range(standby):
             self.replicas.add(self._build(), "standby", ready_at=0.0)
+        self._slots = slots_per_replica
         first = next(iter(self.replicas.all()), None)
-        dep = deployment_of(first.substrate) if first is not None else None
-        self.slots_per_replica = slots_per_replica or int(getattr(dep, "max_batch", 1) or 1)
-        if cold_start_s is None and first is not None and dep is None:
+        if cold_start_s is None and first is not None and deployment_of(first.substrate) is None:
             raise ConfigError(
                 f"pool {name!r}: its replicas have no deployment to derive a cold start from; "
                 "pass cold_start_s="
@@ -278,6 +278,17 @@ class Pool:
 
     # -- internals ----------------------------------------------------------------------------
 
+    @property
+    def slots_per_replica(self) -> int:
+        """Requests one replica serves at once: as given, else its engine's ``max_batch``."""
+        if self._slots is None:
+            first = next(iter(self.replicas.all()), None)
+            if first is None:
+                return 1  # nothing built yet: decided by the first replica
+            dep = deployment_of(first.substrate)
+            self._slots = int(getattr(dep, "max_batch", 1) or 1)
+        return self._slots
+
     def _now(self) -> float:
         try:
             now = current_clock().current_time()
@@ -363,19 +374,8 @@ class Pool:
     def _annotate(
         self, result: InferenceResult, replica: Replica, waited: float
     ) -> InferenceResult:
-        attributes: dict[str, str | int | float | bool] = {
-            **result.attributes,
-            "agentrt.pool": self.name,
-            "agentrt.pool.version": self.version,
-            "agentrt.pool.replica": replica.index,
-        }
-        update: dict[str, Any] = {"attributes": attributes}
-        if waited > 0:
-            timing = result.timing
-            update["timing"] = timing.model_copy(
-                update={"queue_s": timing.queue_s + waited, "ttft_s": timing.ttft_s + waited}
-            )
-        return result.model_copy(update=update)
+        labels = {"agentrt.pool": self.name, "agentrt.pool.version": self.version}
+        return annotated(result, {**labels, "agentrt.pool.replica": replica.index}, waited)
 
     def _release(
         self,

@@ -20,7 +20,14 @@ from agentrt.errors import ConfigError
 from agentrt.substrate import InferenceResult, Substrate, TokenChunk
 from substrates.fleet.ops import ReplicaState, ScaleEvent
 
-__all__ = ["PoolStream", "Replica", "ReplicaSet", "check_options", "deployment_of"]
+__all__ = [
+    "PoolStream",
+    "Replica",
+    "ReplicaSet",
+    "annotated",
+    "check_options",
+    "deployment_of",
+]
 
 _ON_HARDWARE: tuple[ReplicaState, ...] = ("starting", "warm", "draining")
 _STATES: tuple[ReplicaState, ...] = ("standby", "starting", "warm", "draining", "stopped")
@@ -252,3 +259,20 @@ def check_options(
             raise ConfigError(f"pool {name!r}: {label} must be >= 0, got {value}")
     if when_cold not in ("wait", "reject"):
         raise ConfigError(f"pool {name!r}: when_cold is 'wait' or 'reject', not {when_cold!r}")
+
+
+def annotated(
+    result: InferenceResult, labels: dict[str, str | int], waited_s: float
+) -> InferenceResult:
+    """``result`` with ``labels`` among its span attributes, and ``waited_s`` added.
+
+    ``waited_s`` (time spent in a pool waiting for a warm replica) joins the result's queueing
+    time and time to first token.
+    """
+    update: dict[str, Any] = {"attributes": {**result.attributes, **labels}}
+    if waited_s > 0:
+        timing = result.timing
+        update["timing"] = timing.model_copy(
+            update={"queue_s": timing.queue_s + waited_s, "ttft_s": timing.ttft_s + waited_s}
+        )
+    return result.model_copy(update=update)

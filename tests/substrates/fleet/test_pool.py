@@ -336,3 +336,41 @@ def test_engine_pool_is_deterministic_in_virtual_time_and_uses_the_derived_cold_
     from agentrt import VirtualClock, run
 
     assert run(main, clock=VirtualClock()) == pytest.approx(derived)
+
+
+def test_slots_come_from_the_first_replica_built(vrun: Vrun) -> None:
+    pool = Pool(lambda i: build_engine("h100", model="llama-3.1-8b", max_batch=16), initial=0)
+
+    async def main() -> int:
+        pool.scale_to(1, reason="from zero")
+        return pool.snapshot().slots_per_replica
+
+    assert vrun(main) == 16
+
+
+def test_a_cancelled_waiter_is_counted_and_leaves_no_trace(vrun: Vrun) -> None:
+    pool = fixed_pool(initial=0)
+
+    async def main() -> None:
+        with anyio.move_on_after(5.0):
+            await pool.infer(req())
+        s = pool.snapshot()
+        assert (pool.arrivals, pool.cancelled, s.queued, s.rejected) == (1, 1, 0, 0)
+
+    vrun(main)
+
+
+def test_a_router_fails_over_from_a_cold_pool(vrun: Vrun) -> None:
+    from substrates.fleet.router import Router
+
+    cold = fixed_pool(initial=0, when_cold="reject")
+    warm = Pool(lambda i: FixedLatencySubstrate(latency_s=1.0), name="warm", cold_start_s=1.0)
+    router = Router({"cold": cold, "warm": warm}, policy="first")
+
+    async def main() -> Any:
+        return await router.infer(req())
+
+    result = vrun(main)
+    assert result.attributes["agentrt.pool"] == "warm"
+    assert result.attributes["agentrt.route.failovers"] == 1
+    assert cold.snapshot().rejected == 1
