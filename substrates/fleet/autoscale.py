@@ -26,13 +26,13 @@ Example:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import Annotated, Literal, final
+from typing import Annotated, Literal, Self, final
 
 import anyio
 from opentelemetry import metrics, trace
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 from agentrt import current_clock
 from substrates.fleet.ops import ScalablePool, ScaleEvent
@@ -89,6 +89,13 @@ class ScaleTiming(BaseModel):
         default=None, ge=0, description="a floor above the pool's (0 = to zero)"
     )
     max_replicas: int | None = Field(default=None, ge=0, description="a ceiling below the pool's")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Self:
+        low, high = self.min_replicas, self.max_replicas
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"min_replicas {low} > max_replicas {high}; lower min or raise max")
+        return self
 
 
 class TargetConcurrencySpec(ScaleTiming):
@@ -279,8 +286,11 @@ class ScalingController:
         )
         want = max(low, min(high, rec.replicas))
         current = snap.replicas
-        waiting = snap.queued + snap.in_flight
-        if current == 0 and waiting > 0 and high > 0:
+        # Demand at zero: requests waiting for a replica, or (``when_cold: reject``) refused
+        # since the last tick.
+        shed = any(c.rejected and c.t_s >= now - t.interval_s for c in window)
+        woke = current == 0 and (snap.queued + snap.in_flight > 0 or shed)
+        if woke and high > 0:
             want = max(want, 1)
         self._seen.append((now, want))
         keep = max(t.scale_up_delay_s, t.scale_down_delay_s)
@@ -294,7 +304,7 @@ class ScalingController:
             METRIC_REPLICAS, current, {**self._labels(), "agentrt.fleet.replicas.kind": "current"},
             description="Replicas a pool's autoscaler wants (desired) and has (current).",
         )  # fmt: skip
-        target = self._target(now, current, want, woke=current == 0 and waiting > 0)
+        target = self._target(now, current, want, woke=woke)
         if target is None:
             return None
         event = self.pool.scale_to(target, reason=rec.reason, policy=self.policy.name)
@@ -308,29 +318,38 @@ class ScalingController:
     def _target(self, now: float, current: int, want: int, *, woke: bool) -> int | None:
         """The count to apply now, or None to hold (delays and cooldowns)."""
         t = self.timing
-        since_change = None if self._last_change is None else now - self._last_change
         if want > current:
             self._down_since = None
             if woke:
                 return want if t.scale_up_delay_s == 0 else 1
             self._up_since = now if self._up_since is None else self._up_since
-            if now - self._up_since < t.scale_up_delay_s:
-                return None
-            if since_change is not None and since_change < t.scale_up_cooldown_s:
-                return None
-            start = max(self._up_since, now - t.scale_up_delay_s)
-            return min(w for ts, w in self._seen if ts >= start)
+            return self._settled(
+                now, self._up_since, t.scale_up_delay_s, t.scale_up_cooldown_s, min
+            )
         if want < current:
             self._up_since = None
             self._down_since = now if self._down_since is None else self._down_since
-            if now - self._down_since < t.scale_down_delay_s:
-                return None
-            if since_change is not None and since_change < t.scale_down_cooldown_s:
-                return None
-            start = max(self._down_since, now - t.scale_down_delay_s)
-            return max(w for ts, w in self._seen if ts >= start)
+            return self._settled(
+                now, self._down_since, t.scale_down_delay_s, t.scale_down_cooldown_s, max
+            )
         self._up_since = self._down_since = None
         return None
+
+    def _settled(
+        self,
+        now: float,
+        since: float,
+        delay_s: float,
+        cooldown_s: float,
+        cautious: Callable[[Iterable[int]], int],
+    ) -> int | None:
+        """The most ``cautious`` count wanted over the delay, once it held and cooled down."""
+        if now - since < delay_s:
+            return None
+        if self._last_change is not None and now - self._last_change < cooldown_s:
+            return None
+        start = max(since, now - delay_s)
+        return cautious(w for ts, w in self._seen if ts >= start)
 
     def _record(self, event: ScaleEvent) -> None:
         self.events.append(event)

@@ -347,34 +347,41 @@ class BlueGreen(_Rollout):
         self.interval_s = interval_s
         self.switched = False
 
-    async def run(self) -> None:
-        """Start on blue, switch at ``switch_at_s`` once green is warm, then drain blue."""
+    async def run(self, until_s: float | None = None) -> None:
+        """Start on blue, switch at ``switch_at_s`` once green is warm, then drain blue.
+
+        With ``until_s``, stop waiting when the clock reads it (the run is over).
+        """
         clock = current_clock()
         self._signals.start({"agentrt.fleet.rollout.to": self.new.name})
+        left = None if until_s is None else max(0.0, until_s - clock.current_time())
         try:
-            self._shift("start", f"blue {self.old.version}: all traffic", 0.0)
-            await clock.sleep(max(0.0, self.switch_at_s - clock.current_time()))
-            blue_n = self.old.snapshot().replicas
-            self.new.scale_to(
-                max(blue_n, self.new.snapshot().replicas), reason="blue-green: match blue"
-            )
-            with anyio.move_on_after(self.ready_timeout_s):
-                while self.new.snapshot().warm == 0:
-                    await clock.sleep(self.interval_s)
-            if self.new.snapshot().warm == 0:
-                self._shift("rollback", f"green {self.new.version}: no warm replica", None)
-                return
-            self._shift("switch", f"green {self.new.version}: all traffic", 100.0)
-            self.switched = True
-            self.old.drain()
-            with anyio.move_on_after(self.drain_timeout_s):
-                while (snap := self.old.snapshot()).in_flight + snap.queued > 0:
-                    await clock.sleep(self.interval_s)
-            snap = self.old.snapshot()
-            left = snap.in_flight + snap.queued
-            detail = f"blue {self.old.version}: drained" + (
-                f", {left} still in flight" if left else ""
-            )
-            self._shift("drained", detail, None)
+            with anyio.move_on_after(left if left is not None else float("inf")):
+                await self._run()
         finally:
             self._signals.end()
+
+    async def _run(self) -> None:
+        clock = current_clock()
+        self._shift("start", f"blue {self.old.version}: all traffic", 0.0)
+        await clock.sleep(max(0.0, self.switch_at_s - clock.current_time()))
+        blue_n = self.old.snapshot().replicas
+        self.new.scale_to(
+            max(1, blue_n, self.new.snapshot().replicas), reason="blue-green: match blue"
+        )
+        with anyio.move_on_after(self.ready_timeout_s):
+            while self.new.snapshot().warm == 0:
+                await clock.sleep(self.interval_s)
+        if self.new.snapshot().warm == 0:
+            self._shift("rollback", f"green {self.new.version}: no warm replica", None)
+            return
+        self._shift("switch", f"green {self.new.version}: all traffic", 100.0)
+        self.switched = True
+        self.old.drain()
+        with anyio.move_on_after(self.drain_timeout_s):
+            while (snap := self.old.snapshot()).in_flight + snap.queued > 0:
+                await clock.sleep(self.interval_s)
+        snap = self.old.snapshot()
+        left = snap.in_flight + snap.queued
+        detail = f"blue {self.old.version}: drained" + (f", {left} still in flight" if left else "")
+        self._shift("drained", detail, None)

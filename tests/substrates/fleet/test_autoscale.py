@@ -263,6 +263,8 @@ def test_specs_parse_by_kind_and_reject_bad_input() -> None:
         parse_autoscaler({"kind": "guess"})
     with pytest.raises(ValidationError):
         parse_autoscaler({"kind": "utilization", "interval_s": 0})
+    with pytest.raises(ValidationError, match="min_replicas 3 > max_replicas 2"):
+        parse_autoscaler({"kind": "queue_length", "min_replicas": 3, "max_replicas": 2})
 
 
 def test_a_custom_policy_object_runs_with_default_timing() -> None:
@@ -389,3 +391,39 @@ def test_the_same_seed_gives_the_same_decisions() -> None:
     second, _, lat2 = _spike(3)
     assert first == second
     assert lat1 == lat2
+
+
+def test_running_in_the_background_stops_with_the_block(vrun: Callable[..., Any]) -> None:
+    pool = Pool(
+        lambda i: FixedLatencySubstrate(latency_s=1.0), name="gpu", min_replicas=0,
+        max_replicas=2, initial=1, cold_start_s=5.0,
+    )  # fmt: skip
+    controller = ScalingController(pool, UtilizationSpec(interval_s=2, scale_down_delay_s=10))
+
+    async def main() -> float:
+        async with controller.running():
+            await current_clock().sleep(100.0)
+        return current_clock().current_time()
+
+    assert vrun(main) == 100.0
+    assert 50 <= controller.ticks <= 51  # at 0, 2, ... (100: as the block ends)
+    assert [(e.before, e.after) for e in controller.events] == [(1, 0)]  # idle: to zero
+
+
+def test_a_refusing_pool_at_zero_wakes_on_refused_arrivals(vrun: Callable[..., Any]) -> None:
+    pool = Pool(
+        lambda i: FixedLatencySubstrate(latency_s=1.0), name="gpu", min_replicas=0,
+        max_replicas=2, initial=0, cold_start_s=20.0, when_cold="reject",
+    )  # fmt: skip
+    controller = ScalingController(pool, TargetConcurrencySpec(interval_s=5))
+    latencies: list[float] = []
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(controller.run, 100.0)
+            await _serve(pool, [1.0, 2.0, 60.0], latencies)
+
+    vrun(main)
+    assert latencies == [-1.0, -1.0, 1.0]  # refused while cold, served once warm
+    assert next((e.before, e.after, e.t_s) for e in controller.events) == (0, 1, 5.0)
+    assert pool.served + pool.rejected == pool.arrivals == 3

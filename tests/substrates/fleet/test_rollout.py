@@ -11,6 +11,7 @@ from agentrt import VirtualClock, current_clock, run
 from agentrt.errors import ConfigError
 from agentrt.substrate import InferenceRequest
 from agentrt.testing import FixedLatencySubstrate
+from substrates.emulated.engine import build_engine
 from substrates.fleet.ops import Completion
 from substrates.fleet.pool import Pool
 from substrates.fleet.rollout import BlueGreen, Canary, CanarySlo, cohort_stats
@@ -32,7 +33,9 @@ def weighted(*pools: Pool, seed: int = 1) -> Router:
     return Router({p.name: p for p in pools}, policy="weighted", weights=weights, seed=seed)
 
 
-async def traffic(router: Router, *, rate: float, until: float, seed: int, sent: Sent) -> None:
+async def traffic(
+    router: Router, *, rate: float, until: float, seed: int, sent: Sent, tokens: int = 4
+) -> None:
     """Poisson arrivals through ``router``, open loop; every request must finish."""
     clock = current_clock()
     rng = random.Random(seed)
@@ -40,7 +43,9 @@ async def traffic(router: Router, *, rate: float, until: float, seed: int, sent:
     async def one() -> None:
         t0 = clock.current_time()
         with anyio.fail_after(600):
-            result = await router.infer(InferenceRequest.from_prompt("hi", max_output_tokens=4))
+            result = await router.infer(
+                InferenceRequest.from_prompt("hi", max_output_tokens=tokens)
+            )
         route = str(result.attributes["agentrt.route.substrate"])
         sent.append((t0, clock.current_time(), route))
 
@@ -175,3 +180,32 @@ def test_blue_green_switches_then_drains_without_dropping_in_flight(
     assert blue.served == len(on_blue)
     assert blue.served + green.served == len(sent)  # nothing dropped
     assert blue.rejected == green.rejected == 0
+
+
+def test_a_canary_on_a_slower_stack_of_emulated_engines_is_rolled_back(
+    vrun: Callable[..., Any],
+) -> None:
+    def wse3(stack: str, version: str) -> Pool:
+        return Pool(
+            lambda i: build_engine("wse3", model="llama-3.1-8b", stack=stack, seed=10 + i),
+            name=version, version=version, initial=1, max_replicas=1, cold_start_s=60.0,
+        )  # fmt: skip
+
+    stable, canary = wse3("cs-current", "current"), wse3("cs-2024-08", "older")
+    router = weighted(stable, canary, seed=4)
+    slo = CanarySlo(p95_e2e_s=0.5)
+    rollout = Canary(router, stable, canary, percent=10, slo=slo, window_s=60, min_requests=10)
+    sent: Sent = []
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(rollout.run, 600.0)
+            await traffic(router, rate=2.0, until=600.0, seed=4, sent=sent, tokens=1000)
+
+    vrun(main)
+    assert [e.kind for e in rollout.events] == ["start", "rollback"]
+    fast, slow = cohort_stats(stable, 0.0), cohort_stats(canary, 0.0)
+    assert fast.p95_e2e_s is not None
+    assert slow.p95_e2e_s is not None
+    assert fast.p95_e2e_s < 0.5 < slow.p95_e2e_s  # the stack alone makes the difference
+    assert fast.requests + slow.requests == len(sent)
