@@ -19,7 +19,12 @@ from substrates.fleet.fleetreport import FleetReport
 
 __all__ = ["plot_timeline", "print_fleet_summary"]
 
-_TICK_COLORS = {"scale_up": "tab:green", "scale_down": "tab:red", "ready": "tab:blue"}
+_TICK_COLORS = {
+    "scale_up": "tab:green",
+    "scale_down": "tab:red",
+    "ready": "black",
+    "stopped": "grey",
+}
 
 
 def _panel_arrivals(ax: Any, report: FleetReport, xs: list[float]) -> None:
@@ -45,7 +50,7 @@ def _panel_replicas(ax: Any, report: FleetReport, xs: list[float], pools: list[s
         # A short tick at the decision's new count: the gap to the step line is the start lag.
         ax.plot([t, t], [event.before, event.after], color=color, linewidth=2.2, alpha=0.8)
         ax.plot([t], [event.after], marker="|", markersize=9, color=lines.get(event.pool, color))
-    ax.set_ylabel("replicas\n(dotted: warm)")
+    ax.set_ylabel("replicas (dotted: warm)\nticks: up, down, ready")
 
 
 def _panel_queue(ax: Any, report: FleetReport, xs: list[float], pools: list[str]) -> None:

@@ -89,3 +89,48 @@ def test_spike_on_pools_conserves_and_reports_pools(vrun: Callable[..., Any]) ->
 
 def test_spike_on_pools_is_deterministic(vrun: Callable[..., Any]) -> None:
     assert run_spike(vrun, seed=12) == run_spike(vrun, seed=12)
+
+
+def test_slow_canary_is_rolled_back_alongside_an_autoscaler(vrun: Callable[..., Any]) -> None:
+    from substrates.fleet.autoscale import QueueLengthSpec, ScalingController
+    from substrates.fleet.rollout import Canary, CanarySlo
+
+    def pool(version: str, latency_s: float) -> Pool:
+        return Pool(
+            lambda i: FixedLatencySubstrate(latency_s=latency_s, name=f"{version}-{i}"),
+            name=version,
+            version=version,
+            initial=2,
+            max_replicas=4,
+            cold_start_s=10.0,
+            slots_per_replica=8,
+        )
+
+    stable, slower = pool("v1", 0.5), pool("v2", 3.0)
+    router = Router({"v1": stable, "v2": slower}, policy="weighted", weights={"v1": 1, "v2": 0})
+    canary = Canary(
+        router, stable, slower, percent=20, slo=CanarySlo(p95_e2e_s=1.5), window_s=30,
+        min_requests=10,
+    )  # fmt: skip
+    scaler = ScalingController(stable, QueueLengthSpec(target=2, interval_s=5.0))
+    tenant = Tenant(name="chat", plan=PLAN, arrivals=StepArrivals(base_rate=3, peak_rate=3, at_s=0))
+    report = vrun(
+        partial(
+            run_fleet,
+            [tenant],
+            router,
+            duration_s=120.0,
+            seed=5,
+            background=[partial(canary.run, 120.0), scaler.running()],
+            events=[canary, scaler],
+        )
+    )
+    assert report.lost == 0
+    assert [e.kind for e in report.rollout_events] == ["start", "rollback"]
+    rollback = report.rollout_events[-1].t_s - report.start_s
+    assert report.pools["v2"].version == "v2"
+    assert report.pools["v2"].calls > 0
+    # After the rollback no new agent runs reach the canary: its in-flight count falls to 0.
+    late = [s.pools["v2"]["in_flight"] for s in report.samples if s.t_s > rollback + 10]
+    assert late
+    assert max(late) == 0
