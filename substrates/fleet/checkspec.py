@@ -8,6 +8,7 @@ unless ``--real``, and compares the measurements with its targets::
       - name: research-on-wse3
         plan: ../plans/research.yaml     # paths are relative to this file
         substrate: wse3                  # a registered substrate or route:FILE.yaml
+        # trajectory: run.json           # play a recorded trajectory's turns (emulated engines)
         options: {max_batch: 64}         # the substrate's options
         agents: 40
         arrival_rate: 2.0                # arrivals per second (Poisson)
@@ -66,6 +67,7 @@ class Check(BaseModel):
     substrate: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     faults: str | None = None
+    trajectory: str | None = None
     fleet: str | None = None
     agents: int = Field(default=100, ge=1, le=1_000_000)
     arrival_rate: float = Field(default=1.0, gt=0, allow_inf_nan=False)
@@ -82,6 +84,8 @@ class Check(BaseModel):
             )
         if self.fleet is not None and (self.plan is not None or self.substrate is not None):
             raise ValueError("a check runs either `fleet:` or `plan:` + `substrate:`, not both")
+        if self.fleet is not None and self.trajectory is not None:
+            raise ValueError("`trajectory:` plays recorded turns on `substrate:`; a fleet has none")
         if self.fleet is None:
             scoped = next((t for t in self.targets if t.scope), None)
             if scoped is not None:
@@ -110,8 +114,17 @@ class Check(BaseModel):
         substrate = self.substrate
         if substrate is not None and substrate.startswith("route:"):
             substrate = "route:" + str(base / substrate.removeprefix("route:"))
+        options = dict(self.options)
+        if self.trajectory is not None:
+            options["trajectory"] = rel(self.trajectory)
         return self.model_copy(
-            update={"plan": rel(self.plan), "fleet": rel(self.fleet), "substrate": substrate}
+            update={
+                "plan": rel(self.plan),
+                "fleet": rel(self.fleet),
+                "trajectory": rel(self.trajectory),
+                "substrate": substrate,
+                "options": options,
+            }
         )
 
 

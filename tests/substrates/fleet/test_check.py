@@ -156,3 +156,18 @@ def test_targets_parse_inside_the_schema() -> None:
         "checks:\n  - fleet: f.yaml\n    targets: ['p99(ttft) <= 500ms']\n", CheckSpec, source="s"
     )
     assert spec.checks[0].targets[0].limit == pytest.approx(0.5)
+
+
+def test_a_check_plays_a_recorded_trajectory(agentrt_command: Command, tmp_path: Path) -> None:
+    record = tmp_path / "run.json"
+    done = agentrt_command("run", str(PLAN), "-s", "wse3", "--virtual", "--record", str(record))
+    assert done.returncode == 0, done.stderr
+    spec = _spec(tmp_path, ["lost == 0", "p95(e2e) <= 60s"], substrate="wse3", options={})
+    text = spec.read_text(encoding="utf-8").replace('"slo_s"', '"trajectory": "run.json", "slo_s"')
+    spec.write_text(text, encoding="utf-8")
+    [outcome] = run_checks(spec)
+    assert outcome.passed
+    record.unlink()
+    done = agentrt_command("check", str(spec))
+    assert done.returncode == 2
+    assert "run.json" in done.stderr
