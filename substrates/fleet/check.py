@@ -25,6 +25,7 @@ from agentrt.plan import load_plan
 from agentrt.registry import default_registry
 from agentrt.render import Column, print_table, terminal_console
 from substrates.fleet.checkspec import Check, CheckSpec, measure_load
+from substrates.fleet.fleetbuild import FleetInterrupted, measure_fleet_spec
 from substrates.fleet.specfile import read_spec
 from substrates.fleet.study import LoadInterrupted, run_load_study
 from substrates.fleet.targets import Target
@@ -109,8 +110,6 @@ def run_check(
 
 
 def _fleet_measure() -> FleetMeasure:
-    from substrates.fleet.fleetbuild import measure_fleet_spec
-
     return measure_fleet_spec
 
 
@@ -190,7 +189,7 @@ def check_command(
         outcomes = run_checks(spec_path, virtual=not real)
     except AgentrtError as exc:
         raise opt.fail(str(exc)) from None
-    except LoadInterrupted as cancelled:
+    except (LoadInterrupted, FleetInterrupted) as cancelled:
         exc_ = cancelled.interrupted
         raise opt.fail(f"interrupted by {exc_.signal_name}", exc_.exit_code) from None
     if junit is not None:

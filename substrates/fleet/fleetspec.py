@@ -235,9 +235,10 @@ class FleetSpec(BaseModel):
 
 
 def is_fleet_spec(path: Path) -> bool:
-    """Whether the YAML file at ``path`` looks like a fleet spec (it has ``pools`` and ``tenants``).
+    """Whether the YAML file at ``path`` looks like a fleet spec (``pools:`` or ``tenants:``).
 
-    A cheap sniff for ``agentrt load FILE``: plans have ``steps``, fleet specs ``pools``.
+    A cheap sniff for ``agentrt load FILE``: plans have ``steps``, fleet specs ``pools``; a
+    fleet spec missing one of the two is still one (and its error says what is missing).
     """
     if path.suffix.lower() not in (".yaml", ".yml") or not path.is_file():
         return False
@@ -246,7 +247,7 @@ def is_fleet_spec(path: Path) -> bool:
     except OSError:
         return False
     keys = {line.partition(":")[0].strip() for line in head.splitlines() if line[:1].isalpha()}
-    return keys >= _FLEET_KEYS
+    return bool(keys & _FLEET_KEYS)
 
 
 def load_fleet_spec(path: str | Path) -> FleetSpec:

@@ -8,7 +8,7 @@ Example:
     >>> from pydantic import BaseModel
     >>> class Spec(BaseModel):
     ...     n: int
-    >>> parse_spec_text("n: 3\\n", Spec, source="s.yaml").n
+    >>> parse_spec_text("n: 3", Spec, source="s.yaml").n
     3
 """
 
