@@ -145,10 +145,12 @@ def load_command(
     """Agents arriving as a Poisson process run PLAN on a substrate; or run a FLEET spec."""
     configure_logging(level="off")
     if is_fleet_spec(plan_path):
-        if substrate is not None or sweep:
+        per_pool = [latency_ms, output_tokens, model, chips, tp, pp, precision, max_batch,
+                    network_rtt_ms, spec_decode, stack, ep, option, faults]  # fmt: skip
+        if substrate is not None or sweep or any(v is not None for v in per_pool):
             raise _fail(
-                f"{plan_path} is a fleet spec: its pools and tenants say what runs; "
-                "drop --substrate and --sweep"
+                f"{plan_path} is a fleet spec: its pools and tenants say what runs; drop "
+                "--substrate, --sweep and engine options (set them under a pool's `options:`)"
             )
         seed_override = None if seed == opt.SEED_DEFAULT else seed
         _load_fleet(plan_path, virtual=not real, seed=seed_override, as_json=as_json, plot=plot)

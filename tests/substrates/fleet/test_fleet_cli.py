@@ -68,9 +68,10 @@ def test_load_keeps_plans_and_refuses_mixed_arguments(agentrt_command: Command) 
     done = agentrt_command("load", str(plan))
     assert done.returncode == 2
     assert "--substrate" in done.stderr
-    done = agentrt_command("load", str(FLEETS / "autoscale-h100.yaml"), "-s", "wse3")
-    assert done.returncode == 2
-    assert "fleet spec" in done.stderr
+    for extra in (("-s", "wse3"), ("--model", "llama-3.1-8b"), ("--sweep",)):
+        done = agentrt_command("load", str(FLEETS / "autoscale-h100.yaml"), *extra)
+        assert done.returncode == 2
+        assert "fleet spec" in done.stderr
     done = agentrt_command("load", str(plan), "-s", "fixed", "--virtual", "--agents", "5", "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["completed"] == 5
