@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentrt import VirtualClock, run
+from agentrt.errors import ConfigError
 from agentrt.interrupts import Interrupted
 from agentrt.plan import Plan, load_plan
 from agentrt.registry import default_registry
@@ -120,10 +121,12 @@ def build_fleet(spec: FleetSpec, *, virtual: bool = True, seed: int | None = Non
         ConfigError: a bad preset, option, plan or rollout.
     """
     seed = spec.seed if seed is None else seed
-    pools = {
-        name: build_pool(name, pool, seed=seed + 1000 * i)
-        for i, (name, pool) in enumerate(spec.pools.items())
-    }
+    pools: dict[str, Pool] = {}
+    for i, (name, pool) in enumerate(spec.pools.items()):
+        try:
+            pools[name] = build_pool(name, pool, seed=seed + 1000 * i)
+        except ConfigError as exc:
+            raise ConfigError(f"{spec.where('pools', name)}: {exc}") from None
     substrate: Substrate
     if len(pools) == 1 and not spec.rollouts:
         substrate = next(iter(pools.values()))
@@ -147,7 +150,10 @@ def build_fleet(spec: FleetSpec, *, virtual: bool = True, seed: int | None = Non
         for name, pool in spec.pools.items()
         if pool.autoscaler is not None
     ]
-    rollouts = _build_rollouts(spec, pools, substrate)
+    try:
+        rollouts = _build_rollouts(spec, pools, substrate)
+    except ConfigError as exc:
+        raise ConfigError(f"{spec.where('rollouts')}: {exc}") from None
     registry = default_registry()
     tenants: list[Tenant] = []
     tools: dict[str, Tool] = {}

@@ -41,13 +41,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from substrates.fleet.arrivals import ArrivalProcess
 from substrates.fleet.autoscale import AutoscalerSpec
 from substrates.fleet.rollout import CanarySlo
 from substrates.fleet.router import Policy
-from substrates.fleet.specfile import read_spec
+from substrates.fleet.specfile import SpecSource, read_spec_source
 
 __all__ = [
     "BlueGreenSpec",
@@ -203,6 +203,13 @@ class FleetSpec(BaseModel):
     tenants: dict[str, TenantSpec] = Field(min_length=1)
     rollouts: list[RolloutSpec] = Field(default_factory=list)
     drain_timeout_s: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
+    _source: SpecSource | None = PrivateAttr(default=None)
+
+    def where(self, *loc: str | int) -> str:
+        """``file:line: a.b`` of the value at ``loc`` when the spec came from a file."""
+        if self._source is None:
+            return ".".join(str(p) for p in loc)
+        return self._source.where(loc)
 
     @model_validator(mode="after")
     def _names_exist(self) -> FleetSpec:
@@ -257,4 +264,7 @@ def load_fleet_spec(path: str | Path) -> FleetSpec:
         ConfigError: the file cannot be read or does not match the schema (``file:line``).
     """
     p = Path(path)
-    return read_spec(p, FleetSpec, what="fleet spec").resolve(p.parent)
+    spec, source = read_spec_source(p, FleetSpec, what="fleet spec")
+    resolved = spec.resolve(p.parent)
+    resolved._source = source
+    return resolved

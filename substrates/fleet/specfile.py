@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 from agentrt._plan_file import Lines
 from agentrt.errors import ConfigError
 
-__all__ = ["MAX_SPEC_BYTES", "parse_spec_text", "read_spec"]
+__all__ = ["MAX_SPEC_BYTES", "SpecSource", "parse_spec_text", "read_spec", "read_spec_source"]
 
 #: Largest spec file read, in bytes (a spec is a page of YAML).
 MAX_SPEC_BYTES = 1024 * 1024
@@ -36,6 +36,18 @@ def _where(source: str, line: int | None) -> str:
     return f"{source}:{line}" if line is not None else source
 
 
+class SpecSource:
+    """Where a spec came from, to point later errors (building, running) at a line."""
+
+    def __init__(self, source: str, text: str | None) -> None:
+        self.source = source
+        self._lines = Lines(text)
+
+    def where(self, loc: tuple[str | int, ...]) -> str:
+        """``source:line: a.b.c`` for the value at ``loc``."""
+        return f"{_where(self.source, self._lines.of(loc))}: {'.'.join(str(p) for p in loc)}"
+
+
 def read_spec(path: str | Path, model: type[M], *, what: str) -> M:
     """Read, parse and validate the spec file at ``path`` as ``model``.
 
@@ -43,6 +55,11 @@ def read_spec(path: str | Path, model: type[M], *, what: str) -> M:
         ConfigError: unreadable, not YAML, or not matching the schema; one line with
             ``path:line`` and what to fix.
     """
+    return read_spec_source(path, model, what=what)[0]
+
+
+def read_spec_source(path: str | Path, model: type[M], *, what: str) -> tuple[M, SpecSource]:
+    """`read_spec`, and the `SpecSource` that points later errors at the file's lines."""
     p = Path(path)
     try:
         raw = p.read_bytes()[: MAX_SPEC_BYTES + 1] if p.is_file() else None
@@ -56,7 +73,7 @@ def read_spec(path: str | Path, model: type[M], *, what: str) -> M:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{p}: the {what} is not UTF-8 text") from exc
-    return parse_spec_text(text, model, source=str(p), what=what)
+    return parse_spec_text(text, model, source=str(p), what=what), SpecSource(str(p), text)
 
 
 def parse_spec_text(text: str, model: type[M], *, source: str, what: str = "spec") -> M:

@@ -143,10 +143,15 @@ def test_bad_fleet_specs_name_file_and_line(
         assert message.startswith(f"{path}:{line}:")
 
 
-def test_an_unknown_preset_is_a_config_error(tmp_path: Path) -> None:
-    spec = load_fleet_spec(_write(tmp_path, SMALL.replace("preset: fixed", "preset: nonesuch", 1)))
-    with pytest.raises(ConfigError, match="nonesuch"):
-        build_fleet(spec)
+def test_an_unknown_preset_or_option_names_its_pool_and_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, SMALL.replace("preset: fixed", "preset: nonesuch", 1))
+    with pytest.raises(ConfigError, match="nonesuch") as info:
+        build_fleet(load_fleet_spec(path))
+    assert str(info.value).startswith(f"{path}:4: pools.fast: ")
+    path = _write(tmp_path, SMALL.replace("{latency_ms: 800}", "{latency: 800}"))
+    with pytest.raises(ConfigError, match="latency") as info:
+        build_fleet(load_fleet_spec(path))
+    assert str(info.value).startswith(f"{path}:11: pools.slow: ")
 
 
 def test_fleet_spec_schema_has_no_defaults_for_what_matters() -> None:
