@@ -60,7 +60,7 @@ TargetExpr = Annotated[Target, BeforeValidator(_target)]
 class Check(BaseModel):
     """One check: a plan on a substrate (or a fleet spec) and the targets it must meet."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    model_config = _STRICT
 
     name: str | None = None
     plan: str | None = None
