@@ -194,3 +194,26 @@ def test_the_tool_agent_fixes_the_package_every_way(way: tuple[str, ...], tmp_pa
     assert replay.returncode == 0, replay.stderr
     times = json.loads(replay.stdout)["substrates"]
     assert times["wse3"]["model_s"] < times["h100"]["model_s"]
+
+
+def test_the_fleet_examples_load_and_the_small_ones_run() -> None:
+    """examples/fleets: every fleet spec validates and builds; the small ones run, the gate passes.
+
+    examples/fleets/spike.yaml (10 simulated minutes, ~15 s wall) is only built here: running
+    it is the integrator's benchmark.
+    """
+    from substrates.fleet.fleetbuild import build_fleet, run_fleet_spec
+    from substrates.fleet.fleetspec import load_fleet_spec
+
+    for name in ("examples/fleets/spike.yaml", "examples/fleets/canary.yaml",
+                 "examples/fleets/autoscale-h100.yaml"):  # fmt: skip
+        fleet = build_fleet(load_fleet_spec(EXAMPLES.parent / name))
+        assert fleet.pools, name
+    for name in ("examples/fleets/canary.yaml", "examples/fleets/autoscale-h100.yaml"):
+        report = run_fleet_spec(load_fleet_spec(EXAMPLES.parent / name))
+        assert report.lost == 0, name
+    gate = subprocess.run(
+        [sys.executable, "-m", "agentrt", "check", "examples/fleets/check-small.yaml"],
+        capture_output=True, text=True, timeout=120, check=False, cwd=EXAMPLES.parent,
+    )  # fmt: skip
+    assert gate.returncode == 0, gate.stdout + gate.stderr

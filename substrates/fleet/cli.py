@@ -1,5 +1,10 @@
 """``agentrt load``: agents arriving as a Poisson process share substrates (entry point command).
 
+``agentrt load PLAN --substrate NAME`` runs a plan under Poisson arrivals; ``agentrt load
+FLEET.yaml`` runs a fleet spec (pools, autoscalers, tenants, rollouts: `substrates.fleet.fleetspec`)
+in virtual time unless ``--real``, prints the per-tenant and per-pool summary (``--json``: the
+whole report) and draws its time series with ``--plot FILE.png|svg``.
+
 Registered as ``load = "substrates.fleet.cli:load_command"`` in ``agentrt.commands``; also runs as
 ``python -m substrates.fleet.cli PLAN ...``.
 """
@@ -23,8 +28,11 @@ from agentrt.log import configure_logging
 from agentrt.plan import load_plan
 from agentrt.registry import default_registry
 from agentrt.render import Column, print_table, terminal_console
+from substrates.fleet.fleetbuild import FleetInterrupted, run_fleet_spec
+from substrates.fleet.fleetspec import is_fleet_spec, load_fleet_spec
 from substrates.fleet.study import SWEEP_POINTS, LoadInterrupted, run_load_study
 from substrates.fleet.sweep import plot_curves, print_curves, sweep_rates
+from substrates.fleet.timeline import plot_timeline, print_fleet_summary
 
 __all__ = ["load_command", "main"]
 
@@ -76,16 +84,19 @@ def _print_report(name: str, data: dict[str, Any]) -> None:
 
 
 def load_command(
-    plan_path: Annotated[Path, typer.Argument(metavar="PLAN", help="Plan file (.yaml or .json).")],
+    plan_path: Annotated[
+        Path,
+        typer.Argument(metavar="PLAN|FLEET", help="Plan file (.yaml or .json), or a fleet spec."),
+    ],
     substrate: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--substrate",
             "-s",
             metavar="NAME",
-            help="Substrate name, route:FILE.yaml, or (with --sweep) a list.",
+            help="Substrate name, route:FILE.yaml, or (with --sweep) a list. Plans only.",
         ),
-    ],
+    ] = None,
     agents: Annotated[
         int, typer.Option(min=1, metavar="N", help="Most agent runs (arrivals).")
     ] = 100,
@@ -122,12 +133,34 @@ def load_command(
     ] = False,
     plot: Annotated[
         Path | None,
-        typer.Option(metavar="FILE", help="With --sweep: draw the curves to FILE.png or .svg."),
+        typer.Option(
+            metavar="FILE",
+            help="Draw to FILE.png or .svg: the --sweep curves, or a fleet's time series.",
+        ),
     ] = None,
+    real: Annotated[
+        bool, typer.Option("--real", help="Fleet specs: run in real time (default: virtual).")
+    ] = False,
 ) -> None:
-    """Agents arriving as a Poisson process run PLAN, sharing the substrate's capacity."""
+    """Agents arriving as a Poisson process run PLAN on a substrate; or run a FLEET spec."""
+    configure_logging(level="off")
+    if is_fleet_spec(plan_path):
+        per_pool = [latency_ms, output_tokens, model, chips, tp, pp, precision, max_batch,
+                    network_rtt_ms, spec_decode, stack, ep, option, faults]  # fmt: skip
+        if substrate is not None or sweep or any(v is not None for v in per_pool):
+            raise _fail(
+                f"{plan_path} is a fleet spec: its pools and tenants say what runs; drop "
+                "--substrate, --sweep and engine options (set them under a pool's `options:`)"
+            )
+        seed_override = None if seed == opt.SEED_DEFAULT else seed
+        _load_fleet(plan_path, virtual=not real, seed=seed_override, as_json=as_json, plot=plot)
+        return
+    if substrate is None:
+        raise _fail(
+            "missing --substrate NAME: the substrate PLAN's agents share "
+            "(e.g. -s wse3), or give a fleet spec instead of a plan"
+        )
     try:
-        configure_logging(level="off")
         opt.check_number("--arrival-rate", arrival_rate)
         opt.check_number("--duration", duration_s)
         opt.check_number("--slo-s", slo_s)
@@ -187,6 +220,41 @@ def load_command(
     if plot is not None:
         plot_curves(curves, plot, title=f"{plan.name}: latency vs load")
         _err.print(f"wrote {plot}", highlight=False)
+
+
+def _load_fleet(
+    path: Path, *, virtual: bool, seed: int | None, as_json: bool, plot: Path | None
+) -> None:
+    """Run the fleet spec at ``path``; print its summary or JSON; draw it with ``plot``."""
+    try:
+        spec = load_fleet_spec(path)
+        if plot is not None and plot.suffix.lower() not in (".png", ".svg"):
+            raise ConfigError(f"--plot {plot}: draw to a .png or .svg file")
+        report = run_fleet_spec(spec, virtual=virtual, seed=seed)
+    except AgentrtError as exc:
+        raise _fail(str(exc)) from None
+    except FleetInterrupted as cancelled:
+        exc_, report = cancelled.interrupted, cancelled.report
+        print_fleet_summary(_out, report)
+        _err.print(
+            f"agentrt: interrupted by {exc_.signal_name}; fleet run cancelled after "
+            f"{report.arrivals:,} arrivals; the report above is partial",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(exc_.exit_code) from None
+    if as_json:
+        _out.print_json(json.dumps({"fleet": str(path), **report.to_dict()}))
+    else:
+        print_fleet_summary(_out, report)
+    if plot is not None:
+        try:
+            plot_timeline(report, plot, title=spec.name or path.stem)
+        except AgentrtError as exc:
+            raise _fail(str(exc)) from None
+        _err.print(f"wrote {plot}", highlight=False)
+    if report.lost:
+        raise typer.Exit(1)
 
 
 def _interrupted(
