@@ -22,6 +22,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         ("server.py", ["--requests", "20", "--tokens", "4", "--concurrency", "1,10"]),
         ("energy_price.py", ["--presets", "h100,wse3", "--models", "llama-3.1-8b"]),
         ("peers.py", ["--reps", "1", "--turns", "3"]),
+        ("fleet.py", [str(BENCHMARKS.parent / "examples" / "fleets" / "canary.yaml")]),
     ],
 )
 def test_benchmark_runs_and_prints_a_table(script: str, args: list[str]) -> None:
