@@ -495,7 +495,9 @@ USAGE_VALUES: dict[str, dict[str, str]] = {
         "S": "fixed",
         "N": "3",
         "R": "50",
+        "FLEET": str(ROOT / "examples" / "fleets" / "canary.yaml"),
     },
+    "check": {"SPEC": str(ROOT / "examples" / "fleets" / "check-small.yaml")},
 }
 
 
