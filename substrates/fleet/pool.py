@@ -18,6 +18,9 @@ one (at most ``wait_timeout_s``), ``"reject"`` refuses at once. ``max_queue`` bo
 requests waiting (in the pool or beyond the replicas' batch slots). A refused request raises
 `agentrt.errors.RateLimited` (with ``retry_after_s``) and counts as rejected, never lost.
 
+Why one module: admission, dispatch and scaling share the replica set, the waiting requests and
+the counters; the replicas' own bookkeeping is in `substrates.fleet.replicas`.
+
 Example:
     >>> from agentrt import VirtualClock, run
     >>> from agentrt.substrate import InferenceRequest
@@ -334,14 +337,33 @@ class Pool:
         retry = max(0.0, ready - now) if ready is not None else 1.0
         return RateLimited(message, retry_after_s=retry)
 
+    def refuse_now(self) -> Exception | None:
+        """The error a request arriving now would get at once at admission, counted; else None.
+
+        For a server that must answer before it opens a stream (``agentrt serve`` sends 429 or
+        503 with ``Retry-After`` rather than an error inside a started stream).
+        """
+        error = self._at_once(self._now(), cold=True)
+        self.arrivals += error is not None
+        return error
+
+    def _at_once(self, now: float, *, cold: bool) -> Exception | None:
+        """Refused without waiting: drained, the queue full, or (``cold``) nothing warm."""
+        if self.draining:
+            return self._refuse("drained, it takes no new requests", now, drained=True)
+        would_wait = self._waiting > 0 or self.replicas.pick(self.slots_per_replica) is None
+        if self.max_queue is not None and would_wait and self._queued() >= self.max_queue:
+            return self._refuse(f"{self._queued()} requests wait (max_queue {self.max_queue})", now)
+        if cold and self.when_cold == "reject" and self.replicas.pick() is None:
+            return self._refuse("no replica is warm (when_cold='reject')", now)
+        return None
+
     async def _admit(self) -> tuple[float, Replica]:
         t0 = self._now()
         self.arrivals += 1
-        if self.draining:
-            raise self._refuse("drained, it takes no new requests", t0, drained=True)
-        would_wait = self._waiting > 0 or self.replicas.pick(self.slots_per_replica) is None
-        if self.max_queue is not None and would_wait and self._queued() >= self.max_queue:
-            raise self._refuse(f"{self._queued()} requests wait (max_queue {self.max_queue})", t0)
+        refused = self._at_once(t0, cold=True)
+        if refused is not None:
+            raise refused
         deadline = t0 + self.wait_timeout_s
         self._waiting += 1
         try:
@@ -352,8 +374,6 @@ class Pool:
                     break
                 if self.draining:
                     raise self._refuse("drained while the request waited", now, drained=True)
-                if self.when_cold == "reject":
-                    raise self._refuse("no replica is warm (when_cold='reject')", now)
                 if now >= deadline:
                     raise self._refuse(
                         f"no replica became warm within wait_timeout_s={self.wait_timeout_s:g}",

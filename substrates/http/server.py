@@ -22,6 +22,7 @@ Needs the ``serve`` extra (``pip install agentrt[serve]``).
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -36,7 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from agentrt.errors import AgentrtError
+from agentrt.errors import AgentrtError, RateLimited, SubstrateUnavailable
 from agentrt.substrate import InferenceRequest, InferenceResult, StreamingSubstrate
 from agentrt.telemetry import semconv as sc
 from substrates.http._reply import EventEncoder, completion
@@ -200,6 +201,10 @@ class _App:
                 "url.path": request.url.path,
             },
         )
+        refuse_now = getattr(self.engine, "refuse_now", None)  # a pool shedding load
+        refused = refuse_now() if chat.stream and callable(refuse_now) else None
+        if isinstance(refused, AgentrtError):  # before a stream's headers go out
+            return _refused(refused)
         if chat.stream:
             include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
             events = self._events(infer, request_id, include_usage, span, release)
@@ -215,7 +220,7 @@ class _App:
             result = await self.engine.infer(infer)
         except AgentrtError as exc:
             _end(span, None, exc)
-            return error_response(500, f"{type(exc).__name__}: {exc}", kind="server_error")
+            return _refused(exc)
         except BaseException as exc:
             _end(span, None, exc)
             raise
@@ -265,6 +270,24 @@ def _as_coroutine(function: Callable[[], None]) -> Callable[[], Awaitable[None]]
         function()
 
     return call
+
+
+def _refused(exc: AgentrtError) -> Response:
+    """An engine's error as HTTP: shed load 429, unavailable 503 (both with Retry-After), else 500.
+
+    A `Pool` sheds requests beyond its admission limit with `RateLimited` and refuses them
+    while draining with `SubstrateUnavailable`: a client sees OpenAI's codes and when to retry.
+    """
+    message = f"{type(exc).__name__}: {exc}"
+    if not isinstance(exc, RateLimited | SubstrateUnavailable):
+        return error_response(500, message, kind="server_error")
+    after = exc.retry_after_s
+    headers = {"Retry-After": str(max(1, math.ceil(after))) if after else "1"}
+    if isinstance(exc, RateLimited):
+        return error_response(
+            429, message, kind="rate_limit_error", code="overloaded", headers=headers
+        )
+    return error_response(503, message, kind="server_error", code="unavailable", headers=headers)
 
 
 def _positive_int(value: object) -> int | None:
