@@ -669,6 +669,26 @@ def substrates_command(
 _KERNEL_COMMANDS = frozenset({"run", "compare", "demo", "report", "replay"})
 
 
+#: Which extra installs a package a command needs (the rest: ``pip install PACKAGE``).
+_EXTRAS = {"httpx": "serve", "starlette": "serve", "uvicorn": "serve", "matplotlib": "plot"}
+
+
+def _missing_extra_command(name: str, missing: str) -> None:
+    """A command whose module needs an uninstalled package: it exits 2 saying what to install."""
+    from rich.markup import escape as rich_escape
+
+    package = missing.split(".")[0]
+    extra = _EXTRAS.get(package)
+    fix = f"pip install 'agentrt[{extra}]'" if extra else f"pip install {package}"
+
+    def unavailable(ctx: typer.Context) -> None:
+        raise opt.fail(f"agentrt {name} needs the package {package!r}, not installed: {fix}")
+
+    unavailable.__doc__ = f"(not installed: {rich_escape(fix)})"  # help is rich markup
+    settings = {"allow_extra_args": True, "ignore_unknown_options": True}
+    app.command(name, context_settings=settings, add_help_option=False)(unavailable)
+
+
 def _load_plugin_commands() -> None:
     """Add the commands other packages register under the ``agentrt.commands`` entry points.
 
@@ -679,6 +699,9 @@ def _load_plugin_commands() -> None:
     for ep in sorted(entry_points(group="agentrt.commands"), key=lambda e: e.name):
         try:
             command = ep.load()
+        except ModuleNotFoundError as exc:  # an optional extra is not installed: say so if used
+            _missing_extra_command(ep.name, exc.name or str(exc))
+            continue
         except (ImportError, AttributeError) as exc:
             _err.print(f"[yellow]warning:[/] cannot load command {ep.name!r} ({ep.value}): {exc}")
             continue

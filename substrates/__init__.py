@@ -14,6 +14,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from substrates.emulated import (
     PRESETS,
     Calibration,
@@ -26,7 +28,9 @@ from substrates.emulated import (
     size_deployment,
 )
 from substrates.fleet import FaultInjector, Router, RouteSpec, load_route_spec
-from substrates.http import OpenAIHTTPSubstrate
+
+if TYPE_CHECKING:
+    from substrates.http import OpenAIHTTPSubstrate
 
 __all__ = [
     "PRESETS",
@@ -44,3 +48,13 @@ __all__ = [
     "load_route_spec",
     "size_deployment",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The HTTP client needs httpx (the `serve` extra): imported on first use, so that the
+    # engines, fleets and `agentrt check` work on a plain `pip install agentrt`.
+    if name == "OpenAIHTTPSubstrate":
+        from substrates.http import OpenAIHTTPSubstrate
+
+        return OpenAIHTTPSubstrate
+    raise AttributeError(f"module 'substrates' has no attribute {name!r}")

@@ -161,6 +161,8 @@ class Telemetry:
         if self._closed:
             return
         self._closed = True
+        if not hasattr(self.tracer_provider, "force_flush"):  # the no-op provider: nothing to send
+            return
         self.tracer_provider.force_flush(int(timeout_s * 1000))
         self.tracer_provider.shutdown()
         if self.meter_provider is not None:
@@ -223,6 +225,10 @@ def configure(
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
     except ImportError as exc:  # pragma: no cover - the dev extra installs the SDK
+        if target.kind == "none":  # tracing off needs no SDK: the API's no-op provider
+            from opentelemetry.trace import NoOpTracerProvider
+
+            return Telemetry(NoOpTracerProvider(), None, target, "nowhere (tracing off)")
         raise ConfigError(
             "tracing needs the OpenTelemetry SDK: pip install 'agentrt[otel]'"
         ) from exc

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -24,10 +24,12 @@ from substrates.emulated.calibration import (
     format_exclusions,
     format_table,
 )
-from substrates.emulated.crossval import CrossValidation, cross_validate
-from substrates.emulated.fit import FitResult
 from substrates.emulated.profiles import hardware_names, load_catalog, model_names, stack_names
 from substrates.emulated.survey import predict_shape, preset_fits
+
+if TYPE_CHECKING:  # the fit needs numpy: imported only by --cross-validate and --refit
+    from substrates.emulated.crossval import CrossValidation
+    from substrates.emulated.fit import FitResult
 
 __all__ = ["calibrate_command", "predict_command", "substrates_command"]
 
@@ -149,7 +151,11 @@ def calibrate_command(
     """Every published point in the calibration table: measured, predicted, relative error."""
     try:
         calibration = calibrate()
-        cv = cross_validate(calibration, load_catalog()) if cross_validate_ or refit else None
+        cv = None
+        if cross_validate_ or refit:
+            from substrates.emulated.crossval import cross_validate
+
+            cv = cross_validate(calibration, load_catalog())
     except AgentrtError as exc:
         raise _fail(str(exc)) from None
     if as_json:
