@@ -246,3 +246,26 @@ def test_a_number_without_a_source_is_refused(tmp_path: Path) -> None:
 def test_models_are_frozen_data() -> None:
     assert SystemEconomics.model_config.get("frozen")
     assert Facility.model_config.get("frozen")
+
+
+def test_sanity_rows_cover_wafer_gpu_cloud_and_energy_rows() -> None:
+    from substrates.emulated.tcocheck import sanity_rows, sanity_table
+
+    rows = sanity_rows()
+    by_row = {r.row: r for r in rows}
+    assert {85, 87, 89, 96, 97} <= set(by_row)  # Cerebras list prices (wafer rows)
+    assert {150, 151, 152, 154} <= set(by_row)  # GPU cloud list prices
+    assert {81, 140, 143} <= set(by_row)  # ML.ENERGY measurements
+    for r in rows:
+        assert r.ratio_buy is not None or r.ratio_rent is not None
+        ratios = [x for x in (r.ratio_buy, r.ratio_rent) if x is not None]
+        assert all(x > 0 and math.isfinite(x) for x in ratios)
+    gpu = by_row[150]
+    assert gpu.implied_rent is not None
+    assert gpu.implied_buy is not None
+    # wall power x PUE per token is above the chip-only (TDP) figure of the same deployment
+    energy = by_row[143]
+    assert energy.implied_chips is not None
+    assert energy.implied_buy is not None
+    assert energy.implied_buy > energy.implied_chips
+    assert "| 85 |" in sanity_table(rows)
