@@ -13,10 +13,10 @@ from substrates.fleet.tcosize import Sizer, Sizing
 
 PLAN = Plan(
     name="tiny",
-    steps=[
+    steps=(
         Step(id="a", kind="think", prompt="plan", max_output_tokens=60),
-        Step(id="b", kind="answer", prompt="answer", depends_on=["a"], max_output_tokens=120),
-    ],
+        Step(id="b", kind="answer", prompt="answer", depends_on=("a",), max_output_tokens=120),
+    ),
 )
 OPTIONS: dict[str, str] = {}  # llama-3.1-70b: a B200 serves one run in about 5 s unloaded
 
