@@ -103,6 +103,7 @@ def plot_sweep(points: Sequence[SloPoint], path: Path, *, title: str) -> None:
     ax.set_xlabel("SLO: p95 end-to-end limit (s); tighter to the left")
     ax.set_ylabel("USD per task at the SLO")
     ax.set_yscale("log")
+    ax.set_xscale("log")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()

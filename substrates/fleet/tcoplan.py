@@ -241,7 +241,7 @@ class SloPoint:
 def sweep_slos(
     sizers: Mapping[str, Sizer],
     target: Target,
-    factors: Sequence[float] = (0.5, 0.75, 1.0, 1.5, 2.0, 4.0),
+    factors: Sequence[float] = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0),
     *,
     cap: int = DEFAULT_CAP,
     facility: Facility | None = None,
