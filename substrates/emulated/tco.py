@@ -20,9 +20,9 @@ import os
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, TypedDict
+from typing import Literal, TypedDict, TypeVar
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from agentrt.errors import ConfigError, UnknownNameError
 from substrates.emulated.profiles import load_hardware, profile_search_path
@@ -101,7 +101,10 @@ def _search_dirs(search_path: Sequence[str | os.PathLike[str]], sub: str) -> lis
     return [d / sub for d in profile_search_path(search_path) if (d / sub).is_dir()]
 
 
-def _read(path: Path, cls: type[BaseModel]) -> BaseModel:
+_Data = TypeVar("_Data", SystemEconomics, Facility)
+
+
+def _read(path: Path, cls: type[_Data]) -> _Data:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
         return cls.model_validate(data)
@@ -122,7 +125,6 @@ def _systems(search_path: Sequence[str | os.PathLike[str]]) -> dict[str, SystemE
     for directory in _search_dirs(search_path, "systems"):
         for path in sorted(directory.glob("*.toml")):
             system = _read(path, SystemEconomics)
-            assert isinstance(system, SystemEconomics)
             found.setdefault(system.name.lower(), system)  # earlier directories shadow later
     return found
 
@@ -167,9 +169,7 @@ def load_facility(
     for directory in _search_dirs(search_path, "facility"):
         path = directory / f"{name}.toml"
         if path.is_file():
-            facility = _read(path, Facility)
-            assert isinstance(facility, Facility)
-            return facility
+            return _read(path, Facility)
         known.update(p.stem for p in directory.glob("*.toml"))
     raise UnknownNameError("facility", name, sorted(known))
 

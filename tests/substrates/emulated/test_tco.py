@@ -269,3 +269,22 @@ def test_sanity_rows_cover_wafer_gpu_cloud_and_energy_rows() -> None:
     assert energy.implied_buy is not None
     assert energy.implied_buy > energy.implied_chips
     assert "| 85 |" in sanity_table(rows)
+
+
+def test_the_docs_show_what_the_model_computes() -> None:
+    from substrates.emulated.tcocheck import sanity_table
+
+    text = (Path(__file__).resolve().parents[3] / "docs" / "tco.md").read_text(encoding="utf-8")
+    assert sanity_table() in text  # regenerate the table in docs/tco.md if this fails
+    cs3, h100 = load_system("wse3"), load_system("h100")
+    budget_w = 750e6 / FACILITY.pue
+    systems = math.floor(budget_w / cs3.power_full_w)
+    assert f"| {systems:,} |" in text
+    gpus = tco(
+        h100,
+        math.floor(budget_w / h100.power_full_w),
+        facility=FACILITY,
+        months=36,
+        busy_fraction=FACILITY.utilization,
+    )
+    assert f"| {gpus.racks:,} |" in text
