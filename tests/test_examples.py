@@ -217,3 +217,16 @@ def test_the_fleet_examples_load_and_the_small_ones_run() -> None:
         capture_output=True, text=True, timeout=120, check=False, cwd=EXAMPLES.parent,
     )  # fmt: skip
     assert gate.returncode == 0, gate.stdout + gate.stderr
+
+
+def test_power_budget_prices_750_mw_per_substrate() -> None:
+    proc = example("examples/power_budget.py", "--slo", "p95(e2e) <= 15s")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any("750 MW" in line for line in lines)
+    for name in ("wse3", "h100", "b200"):
+        row = next(line for line in lines if line.startswith(f"│ {name} "))
+        assert "$" in row, row  # every headline substrate meets the SLO and has a price
+    bad = example("examples/power_budget.py", "--slo", "p95(ttft) <= 1s")
+    assert bad.returncode == 2
+    assert "p95(e2e)" in bad.stderr

@@ -1,0 +1,213 @@
+"""``agentrt tco PLAN --load 5/s --slo 'p95(e2e) <= 10s'``: what a fleet meeting the SLO costs.
+
+Per substrate (``wse3``, ``h100``, ``h100:vllm`` for a stack) it sizes the fleet with the fleet
+simulator in virtual time (`substrates.fleet.tcosize`), prices it with the sourced cost model
+(`substrates.emulated.tco`), and prints a side-by-side table (``--json``: JSON with the sources
+of every figure; ``--plot FILE``: cost per task vs SLO tightness). Bad input exits 2 with one
+line. Registered as ``tco = "substrates.fleet.tcocli:tco_command"`` in ``agentrt.commands``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from agentrt import cli_options as opt
+from agentrt.errors import AgentrtError, ConfigError
+from agentrt.log import configure_logging
+from agentrt.plan import load_plan
+from agentrt.registry import default_registry
+from agentrt.render import Column, print_table, terminal_console
+from substrates.emulated.tco import TcoBreakdown, UnitCosts
+from substrates.fleet.study import tools_for
+from substrates.fleet.targets import TargetError, parse_target
+from substrates.fleet.tcoplan import FleetCost, SloPoint, parse_load, price_fleets, sweep_slos
+from substrates.fleet.tcosize import DEFAULT_CAP, Sizer, p95_target
+
+__all__ = ["plot_sweep", "render_rows", "tco_command"]
+
+_out = terminal_console(piped_width=100)
+
+
+def _usd(value: float) -> str:
+    if value >= 1e6:
+        return f"${value / 1e6:,.2f}M"
+    if value >= 1e3:
+        return f"${value / 1e3:,.1f}k"
+    return f"${value:,.4f}" if value < 1 else f"${value:,.2f}"
+
+
+def _verdict(c: FleetCost) -> str:
+    s = c.sizing
+    return f"{s.replicas} x {s.deployment.split(' (')[0]}" if s.met else f"misses ({s.missed})"
+
+
+def _measured(c: FleetCost) -> str:
+    value = c.sizing.measured_s
+    return "inf" if math.isinf(value) else f"{value:,.2f} s"
+
+
+def render_rows(costs: Sequence[FleetCost], months: Sequence[int]) -> list[list[str]]:
+    """The table's rows: one figure per row, one substrate per column ("-": SLO missed)."""
+    q = p95_target(costs[0].sizing.target) if costs else 95.0
+
+    def priced(fn: Callable[[TcoBreakdown, UnitCosts], str]) -> list[str]:
+        return [fn(c.steady, c.units) if c.steady and c.units else "-" for c in costs]
+
+    rows: list[list[str]] = [
+        ["replicas", *(_verdict(c) for c in costs)],
+        [f"p{q:g}(e2e) measured", *(_measured(c) for c in costs)],
+        ["systems", *(f"{c.systems:,}" if c.systems else "-" for c in costs)],
+        ["capex", *priced(lambda b, u: _usd(b.capex_usd))],
+        ["opex / month", *priced(lambda b, u: _usd(b.opex_usd_per_month))],
+    ]
+    rows += [
+        [f"TCO {n} months", *(_usd(c.bills[n].total_usd) if c.bills else "-" for c in costs)]
+        for n in months
+    ]
+    rows += [
+        ["USD / task", *priced(lambda b, u: _usd(u["usd_per_task"]))],
+        ["USD / M output tok", *priced(lambda b, u: _usd(u["usd_per_mtok"]))],
+        ["J / output token", *priced(lambda b, u: f"{u['j_per_token']:,.2f}")],
+        ["tasks/s per MW", *priced(lambda b, u: f"{u['tasks_per_s_per_mw']:,.1f}")],
+        ["MW at full load", *priced(lambda b, u: f"{b.facility_power_full_mw:,.3f}")],
+        ["racks", *priced(lambda b, u: f"{b.racks:,}")],
+        ["floor m2", *priced(lambda b, u: f"{b.floor_m2:,.0f}")],
+    ]
+    return rows
+
+
+def plot_sweep(points: Sequence[SloPoint], path: Path, *, title: str) -> None:
+    """Draw USD per task vs the SLO limit, one line per substrate (matplotlib, imported here).
+
+    Raises:
+        ConfigError: matplotlib is not installed or the file cannot be written.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ConfigError("--plot needs matplotlib: pip install matplotlib") from exc
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in dict.fromkeys(p.substrate for p in points):
+        xs = [p.slo_s for p in points if p.substrate == name and p.usd_per_task is not None]
+        ys = [p.usd_per_task for p in points if p.substrate == name and p.usd_per_task]
+        ax.plot(xs, ys, marker="o", label=name)
+    ax.set_xlabel("SLO: p95 end-to-end limit (s); tighter to the left")
+    ax.set_ylabel("USD per task at the SLO")
+    ax.set_yscale("log")
+    ax.set_xscale("log")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    try:
+        fig.savefig(path)
+    except OSError as exc:
+        raise ConfigError(f"--plot {path}: cannot write: {exc}") from exc
+    finally:
+        plt.close(fig)
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise ConfigError(f"{what} {text!r}: write whole numbers >= 1 separated by commas")
+    return values
+
+
+def tco_command(
+    plan_path: Annotated[
+        Path, typer.Argument(metavar="PLAN", help="Plan file (.yaml): what each task runs.")
+    ],
+    load: Annotated[
+        str, typer.Option(metavar="RATE", help="Target load: tasks/s (`5/s`) or `2000tok/s`.")
+    ] = "5/s",
+    slo: Annotated[
+        str, typer.Option(metavar="TARGET", help="The SLO, e.g. 'p95(e2e) <= 10s'.")
+    ] = "p95(e2e) <= 10s",
+    substrates: Annotated[
+        str, typer.Option(metavar="LIST", help="Presets (PRESET or PRESET:STACK), comma-separated.")
+    ] = "wse3,h100,b200",
+    months: Annotated[
+        str, typer.Option(metavar="LIST", help="TCO horizons in months.")
+    ] = "12,24,36",
+    duration: Annotated[
+        float, typer.Option(metavar="S", help="Simulated seconds of arrivals per candidate.")
+    ] = 120.0,
+    cap: Annotated[int, typer.Option(metavar="N", help="Most replicas tried.")] = DEFAULT_CAP,
+    plot: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="Draw cost per task vs SLO tightness.")
+    ] = None,
+    model: opt.Model = None,
+    seed: Annotated[int, typer.Option(metavar="N", help="Seeds arrivals and replicas.")] = 1,
+    as_json: opt.AsJson = False,
+) -> None:
+    """Size a fleet per substrate to meet the SLO at the load, then price it: capex, TCO, $/task."""
+    configure_logging(level="off")
+    try:
+        target = parse_target(slo)
+        p95_target(target)
+        rate, unit = parse_load(load)
+        horizons = _ints(months, "--months")
+        names = [s.strip() for s in substrates.split(",") if s.strip()]
+        plan = load_plan(plan_path, tools=default_registry().tool_args_model)
+        tools = tools_for(plan, virtual=True)
+        options = {"model": model} if model else {}
+        if unit == "tokens":  # convert through the plan's output tokens per task
+            probe = Sizer(plan, names[0].partition(":")[0] if names else "wse3", load_per_s=0.2,
+                          duration_s=60.0, seed=seed, options=options, tools=tools)  # fmt: skip
+            per_task = probe.measure(1).tokens_per_task
+            if per_task <= 0:
+                raise ConfigError(f"{plan_path}: its tasks produce no output tokens; use tasks/s")
+            rate /= per_task
+        sizers: dict[str, Sizer] = {}
+        costs = price_fleets(
+            plan, names, load_per_s=rate, target=target, months=horizons, duration_s=duration,
+            seed=seed, cap=cap, options=options, tools=tools, sizers=sizers,
+        )  # fmt: skip
+        points = sweep_slos(sizers, target, cap=cap) if plot is not None else []
+        title = f"{plan.name} at {rate:,.3g} tasks/s"
+        if plot is not None:
+            plot_sweep(points, plot, title=title)
+    except (AgentrtError, TargetError) as exc:
+        raise opt.fail(str(exc)) from None
+    if as_json:
+        data = {
+            "plan": str(plan_path),
+            "load_tasks_per_s": rate,
+            "slo": target.text,
+            "months": horizons,
+            "substrates": [c.to_dict() for c in costs],
+            "sweep": [  # cost vs SLO tightness (with --plot)
+                {
+                    "substrate": p.substrate,
+                    "slo_s": p.slo_s,
+                    "systems": p.systems,
+                    "usd_per_task": p.usd_per_task,
+                    "usd_per_month": p.usd_per_month,
+                }
+                for p in points
+            ],
+            "plot": str(plot) if plot else None,
+        }
+        _out.print_json(json.dumps(data))
+        return
+    print_table(
+        _out,
+        [Column("", "left"), *(Column(c.substrate) for c in costs)],
+        render_rows(costs, horizons),
+        title=f"agentrt tco: {title}, {target.text}",
+    )
+    if plot is not None:
+        _out.print(f"wrote {plot}", highlight=False)
