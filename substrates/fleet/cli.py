@@ -28,6 +28,7 @@ from agentrt.log import configure_logging
 from agentrt.plan import load_plan
 from agentrt.registry import default_registry
 from agentrt.render import Column, print_table, terminal_console
+from agentrt.telemetry.configure import configure
 from substrates.fleet.fleetbuild import FleetInterrupted, run_fleet_spec
 from substrates.fleet.fleetspec import is_fleet_spec, load_fleet_spec
 from substrates.fleet.study import SWEEP_POINTS, LoadInterrupted, run_load_study
@@ -141,6 +142,14 @@ def load_command(
     real: Annotated[
         bool, typer.Option("--real", help="Fleet specs: run in real time (default: virtual).")
     ] = False,
+    trace: Annotated[
+        str,
+        typer.Option(
+            metavar="TARGET",
+            help="Fleet specs: scale and rollout decisions as span events and metrics to otlp, "
+            "otlp-grpc, jaeger-json:PATH, console or none.",
+        ),
+    ] = "none",
 ) -> None:
     """Agents arriving as a Poisson process run PLAN on a substrate; or run a FLEET spec."""
     configure_logging(level="off")
@@ -153,8 +162,12 @@ def load_command(
                 "--substrate, --sweep and engine options (set them under a pool's `options:`)"
             )
         seed_override = None if seed == opt.SEED_DEFAULT else seed
-        _load_fleet(plan_path, virtual=not real, seed=seed_override, as_json=as_json, plot=plot)
+        _load_fleet(
+            plan_path, virtual=not real, seed=seed_override, as_json=as_json, plot=plot, trace=trace
+        )
         return
+    if trace != "none":
+        raise _fail("--trace is for fleet specs; a plan's agents are traced by `agentrt run`")
     if substrate is None:
         raise _fail(
             "missing --substrate NAME: the substrate PLAN's agents share "
@@ -223,14 +236,25 @@ def load_command(
 
 
 def _load_fleet(
-    path: Path, *, virtual: bool, seed: int | None, as_json: bool, plot: Path | None
+    path: Path,
+    *,
+    virtual: bool,
+    seed: int | None,
+    as_json: bool,
+    plot: Path | None,
+    trace: str = "none",
 ) -> None:
     """Run the fleet spec at ``path``; print its summary or JSON; draw it with ``plot``."""
+    telemetry = None
     try:
         spec = load_fleet_spec(path)
         if plot is not None and plot.suffix.lower() not in (".png", ".svg"):
             raise ConfigError(f"--plot {plot}: draw to a .png or .svg file")
-        report = run_fleet_spec(spec, virtual=virtual, seed=seed)
+        telemetry = configure(trace, service_name="agentrt", set_global=False)
+        tracer = telemetry.tracer_provider.get_tracer("agentrt.fleet")
+        meters = telemetry.meter_provider
+        meter = meters.get_meter("agentrt.fleet") if meters is not None else None
+        report = run_fleet_spec(spec, virtual=virtual, seed=seed, tracer=tracer, meter=meter)
     except AgentrtError as exc:
         raise _fail(str(exc)) from None
     except FleetInterrupted as cancelled:
@@ -243,6 +267,9 @@ def _load_fleet(
             soft_wrap=True,
         )
         raise typer.Exit(exc_.exit_code) from None
+    finally:
+        if telemetry is not None:
+            telemetry.shutdown()
     if as_json:
         _out.print_json(json.dumps({"fleet": str(path), **report.to_dict()}))
     else:

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry import metrics, trace
+
 from agentrt import VirtualClock, run
 from agentrt.errors import ConfigError
 from agentrt.interrupts import Interrupted
@@ -111,8 +113,18 @@ def build_pool(name: str, spec: PoolSpec, *, seed: int | None) -> Pool:
     )
 
 
-def build_fleet(spec: FleetSpec, *, virtual: bool = True, seed: int | None = None) -> Fleet:
+def build_fleet(
+    spec: FleetSpec,
+    *,
+    virtual: bool = True,
+    seed: int | None = None,
+    tracer: trace.Tracer | None = None,
+    meter: metrics.Meter | None = None,
+) -> Fleet:
     """Build the pools, router, controllers, rollouts and tenants ``spec`` describes.
+
+    ``tracer`` and ``meter`` receive every scale and rollout decision as a span event and a
+    metric (``agentrt load FLEET --trace ...``); without them the decisions are report rows.
 
     ``seed`` (default the spec's) seeds the pools 1000 apart and the router. Tenants' plans are
     read now (their paths as given: `load_fleet_spec` resolves them against the spec's folder).
@@ -146,12 +158,12 @@ def build_fleet(spec: FleetSpec, *, virtual: bool = True, seed: int | None = Non
             name="fleet",
         )
     controllers = [
-        ScalingController(pools[name], pool.autoscaler)
+        ScalingController(pools[name], pool.autoscaler, tracer=tracer, meter=meter)
         for name, pool in spec.pools.items()
         if pool.autoscaler is not None
     ]
     try:
-        rollouts = _build_rollouts(spec, pools, substrate)
+        rollouts = _build_rollouts(spec, pools, substrate, tracer=tracer, meter=meter)
     except ConfigError as exc:
         raise ConfigError(f"{spec.where('rollouts')}: {exc}") from None
     registry = default_registry()
@@ -176,7 +188,12 @@ def build_fleet(spec: FleetSpec, *, virtual: bool = True, seed: int | None = Non
 
 
 def _build_rollouts(
-    spec: FleetSpec, pools: dict[str, Pool], substrate: Substrate
+    spec: FleetSpec,
+    pools: dict[str, Pool],
+    substrate: Substrate,
+    *,
+    tracer: trace.Tracer | None,
+    meter: metrics.Meter | None,
 ) -> list[Canary | BlueGreen]:
     if not spec.rollouts or not isinstance(substrate, Router):
         return []
@@ -196,6 +213,8 @@ def _build_rollouts(
                     steps=r.steps,
                     promote=r.promote,
                     drain=r.drain,
+                    tracer=tracer,
+                    meter=meter,
                 )
             )
         else:
@@ -208,6 +227,8 @@ def _build_rollouts(
                     ready_timeout_s=r.ready_timeout_s,
                     drain_timeout_s=r.drain_timeout_s,
                     interval_s=r.interval_s,
+                    tracer=tracer,
+                    meter=meter,
                 )
             )
     return rollouts
@@ -226,7 +247,12 @@ def _weights(spec: FleetSpec) -> dict[str, float] | None:
 
 
 def run_fleet_spec(
-    spec: FleetSpec, *, virtual: bool = True, seed: int | None = None
+    spec: FleetSpec,
+    *,
+    virtual: bool = True,
+    seed: int | None = None,
+    tracer: trace.Tracer | None = None,
+    meter: metrics.Meter | None = None,
 ) -> FleetReport:
     """Build the fleet and run it for ``spec.duration_s`` (virtual time: no waiting).
 
@@ -234,7 +260,7 @@ def run_fleet_spec(
         ConfigError: the spec cannot be built.
         FleetInterrupted: SIGINT or SIGTERM cancelled the run (with the partial report).
     """
-    fleet = build_fleet(spec, virtual=virtual, seed=seed)
+    fleet = build_fleet(spec, virtual=virtual, seed=seed, tracer=tracer, meter=meter)
     report = FleetReport()
 
     async def main() -> FleetReport:

@@ -90,3 +90,22 @@ def test_the_slower_canary_is_rolled_back() -> None:
     late = [s for s in report.samples if s.t_s > rollback.t_s - report.start_s + 60]
     assert late
     assert all(s.pools["canary"]["in_flight"] == 0 for s in late)
+
+
+def test_load_fleet_traces_its_decisions_as_span_events(
+    agentrt_command: Command, tmp_path: Path
+) -> None:
+    """Every rollout (and scale) decision is a span event in the trace file, besides the report."""
+    trace_file = tmp_path / "fleet.json"
+    canary = str(FLEETS / "canary.yaml")
+    proc = agentrt_command("load", canary, "--trace", f"jaeger-json:{trace_file}")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(trace_file.read_text())
+    logs = [log for t in data["data"] for s in t["spans"] for log in s.get("logs", [])]
+    fields = [{f["key"]: f["value"] for f in log["fields"]} for log in logs]
+    assert {f.get("event") for f in fields} == {"agentrt.fleet.rollout"}
+    assert any("rollback" in json.dumps(f) for f in fields)
+    plan = agentrt_command("load", str(FLEETS.parent / "plans" / "research.yaml"), "-s", "wse3",
+                           "--trace", "console")  # fmt: skip
+    assert plan.returncode == 2
+    assert "--trace is for fleet specs" in plan.stderr
