@@ -15,21 +15,44 @@ Example:
 
 from __future__ import annotations
 
-from substrates.fleet.arrivals import parse_arrivals
-from substrates.fleet.autoscale import ScalingController, parse_autoscaler
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from substrates.fleet.breaker import CircuitBreaker
 from substrates.fleet.faults import FaultInjector, parse_faults
-from substrates.fleet.fleetbuild import build_fleet, run_fleet_spec
-from substrates.fleet.fleetreport import FleetReport
-from substrates.fleet.fleetrun import run_fleet
-from substrates.fleet.fleetspec import FleetSpec, load_fleet_spec
 from substrates.fleet.load import LoadReport, run_load
-from substrates.fleet.pool import Pool
-from substrates.fleet.rollout import BlueGreen, Canary
 from substrates.fleet.router import Router
 from substrates.fleet.spec import RouteSpec, load_route_spec
 from substrates.fleet.sweep import sweep_rates
-from substrates.fleet.tenants import Tenant
+
+if TYPE_CHECKING:
+    from substrates.fleet.arrivals import parse_arrivals
+    from substrates.fleet.autoscale import ScalingController, parse_autoscaler
+    from substrates.fleet.fleetbuild import build_fleet, run_fleet_spec
+    from substrates.fleet.fleetreport import FleetReport
+    from substrates.fleet.fleetrun import run_fleet
+    from substrates.fleet.fleetspec import FleetSpec, load_fleet_spec
+    from substrates.fleet.pool import Pool
+    from substrates.fleet.rollout import BlueGreen, Canary
+    from substrates.fleet.tenants import Tenant
+
+#: Fleet operations, imported on first use: every command that imports `substrates` (every
+#: emulated preset) would otherwise pay for their pydantic models at start-up (~60 ms).
+_LAZY = {
+    "parse_arrivals": "arrivals",
+    "ScalingController": "autoscale",
+    "parse_autoscaler": "autoscale",
+    "build_fleet": "fleetbuild",
+    "run_fleet_spec": "fleetbuild",
+    "FleetReport": "fleetreport",
+    "run_fleet": "fleetrun",
+    "FleetSpec": "fleetspec",
+    "load_fleet_spec": "fleetspec",
+    "Pool": "pool",
+    "BlueGreen": "rollout",
+    "Canary": "rollout",
+    "Tenant": "tenants",
+}
 
 __all__ = [
     "BlueGreen",
@@ -55,3 +78,10 @@ __all__ = [
     "run_load",
     "sweep_rates",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'substrates.fleet' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"substrates.fleet.{module}"), name)
