@@ -29,6 +29,7 @@ from typing import Any, Literal, final
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from agentrt.errors import ConfigError, UnknownNameError
+from agentrt.result import StepResult
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -259,6 +260,15 @@ class Journal:
         if row is None:
             raise self._unknown(run_id)
         return _info(row)
+
+    def finished(self, run_id: str) -> list[StepResult]:
+        """The steps of ``run_id`` the journal holds as finished, in the order they finished.
+
+        Raises:
+            UnknownNameError: no run has that id.
+        """
+        self.run(run_id)
+        return [StepResult.model_validate_json(result) for _, result, _ in self._steps(run_id)]
 
     def _unknown(self, run_id: str) -> UnknownNameError:
         with self._lock:
