@@ -54,7 +54,8 @@ def _ready(proc: subprocess.Popen[str]) -> str:
 def _finish(proc: subprocess.Popen[str]) -> list[list[str]]:
     out, err = proc.communicate(timeout=TIMEOUT_S)
     assert proc.returncode == 0, err
-    return json.loads(out.splitlines()[-1])
+    steps: list[list[str]] = json.loads(out.splitlines()[-1])
+    return steps
 
 
 def _executions(tmp: Path, pid: int) -> list[tuple[str, str, str]]:
