@@ -274,7 +274,7 @@ class Journal:
         with self._lock:
             known = [r[0] for r in self._db.execute("SELECT run_id FROM runs")]
         close = difflib.get_close_matches(run_id, known, n=5, cutoff=0.3)
-        return UnknownNameError(f"run in {self.path}", run_id, close or known[-20:])
+        return UnknownNameError("run id", run_id, close or known[-20:])
 
     # -- what `agentrt._journalrun` uses -------------------------------------------------------
 
