@@ -281,7 +281,7 @@ class Journal:
     def _row(self, run_id: str) -> tuple[Any, ...] | None:
         with self._lock:
             row: tuple[Any, ...] | None = self._db.execute(
-                "SELECT state, hash, result, trace_id, span_id, launch, kind FROM runs "
+                "SELECT state, hash, result, trace_id, span_id, kind, pid, host FROM runs "
                 "WHERE run_id = ?",
                 (run_id,),
             ).fetchone()

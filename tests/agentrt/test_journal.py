@@ -302,3 +302,16 @@ def test_a_conversation_with_another_task_is_refused(journal: Journal) -> None:
     vrun(Chat(hang_on="c").agent(journal).run, "Note a, b, c.", run_id="r1", deadline_s=30)
     with pytest.raises(JournalMismatch):
         vrun(Chat().agent(journal).run, "Note d.", run_id="r1")
+
+
+def test_a_run_live_in_another_process_is_not_resumed(journal: Journal) -> None:
+    import os
+
+    vrun(World(fail_on="s1").agent(journal).run, chain_plan(), run_id="r1")
+    db = sqlite3.connect(journal.path)
+    db.execute("UPDATE runs SET state = 'running', pid = ? WHERE run_id = 'r1'", (os.getppid(),))
+    db.commit()
+    db.close()
+    assert journal.run("r1").state == "running"
+    with pytest.raises(ConfigError, match=f"is running in process {os.getppid()}"):
+        vrun(World().agent(journal).resume, "r1")
