@@ -315,3 +315,27 @@ def test_a_run_live_in_another_process_is_not_resumed(journal: Journal) -> None:
     assert journal.run("r1").state == "running"
     with pytest.raises(ConfigError, match=f"is running in process {os.getppid()}"):
         vrun(World().agent(journal).resume, "r1")
+
+
+def test_function_tools_that_declare_the_key_receive_it(journal: Journal) -> None:
+    from agentrt import function_tool
+
+    seen: list[str] = []
+
+    @function_tool(name="note")
+    def note(x: str, idempotency_key: str) -> str:
+        """Note x once.
+
+        Args:
+            x: what to note.
+        """
+        seen.append(idempotency_key)
+        return f"noted {x}"
+
+    assert "idempotency_key" not in note.args_model.model_json_schema()["properties"]
+    agent = Agent(FunctionSubstrate(lambda r: "ok"), tools=[note], journal=journal)
+    assert vrun(agent.run, chain_plan(2), run_id="r9").status == "succeeded"
+    assert seen == ["r9:s0", "r9:s1"]
+    direct = run(note.call, {"x": "y"})
+    assert direct.output == "noted y"
+    assert seen[-1].startswith("direct:")
