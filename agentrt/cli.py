@@ -30,7 +30,7 @@ from agentrt.clock import VirtualClock, run
 from agentrt.compare import Comparison, compare
 from agentrt.errors import AgentrtError, ConfigError, UnknownNameError
 from agentrt.interrupts import Interrupted, raise_on_signals
-from agentrt.journal import Journal
+from agentrt.journal import Journal, JournalError
 from agentrt.log import configure_logging
 from agentrt.plan import Plan, load_plan
 from agentrt.redact import redact
@@ -341,6 +341,8 @@ def finish_run(
         )
     except Interrupted as exc:
         interrupted = exc
+    except JournalError as exc:
+        raise _fail(str(exc), code=1) from None
     finally:
         telemetry.shutdown()
     if interrupted is not None:

@@ -339,3 +339,18 @@ def test_function_tools_that_declare_the_key_receive_it(journal: Journal) -> Non
     direct = run(note.call, {"x": "y"})
     assert direct.output == "noted y"
     assert seen[-1].startswith("direct:")
+
+
+def test_a_journal_that_cannot_be_written_stops_the_run(journal: Journal) -> None:
+    from agentrt import JournalError
+
+    journal._db.execute("PRAGMA busy_timeout = 50")
+    other = sqlite3.connect(journal.path)
+    other.execute("BEGIN IMMEDIATE")  # another program holds the write lock
+    try:
+        with pytest.raises(JournalError, match="database is locked"):
+            vrun(World().agent(journal).run, chain_plan(), run_id="r1")
+    finally:
+        other.rollback()
+        other.close()
+    assert vrun(World().agent(journal).run, chain_plan(), run_id="r2").status == "succeeded"
