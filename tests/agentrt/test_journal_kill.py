@@ -133,3 +133,20 @@ def test_kill_9_at_random_points_then_resume(
         assert info.state == "succeeded", f"seed {seed}"
         assert info.executions >= 1
     assert kills >= kills_wanted, f"only {kills} kills landed in {runs} runs; widen window_s"
+
+
+def test_processes_share_one_journal(tmp_path: Path) -> None:
+    procs = [_start(tmp_path, f"p{i}", mode) for i, mode in enumerate(["plan", "chat", "plan"])]
+    try:
+        results = [_finish(proc) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=TIMEOUT_S)
+    assert all(rows[-1][1] == "succeeded" for rows in results)
+    with Journal(tmp_path / "runs.db") as journal:
+        runs = {r.run_id: r for r in journal.runs()}
+    assert {r.state for r in runs.values()} == {"succeeded"}
+    assert runs["p0"].steps_done == 16
+    assert runs["p1"].steps_done == 19  # 7 model calls, 12 tool calls
