@@ -10,6 +10,9 @@ the command-line value ``local``, ``processes[:N]`` or ``ray[:N|ADDRESS]`` into 
 * `RayExecutor` (``ray``: a local Ray cluster, ``ray:N``: one of N CPUs, ``ray:ADDRESS``: a
   running cluster, e.g. ``ray:auto`` or ``ray:10.0.0.5:6379``); the ``agentrt[ray]`` extra.
 
+`check_executor` checks an executor against this contract (order, progress, failures named,
+dead workers retried), as `agentrt.testing.check_substrate` does for substrates.
+
 Example:
     >>> from agentrt.executors import parse_executor
     >>> with parse_executor("local") as ex:
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 from agentrt.errors import ConfigError
 from agentrt.executors.base import Executor, Label, OnDone, Params, TaskFailed
+from agentrt.executors.checks import check_executor
 from agentrt.executors.local import LocalExecutor
 from agentrt.executors.processes import ProcessExecutor
 from agentrt.executors.raycluster import RAY_MISSING, RayExecutor
@@ -35,6 +39,7 @@ __all__ = [
     "ProcessExecutor",
     "RayExecutor",
     "TaskFailed",
+    "check_executor",
     "parse_executor",
 ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
@@ -10,7 +11,17 @@ from typing import Any, TypeVar
 from agentrt.errors import AgentrtError, ConfigError
 from agentrt.interrupts import Interrupted
 
-__all__ = ["PASSTHROUGH", "Executor", "Label", "OnDone", "Params", "TaskFailed", "task_label"]
+__all__ = [
+    "PASSTHROUGH",
+    "Executor",
+    "Label",
+    "OnDone",
+    "Params",
+    "RemoteError",
+    "TaskFailed",
+    "call_portably",
+    "task_label",
+]
 
 R = TypeVar("R")
 Params = Mapping[str, Any]
@@ -53,8 +64,37 @@ class TaskFailed(AgentrtError):
 
 
 def _short(value: object) -> str:
+    if value is not None and not isinstance(value, str | int | float | bool):
+        return f"<{type(value).__name__}>"  # a plan or an options dict: the label names the task
     text = repr(value)
     return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
+
+
+class RemoteError(Exception):
+    """An error raised in a worker that could not be sent back as itself (it does not pickle).
+
+    Carries the original type's name and message, so `TaskFailed` still says what happened.
+    """
+
+
+def call_portably(fn: Callable[..., Any], params: Mapping[str, Any]) -> Any:
+    """``fn(**params)`` in a worker; an error that would not survive pickling is made one that does.
+
+    An exception class whose ``__init__`` takes other arguments than its message cannot be
+    unpickled by the parent: the process pool would break and Ray would report an unserialisable
+    exception, losing the message. Such an error becomes a `ConfigError` (if it was one: the
+    command still exits 2) with its message, or a `RemoteError` with ``Type: message``.
+    """
+    try:
+        return fn(**params)
+    except Exception as exc:
+        try:
+            pickle.loads(pickle.dumps(exc))
+        except Exception:
+            if isinstance(exc, ConfigError):
+                raise ConfigError(str(exc)) from None
+            raise RemoteError(f"{type(exc).__name__}: {exc}") from None
+        raise
 
 
 def task_label(label: Label | None, index: int, params: Params) -> str:

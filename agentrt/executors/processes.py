@@ -11,7 +11,15 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar, final
 
 from agentrt.errors import ConfigError
-from agentrt.executors.base import PASSTHROUGH, Executor, Label, OnDone, Params, TaskFailed
+from agentrt.executors.base import (
+    PASSTHROUGH,
+    Executor,
+    Label,
+    OnDone,
+    Params,
+    TaskFailed,
+    call_portably,
+)
 from agentrt.executors.base import task_label as _label
 
 __all__ = ["ProcessExecutor"]
@@ -102,7 +110,9 @@ class ProcessExecutor(Executor):
         label: Label | None,
         on_done: OnDone | None,
     ) -> None:
-        futures: dict[Future[R], int] = {pool.submit(fn, **params[i]): i for i in batch}
+        futures: dict[Future[R], int] = {
+            pool.submit(call_portably, fn, dict(params[i])): i for i in batch
+        }
         pending = set(futures)
         try:
             while pending:

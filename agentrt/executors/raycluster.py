@@ -11,7 +11,15 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, final
 
 from agentrt.errors import ConfigError
-from agentrt.executors.base import PASSTHROUGH, Executor, Label, OnDone, Params, TaskFailed
+from agentrt.executors.base import (
+    PASSTHROUGH,
+    Executor,
+    Label,
+    OnDone,
+    Params,
+    TaskFailed,
+    call_portably,
+)
 from agentrt.executors.base import task_label as _label
 
 __all__ = ["RAY_MISSING", "RayExecutor"]
@@ -28,7 +36,7 @@ _GET_TIMEOUT_S = 60.0
 
 def _call(fn: Callable[..., Any], params: dict[str, Any]) -> Any:
     """What each Ray task runs: ``fn(**params)`` (module-level, so Ray can ship it)."""
-    return fn(**params)
+    return call_portably(fn, params)
 
 
 def _import_ray() -> Any:
@@ -79,6 +87,11 @@ class RayExecutor(Executor):
         ray = self._ray
         if self._started or ray.is_initialized():
             return
+        ray_log = logging.getLogger("ray")
+        level = ray_log.level
+        # ray.init() logs, at WARNING, that a local cluster has token authentication on: news
+        # to nobody running a sweep, and a second line on a command that prints one.
+        ray_log.setLevel(logging.ERROR)
         try:
             ray.init(
                 address=self.address,
@@ -93,6 +106,8 @@ class RayExecutor(Executor):
                 f"--executor ray:{self.address}: no Ray cluster there ({exc}); start one with "
                 "`ray start --head` or use --executor ray for a local one"
             ) from None
+        finally:
+            ray_log.setLevel(level)
         self._started = True
 
     def map(
