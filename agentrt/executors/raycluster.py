@@ -7,7 +7,11 @@ is made, never by importing agentrt.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from types import FrameType
 from typing import Any, TypeVar, final
 
 from agentrt.errors import ConfigError
@@ -37,6 +41,50 @@ _GET_TIMEOUT_S = 60.0
 def _call(fn: Callable[..., Any], params: dict[str, Any]) -> Any:
     """What each Ray task runs: ``fn(**params)`` (module-level, so Ray can ship it)."""
     return call_portably(fn, params)
+
+
+def _signal_handlers() -> dict[signal.Signals, Any]:
+    """The Python-level SIGINT and SIGTERM handlers now (none outside the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    found = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    return {sig: handler for sig, handler in found.items() if handler is not None}
+
+
+class _Received:
+    """Signals that arrived while Ray's C++ code ran; `check` runs their handlers."""
+
+    def __init__(self, handlers: dict[signal.Signals, Any]) -> None:
+        self.handlers = handlers
+        self.signals: list[signal.Signals] = []
+
+    def note(self, signum: int, frame: FrameType | None) -> None:
+        del frame
+        self.signals.append(signal.Signals(signum))
+
+    def check(self) -> None:
+        """Run the handler of the first signal received (the command's raises `Interrupted`)."""
+        if self.signals:
+            sig = self.signals.pop(0)
+            self.handlers[sig](sig, None)
+
+
+@contextmanager
+def _deferred_signals() -> Iterator[_Received]:
+    """Hold the command's SIGINT/SIGTERM handlers back while Ray waits, run them between waits.
+
+    A Python handler that raises inside ``ray.wait`` (Cython) comes out as a ``SystemError``
+    ("returned a result with an exception set"), not as the exception it raised.
+    """
+    handlers = {sig: handler for sig, handler in _signal_handlers().items() if callable(handler)}
+    received = _Received(handlers)
+    for sig in handlers:
+        signal.signal(sig, received.note)
+    try:
+        yield received
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 def _import_ray() -> Any:
@@ -92,6 +140,7 @@ class RayExecutor(Executor):
         # ray.init() logs, at WARNING, that a local cluster has token authentication on: news
         # to nobody running a sweep, and a second line on a command that prints one.
         ray_log.setLevel(logging.ERROR)
+        handlers = _signal_handlers()
         try:
             ray.init(
                 address=self.address,
@@ -108,6 +157,10 @@ class RayExecutor(Executor):
             ) from None
         finally:
             ray_log.setLevel(level)
+            # ray.init() installs its own SIGTERM handler (it dies on the spot): put back the
+            # command's, which cancels the study, shuts the cluster down and exits 143.
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
         self._started = True
 
     def map(
@@ -127,20 +180,22 @@ class RayExecutor(Executor):
         index = {ref: i for i, ref in enumerate(refs)}
         results: dict[int, R] = {}
         pending = list(refs)
-        try:
-            while pending:
-                ready, pending = ray.wait(pending, num_returns=1, timeout=_POLL_S)
-                if ready:  # and every other task finished meanwhile
-                    more, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
-                    ready += more
-                for ref in sorted(ready, key=index.__getitem__):
-                    i = index[ref]
-                    results[i] = self._get(ref, label, i, params[i])
-                    if on_done is not None:
-                        on_done(len(results), len(params))
-        finally:
-            for ref in pending:
-                ray.cancel(ref, force=True)
+        with _deferred_signals() as received:
+            try:
+                while pending:
+                    received.check()
+                    ready, pending = ray.wait(pending, num_returns=1, timeout=_POLL_S)
+                    if ready:  # and every other task finished meanwhile
+                        more, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
+                        ready += more
+                    for ref in sorted(ready, key=index.__getitem__):
+                        i = index[ref]
+                        results[i] = self._get(ref, label, i, params[i])
+                        if on_done is not None:
+                            on_done(len(results), len(params))
+            finally:
+                for ref in pending:
+                    ray.cancel(ref, force=True)
         return [results[i] for i in range(len(params))]
 
     def _get(self, ref: Any, label: Label | None, i: int, params: Params) -> Any:
