@@ -123,3 +123,36 @@ def test_rates_and_seeds_parse() -> None:
             parse_rates(bad)
     with pytest.raises(ConfigError, match="integers"):
         seed_list(seed=0, seeds=None, listed="1.5")
+
+
+def test_on_a_terminal_a_progress_bar_counts_the_points(plan_file: Path) -> None:
+    import pty
+    import re
+
+    primary, secondary = pty.openpty()
+    env = {**os.environ, "COLUMNS": "120", "TERM": "xterm"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "substrates.fleet.cli", str(plan_file), "-s", "fixed",
+         "--rates", "1:4:1", "--seeds", "3", "--agents", "5", "--virtual", "--sweep",
+         "--executor", "processes:2"],
+        stdin=subprocess.DEVNULL, stdout=secondary, stderr=secondary, cwd=ROOT, env=env,
+    )  # fmt: skip
+    os.close(secondary)
+    chunks = []
+    try:
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # the command closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        proc.wait(timeout=120)
+        os.close(primary)
+    assert proc.returncode == 0
+    text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", b"".join(chunks).decode(errors="replace"))
+    assert "short: sweep" in text
+    assert "12/12 tasks" in text
+    assert "latency vs load on fixed" in text
