@@ -21,13 +21,24 @@ from agentrt.executors.base import (
     call_portably,
 )
 from agentrt.executors.base import task_label as _label
+from agentrt.log import get_logger
 
 __all__ = ["ProcessExecutor"]
 
 R = TypeVar("R")
 
+_log = get_logger("agentrt.executors")
+
 #: Seconds between checks while waiting for tasks (each wait is bounded; a signal gets through).
 _POLL_S = 0.5
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, e.g. a container's), else all."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _ignore_sigint() -> None:
@@ -56,7 +67,7 @@ class ProcessExecutor(Executor):
     def __init__(self, workers: int | None = None, *, max_retries: int = 2) -> None:
         if workers is not None and workers < 1:
             raise ConfigError(f"--executor processes:N needs N >= 1, got {workers}")
-        self.workers = workers or os.cpu_count() or 1
+        self.workers = workers or _usable_cores()
         self.max_retries = max_retries
         self._pool: ProcessPoolExecutor | None = None
 
@@ -89,6 +100,9 @@ class ProcessExecutor(Executor):
                 self._run(pool, fn, params, batch, results, label, on_done)
             except BrokenProcessPool as exc:
                 breaks += 1
+                unfinished = len([i for i in todo if i not in results])
+                _log.warning("executor_worker_died", executor=self.name, retry=breaks,
+                             unfinished=unfinished, isolated=isolate)  # fmt: skip
                 if isolate:  # it ran alone: it killed its worker every time
                     i = batch[0]
                     raise TaskFailed(
