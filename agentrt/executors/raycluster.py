@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -87,6 +88,33 @@ def _deferred_signals() -> Iterator[_Received]:
             signal.signal(sig, handler)
 
 
+#: Seconds to wait for a cluster's head to accept a connection (Ray itself retries for minutes).
+_CONNECT_TIMEOUT_S = 5.0
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast, with the fix, when ``HOST:PORT`` does not accept connections.
+
+    Raises:
+        ConfigError: nothing listens there.
+    """
+    if "://" in address or address == "auto":
+        return  # Ray Client, or the cluster this machine belongs to: Ray says it quickly
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(
+            f"--executor ray:{address}: give the head node as HOST:PORT (e.g. ray:10.0.0.5:6379) "
+            "or ray:auto"
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=_CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"--executor ray:{address}: no Ray cluster there ({exc}); start one with "
+            f"`ray start --head --port={port}` on {host}, or use --executor ray for a local one"
+        ) from None
+
+
 def _import_ray() -> Any:
     try:
         import ray
@@ -135,6 +163,8 @@ class RayExecutor(Executor):
         ray = self._ray
         if self._started or ray.is_initialized():
             return
+        if self.address is not None:
+            _check_reachable(self.address)
         ray_log = logging.getLogger("ray")
         level = ray_log.level
         # ray.init() logs, at WARNING, that a local cluster has token authentication on: news
