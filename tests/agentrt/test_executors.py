@@ -90,3 +90,14 @@ def test_ray_results_come_back_in_input_order(ray_executor: RayExecutor) -> None
     out = ray_executor.map(echo, params, on_done=lambda d, n: done.append(d))
     assert out == [f"v{i}" for i in range(40)]
     assert done == list(range(1, 41))
+
+
+def test_a_second_ray_executor_uses_the_running_ray_and_leaves_it(
+    ray_executor: RayExecutor,
+) -> None:
+    import ray
+
+    ray_executor.map(echo, [{"value": 1}])  # the fixture's executor started Ray here
+    with RayExecutor() as other:
+        assert other.map(echo, [{"value": 2}]) == [2]
+    assert ray.is_initialized(), "closed a Ray it did not start"
