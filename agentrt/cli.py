@@ -26,8 +26,10 @@ from agentrt import __version__
 from agentrt import cli_options as opt
 from agentrt import replay as rp
 from agentrt.agent import Agent, AgentRun
+from agentrt.cli_tasks import map_tasks, wants_progress
 from agentrt.clock import VirtualClock, run
-from agentrt.compare import Comparison, compare
+from agentrt.compare import Comparison
+from agentrt.comparetask import compare_substrate
 from agentrt.errors import AgentrtError, ConfigError, UnknownNameError
 from agentrt.interrupts import Interrupted, raise_on_signals
 from agentrt.journal import Journal, JournalError
@@ -419,6 +421,7 @@ def compare_command(
             help="Where traces go (one per run): otlp, otlp-grpc, jaeger-json:PATH, console, none.",
         ),
     ] = "none",
+    executor: opt.ExecutorName = "local",
 ) -> None:
     """Run PLAN on several substrates: end-to-end p50/p95/p99, per-step medians, speed-ups.
 
@@ -447,42 +450,34 @@ def compare_command(
         if not names:
             raise ConfigError("--substrates needs at least one name, e.g. --substrates wse3,h100")
         registry = default_registry()
-        subs = {n: registry.substrate(n, seed=seed, **options) for n in names}
-        if faults:
-            subs = {n: registry.wrap("faults", s, faults, seed=seed) for n, s in subs.items()}
-        tools = _tools_for(plan, virtual=virtual)
+        for name in names:  # a typo fails now, before any substrate runs
+            registry.factory("agentrt.substrates", name.partition(":")[0])
+        local = executor.strip() == "local"
+        if target.kind != "none" and not local:
+            raise ConfigError(
+                f"--trace {trace} records spans in this process; use it with --executor local"
+            )
         telemetry = configure(target, service_name="agentrt", set_global=False)
     except AgentrtError as exc:
         raise _fail(str(exc).replace("\n", " ")) from None
-
-    async def main() -> Comparison:
-        with Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total} runs"),
-            TimeElapsedColumn(),
-            console=_err,
-            transient=True,
-            disable=as_json or not _err.is_terminal,
-        ) as progress:
-            task = progress.add_task(plan.name, total=trials * len(subs))
-            result = await compare(
-                plan,
-                subs,
-                tools=tools,
-                trials=trials,
-                seed=seed,
-                on_trial=lambda name, run: progress.update(
-                    task, advance=1, description=f"{plan.name} on {name}"
-                ),
-                tracer_provider=_tracer_provider(telemetry),
-            )
-        for substrate in subs.values():
-            await substrate.aclose()
-        return result
-
+    extra: dict[str, Any] = {"tracer_provider": _tracer_provider(telemetry)} if local else {}
+    params = [
+        {"plan": plan, "substrate": name, "trials": trials, "seed": seed, "options": options,
+         "faults": faults, "virtual": virtual, "signals": local, **extra}
+        for name in names
+    ]  # fmt: skip
     try:
-        comparison = run(main, clock=VirtualClock() if virtual else None, cancel_on=_CANCEL_ON)
+        done = map_tasks(
+            executor,
+            compare_substrate,
+            params,
+            description=f"{plan.name}: {trials} trials on each of {len(names)} substrates",
+            show=wants_progress(as_json=as_json),
+            label=lambda p: f"{p['substrate']} x{p['trials']}",
+        )
+    except AgentrtError as exc:
+        telemetry.shutdown()
+        raise _fail(str(exc).replace("\n", " ")) from None
     except Interrupted as exc:
         telemetry.shutdown()
         where = telemetry.where("<trace_id>") if telemetry.target.kind != "none" else None
@@ -490,6 +485,10 @@ def compare_command(
         raise _interrupted(exc, "comparison cancelled", line) from None
     finally:
         telemetry.shutdown()
+    comparison = Comparison.from_summaries(
+        plan.name, {n: summary for n, (summary, _) in zip(names, done, strict=True)},
+        trials=trials, clock=done[0][1],
+    )  # fmt: skip
     where = telemetry.where("<trace_id>") if telemetry.target.kind != "none" else None
     failures = comparison.failures()
     if as_json:

@@ -34,6 +34,7 @@ __all__ = [
     "Chips",
     "Command",
     "Ep",
+    "ExecutorName",
     "Faults",
     "Group",
     "LatencyMs",
@@ -86,6 +87,15 @@ Trace = Annotated[
         envvar="AGENTRT_TRACE",
         metavar="TARGET",
         help="Where traces go: otlp, otlp-grpc, jaeger-json:PATH, console or none.",
+    ),
+]
+ExecutorName = Annotated[
+    str,
+    typer.Option(
+        "--executor",
+        metavar="EXECUTOR",
+        help="Where the simulations run: local, processes[:N], ray (a local Ray cluster), ray:N "
+        "or ray:ADDRESS (a running cluster, e.g. ray:auto); ray needs pip install 'agentrt[ray]'.",
     ),
 ]
 Faults = Annotated[

@@ -15,7 +15,13 @@ from agentrt.result import RunResult
 from agentrt.substrate import Substrate
 from agentrt.tool import Tool
 
-__all__ = ["Comparison", "SubstrateSummary", "compare", "percentile", "summarize"]
+__all__ = [
+    "Comparison",
+    "SubstrateSummary",
+    "compare",
+    "percentile",
+    "summarize",
+]
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -70,6 +76,27 @@ class Comparison(BaseModel):
     clock: str
     substrates: dict[str, SubstrateSummary]
     speedup: dict[str, float]
+
+    @classmethod
+    def from_summaries(
+        cls, plan: str, summaries: Mapping[str, SubstrateSummary], *, trials: int, clock: str
+    ) -> Comparison:
+        """The comparison of substrates summarised apart (e.g. by `compare_substrate` tasks).
+
+        Example:
+            >>> s = SubstrateSummary(name="x", trials=1, succeeded=1, e2e_p50_s=1, e2e_p95_s=1,
+            ...     e2e_p99_s=1, e2e_mean_s=1, steps={}, cost_usd_mean=0, energy_j_mean=0)
+            >>> Comparison.from_summaries("p", {"x": s}, trials=1, clock="virtual").speedup
+            {'x': 1.0}
+        """
+        slowest = max(s.e2e_p50_s for s in summaries.values())
+        speedup = {
+            name: (slowest / s.e2e_p50_s if s.e2e_p50_s > 0 else float("inf"))
+            for name, s in summaries.items()
+        }
+        return cls(
+            plan=plan, trials=trials, clock=clock, substrates=dict(summaries), speedup=speedup
+        )
 
     def failures(self) -> list[str]:
         """One line per substrate with failed runs: how many failed and the commonest reasons.
@@ -183,11 +210,4 @@ async def compare(
             if on_trial is not None:
                 on_trial(name, result)
         summaries[name] = summarize(name, runs)
-    slowest = max(s.e2e_p50_s for s in summaries.values())
-    speedup = {
-        name: (slowest / s.e2e_p50_s if s.e2e_p50_s > 0 else float("inf"))
-        for name, s in summaries.items()
-    }
-    return Comparison(
-        plan=plan.name, trials=trials, clock=clock, substrates=summaries, speedup=speedup
-    )
+    return Comparison.from_summaries(plan.name, summaries, trials=trials, clock=clock)

@@ -19,7 +19,9 @@ from typing import Annotated, Any
 import typer
 
 from agentrt import cli_options as opt
+from agentrt.cli_tasks import map_tasks, wants_progress
 from agentrt.errors import AgentrtError, ConfigError
+from agentrt.interrupts import Interrupted
 from agentrt.log import configure_logging
 from agentrt.plan import load_plan
 from agentrt.registry import default_registry
@@ -30,7 +32,15 @@ from substrates.fleet.specfile import read_spec
 from substrates.fleet.study import LoadInterrupted, run_load_study
 from substrates.fleet.targets import Target
 
-__all__ = ["CheckOutcome", "Verdict", "check_command", "run_check", "run_checks", "write_junit"]
+__all__ = [
+    "CheckOutcome",
+    "Verdict",
+    "check_command",
+    "check_task",
+    "run_check",
+    "run_checks",
+    "write_junit",
+]
 
 _out = terminal_console(piped_width=160)
 
@@ -113,21 +123,56 @@ def _fleet_measure() -> FleetMeasure:
     return measure_fleet_spec
 
 
+def check_task(
+    *, check: Check, name: str, virtual: bool, seed: int | None, fleet: FleetMeasure | None = None
+) -> CheckOutcome:
+    """`run_check` as an executor task: a signal's cancellation surfaces as `Interrupted`.
+
+    Raises:
+        Interrupted: SIGINT or SIGTERM cancelled the check's run.
+        AgentrtError: a bad plan, substrate or fleet spec.
+    """
+    try:
+        return run_check(check, name=name, virtual=virtual, seed=seed, fleet=fleet)
+    except (LoadInterrupted, FleetInterrupted) as exc:
+        raise exc.interrupted from None
+
+
 def run_checks(
-    spec_path: Path, *, virtual: bool = True, fleet: FleetMeasure | None = None
+    spec_path: Path,
+    *,
+    virtual: bool = True,
+    fleet: FleetMeasure | None = None,
+    executor: str | None = None,
+    show: bool = False,
 ) -> list[CheckOutcome]:
-    """Read the check spec at ``spec_path`` and run its checks in order.
+    """Read the check spec at ``spec_path`` and run its checks, each a task on ``executor``.
+
+    The outcomes come in the spec's order whatever ran where; ``show`` draws a progress bar.
+    ``fleet`` (a test's stand-in measure) runs in this process: use the local executor.
 
     Raises:
         ConfigError: a bad spec (exit 2 on the command line).
-        AgentrtError: a check could not run.
+        TaskFailed: a check could not run; names it.
+        Interrupted: a signal cancelled a check.
     """
     spec = read_spec(spec_path, CheckSpec, what="check spec")
     base = spec_path.parent
-    return [
-        run_check(c.resolve(base), name=c.label(i), virtual=virtual, seed=spec.seed, fleet=fleet)
+    params: list[dict[str, Any]] = [
+        {"check": c.resolve(base), "name": c.label(i), "virtual": virtual, "seed": spec.seed}
         for i, c in enumerate(spec.checks)
     ]
+    if fleet is not None:
+        for p in params:
+            p["fleet"] = fleet
+    return map_tasks(
+        executor,
+        check_task,
+        params,
+        description=f"check {spec_path.name}",
+        show=show,
+        label=lambda p: f"check {p['name']}",
+    )
 
 
 def write_junit(outcomes: Sequence[CheckOutcome], path: Path, *, suite: str) -> None:
@@ -182,15 +227,17 @@ def check_command(
         bool, typer.Option("--real", help="Run in real time (default: virtual time, no waiting).")
     ] = False,
     as_json: opt.AsJson = False,
+    executor: opt.ExecutorName = "local",
 ) -> None:
     """Run SPEC's checks and compare with its SLO targets; exit 1 on any breach, 2 on a bad spec."""
     configure_logging(level="off")
     try:
-        outcomes = run_checks(spec_path, virtual=not real)
+        outcomes = run_checks(
+            spec_path, virtual=not real, executor=executor, show=wants_progress(as_json=as_json)
+        )
     except AgentrtError as exc:
         raise opt.fail(str(exc)) from None
-    except (LoadInterrupted, FleetInterrupted) as cancelled:
-        exc_ = cancelled.interrupted
+    except Interrupted as exc_:
         raise opt.fail(f"interrupted by {exc_.signal_name}", exc_.exit_code) from None
     if junit is not None:
         write_junit(outcomes, junit, suite=spec_path.stem)

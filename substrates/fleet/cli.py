@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,6 +21,7 @@ import typer
 from rich.console import Console
 
 from agentrt import cli_options as opt
+from agentrt.cli_tasks import wants_progress
 from agentrt.errors import AgentrtError, ConfigError
 from agentrt.interrupts import Interrupted, raise_on_signals
 from agentrt.log import configure_logging
@@ -31,8 +31,9 @@ from agentrt.render import Column, print_table, terminal_console
 from agentrt.telemetry.configure import configure
 from substrates.fleet.fleetbuild import FleetInterrupted, run_fleet_spec
 from substrates.fleet.fleetspec import is_fleet_spec, load_fleet_spec
+from substrates.fleet.grid import parse_rates, seed_list, sweep_grid
 from substrates.fleet.study import SWEEP_POINTS, LoadInterrupted, run_load_study
-from substrates.fleet.sweep import plot_curves, print_curves, sweep_rates
+from substrates.fleet.sweep import plot_curves, print_curves
 from substrates.fleet.timeline import plot_timeline, print_fleet_summary
 
 __all__ = ["load_command", "main"]
@@ -132,6 +133,23 @@ def load_command(
     sweep: Annotated[
         bool, typer.Option("--sweep", help="Vary the arrival rate; latency-vs-load per substrate.")
     ] = False,
+    rates: Annotated[
+        str | None,
+        typer.Option(
+            metavar="RATES",
+            help="--sweep: arrival rates, a list (0.5,1,2) or START:STOP:STEP (default: "
+            "0.1x to 2x --arrival-rate).",
+        ),
+    ] = None,
+    seeds: Annotated[
+        int | None,
+        typer.Option(min=1, metavar="N", help="--sweep: N seeds per point, from --seed on."),
+    ] = None,
+    seed_list_text: Annotated[
+        str | None,
+        typer.Option("--seed-list", metavar="SEEDS", help="--sweep: these seeds, e.g. 1,2,3."),
+    ] = None,
+    executor: opt.ExecutorName = "local",
     plot: Annotated[
         Path | None,
         typer.Option(
@@ -155,12 +173,15 @@ def load_command(
     configure_logging(level="off")
     if is_fleet_spec(plan_path):
         per_pool = [latency_ms, output_tokens, model, chips, tp, pp, precision, max_batch,
-                    network_rtt_ms, spec_decode, stack, ep, option, faults]  # fmt: skip
+                    network_rtt_ms, spec_decode, stack, ep, option, faults, rates, seeds,
+                    seed_list_text]  # fmt: skip
         if substrate is not None or sweep or any(v is not None for v in per_pool):
             raise _fail(
                 f"{plan_path} is a fleet spec: its pools and tenants say what runs; drop "
                 "--substrate, --sweep and engine options (set them under a pool's `options:`)"
             )
+        if executor.strip() != "local":
+            raise _fail(f"{plan_path} is one fleet simulation; --executor is for --sweep")
         seed_override = None if seed == opt.SEED_DEFAULT else seed
         _load_fleet(
             plan_path, virtual=not real, seed=seed_override, as_json=as_json, plot=plot, trace=trace
@@ -194,6 +215,12 @@ def load_command(
         )
         if plot is not None and not sweep:
             raise ConfigError("--plot draws the --sweep curves; add --sweep")
+        grid = {"--rates": rates, "--seeds": seeds, "--seed-list": seed_list_text}
+        if not sweep and any(v is not None for v in grid.values()):
+            given = ", ".join(k for k, v in grid.items() if v is not None)
+            raise ConfigError(f"{given} set the --sweep grid; add --sweep")
+        if not sweep and executor.strip() != "local":
+            raise ConfigError("--executor runs the points of a --sweep; add --sweep")
         registry = default_registry()
         plan = load_plan(plan_path, tools=registry.tool_args_model)
         common: dict[str, Any] = {
@@ -209,15 +236,23 @@ def load_command(
             report = run_load_study(plan, substrate, rate=arrival_rate, **common).to_dict()
             report["substrate"] = substrate
         else:
-            curves = sweep_rates(
-                partial(run_load_study, plan, **common),
+            del common["seed"]
+            curves = sweep_grid(
+                plan,
                 [n.strip() for n in substrate.split(",") if n.strip()],
-                [arrival_rate * f for f in SWEEP_POINTS],
+                parse_rates(rates) if rates else [arrival_rate * f for f in SWEEP_POINTS],
+                seed_list(seed=seed, seeds=seeds, listed=seed_list_text),
+                executor=executor,
+                show=wants_progress(as_json=as_json),
+                common=common,
             )
     except AgentrtError as exc:
         raise _fail(str(exc).replace("\n", " ")) from None
     except LoadInterrupted as cancelled:
         raise _interrupted(cancelled, substrate, as_json=as_json, sweep=sweep) from None
+    except Interrupted as exc:  # a sweep point's study, or the wait for the executor
+        _err.print(f"agentrt: interrupted by {exc.signal_name}; sweep cancelled", highlight=False)
+        raise typer.Exit(exc.exit_code) from None
     if not sweep:
         if as_json:
             _out.print_json(json.dumps(report))

@@ -76,12 +76,14 @@ def run_load_study(
     faults: str | None,
     slo_s: float | None,
     options: dict[str, Any],
+    signals: bool = True,
 ) -> LoadReport:
     """Agents arriving at ``rate`` per second run ``plan`` on substrate ``name``.
 
     ``options`` are the substrate's (``model``, ``chips``, ``max_batch``, ...). In virtual time
     the run takes no waiting. SIGINT or SIGTERM cancels it: everything unwinds and
-    `LoadInterrupted` carries the report counted until then.
+    `LoadInterrupted` carries the report counted until then (``signals=False``: the caller
+    handles signals, as in an executor's worker process or thread).
 
     Raises:
         LoadInterrupted: a signal cancelled the run.
@@ -108,6 +110,7 @@ def run_load_study(
             await sub.aclose()
 
     try:
-        return run(main, clock=VirtualClock() if virtual else None, cancel_on=_CANCEL_ON)
+        clock = VirtualClock() if virtual else None
+        return run(main, clock=clock, cancel_on=_CANCEL_ON if signals else ())
     except Interrupted as exc:
         raise LoadInterrupted(exc, report) from None

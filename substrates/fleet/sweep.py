@@ -38,10 +38,13 @@ def print_curves(console: Console, curves: Curves) -> None:
     """One latency-vs-load table per substrate."""
     for name, points in curves.items():
         table = Table(title=f"latency vs load on {name}", title_justify="left")
-        for column in ("arrivals/s", "runs/s", "e2e p50 s", "e2e p99 s", "ttft p99 s", "failed"):
+        seeded = len({p.get("seed") for p in points}) > 1
+        columns = ("arrivals/s", "runs/s", "e2e p50 s", "e2e p99 s", "ttft p99 s", "failed")
+        for column in ("seed", *columns) if seeded else columns:
             table.add_column(column, justify="right")
         for p in points:
             table.add_row(
+                *([str(p["seed"])] if seeded else []),
                 f"{p['arrival_rate']:.3g}",
                 f"{p['throughput_runs_per_s']:.3g}",
                 "-" if p["e2e_p50_s"] is None else f"{p['e2e_p50_s']:.3f}",
@@ -50,6 +53,18 @@ def print_curves(console: Console, curves: Curves) -> None:
                 str(p["failed"]),
             )
         console.print(table)
+
+
+def _mean_over_seeds(points: list[dict[str, Any]]) -> tuple[list[float], ...]:
+    """Per arrival rate, the mean p50 and p99 over the seeds that completed runs."""
+    by_rate: dict[float, list[dict[str, Any]]] = {}
+    for p in points:
+        if p["e2e_p50_s"] is not None:
+            by_rate.setdefault(p["arrival_rate"], []).append(p)
+    xs = sorted(by_rate)
+    p50 = [sum(p["e2e_p50_s"] for p in by_rate[x]) / len(by_rate[x]) for x in xs]
+    p99 = [sum(p["e2e_p99_s"] for p in by_rate[x]) / len(by_rate[x]) for x in xs]
+    return xs, p50, p99
 
 
 def plot_curves(curves: Curves, path: Path, *, title: str) -> None:
@@ -61,9 +76,7 @@ def plot_curves(curves: Curves, path: Path, *, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name, points in curves.items():
-        xs = [p["arrival_rate"] for p in points if p["e2e_p50_s"] is not None]
-        p50 = [p["e2e_p50_s"] for p in points if p["e2e_p50_s"] is not None]
-        p99 = [p["e2e_p99_s"] for p in points if p["e2e_p50_s"] is not None]
+        xs, p50, p99 = _mean_over_seeds(points)
         (line,) = ax.plot(xs, p50, marker="o", label=f"{name} p50")
         ax.plot(xs, p99, marker="^", linestyle="--", color=line.get_color(), label=f"{name} p99")
     rates = [p["arrival_rate"] for points in curves.values() for p in points]
