@@ -1,0 +1,189 @@
+"""`agentrt batch`: TASKS files, real runs over HTTP and on emulated engines, executors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agentrt.batch import BatchSettings, BatchTask, read_tasks, shard
+from agentrt.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "batch" / "tasks.jsonl"
+MODEL = "llama-3.1-8b"
+
+
+def batch(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agentrt", "batch", *args],
+        capture_output=True, text=True, timeout=timeout, check=False, cwd=ROOT,
+    )  # fmt: skip
+
+
+def lines(stdout: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def write_tasks(path: Path, count: int, *, extra: list[str] = ()) -> Path:  # type: ignore[assignment]
+    rows = [json.dumps({"id": f"t{i:03d}", "task": f"Question {i}: say something."})
+            for i in range(count)]  # fmt: skip
+    path.write_text("\n".join([*rows, *extra]) + "\n")
+    return path
+
+
+# -- the TASKS file --------------------------------------------------------------------------
+
+
+def test_the_example_tasks_file_reads() -> None:
+    tasks = read_tasks(EXAMPLE)
+    assert [t.id for t in tasks] == ["hello", "summary", "research", "haiku"]
+    assert tasks[1].max_turns == 4
+    research = tasks[2]
+    assert research.plan is not None
+    assert research.plan.name == "research"
+    assert research.seed == 7
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"id": "a", "task": "x"', ":1: not JSON"),
+        ('["a", "x"]', ":1: a JSON list, not an object"),
+        ('{"id": "a", "prompt": "x"}', ":1: unknown field(s) 'prompt'"),
+        ('{"task": "x"}', ":1: no id"),
+        ('{"id": "a"}', ":1: give exactly one of task and plan"),
+        ('{"id": "a", "task": "x", "plan": "p.yaml"}', ":1: give exactly one of task and plan"),
+        ('{"id": "a/b", "task": "x"}', ":1: id: "),
+        ('{"id": "a", "task": "x", "max_turns": 0}', ":1: max_turns: "),
+        ('{"id": "a", "task": ""}', ":1: task: "),
+        ('{"id": "a", "plan": "missing.yaml"}', ":1: plan 'missing.yaml': "),
+        ('{"id": "a", "task": "x"}\n\n{"id": "a", "task": "y"}', ":3: id 'a' is also on line 1"),
+        ("\n\n", ": no tasks"),
+    ],
+)
+def test_a_bad_line_is_named_with_the_fix(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "tasks.jsonl"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        read_tasks(path)
+    message = str(caught.value)
+    assert message.startswith(str(path)), message
+    assert expected in message, message
+    assert "\n" not in message
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.jsonl"
+    path.write_text('{"id": "a", "task": "x"}\n{"id": "a", "task": "y"}\n')
+    proc = batch(str(path), "-s", "wse3", "--virtual")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {path}:2: id 'a' is also on line 1; ids must be unique (they name the runs in "
+        "the journal)"
+    ]
+    for argv in (
+        [str(tmp_path / "nope.jsonl"), "-s", "wse3"],
+        [str(EXAMPLE), "-s", "no-such-substrate"],
+        [str(EXAMPLE), "-s", "wse3", "--tools", "no-such-tool"],
+        [str(EXAMPLE), "-s", "wse3", "--executor", "threads"],
+        [str(EXAMPLE), "-s", "wse3", "--name", "a/b"],
+    ):
+        proc = batch(*argv)
+        assert proc.returncode == 2, (argv, proc.stderr)
+        assert proc.stderr.startswith("error: "), proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_shards_deal_round_robin_and_keep_every_task() -> None:
+    tasks = [BatchTask(id=str(i), task="t") for i in range(7)]
+    parts = shard(tasks, 3)
+    assert [len(p) for p in parts] == [3, 2, 2]
+    assert sorted(t.id for p in parts for t in p) == sorted(t.id for t in tasks)
+    assert len(shard(tasks, 50)) == 7
+    assert BatchSettings(substrate="x", name="n").run_id(tasks[0]) == "n/0"
+
+
+# -- emulated substrates, executors ----------------------------------------------------------
+
+
+def test_a_batch_on_an_emulated_engine_in_virtual_time() -> None:
+    proc = batch(str(EXAMPLE), "-s", "wse3", "--virtual", "--json", "--concurrency", "2")
+    assert proc.returncode == 0, proc.stderr
+    rows = lines(proc.stdout)
+    assert [r["id"] for r in rows] == ["hello", "summary", "research", "haiku"]
+    assert [r["run_id"] for r in rows] == [f"tasks/{r['id']}" for r in rows]
+    assert all(r["status"] == "succeeded" and r["output"] and r["error"] is None for r in rows)
+    assert rows[2]["steps"] == 5  # the research plan's DAG ran
+    assert all(float(r["e2e_s"]) > 0 for r in rows)  # type: ignore[arg-type]
+
+
+def test_the_summary_table_and_the_out_file(tmp_path: Path) -> None:
+    out = tmp_path / "results.jsonl"
+    proc = batch(str(EXAMPLE), "-s", "wse3", "--virtual", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "succeeded" in proc.stdout
+    assert "wall time (s)" in proc.stdout
+    rows = lines(out.read_text())
+    assert [r["status"] for r in rows] == ["succeeded"] * 4
+
+
+def test_the_processes_executor_gives_the_local_results(tmp_path: Path) -> None:
+    tasks = write_tasks(tmp_path / "tasks.jsonl", 9, extra=[
+        json.dumps({"id": "plan", "plan": str(ROOT / "examples" / "plans" / "research.yaml")}),
+    ])  # fmt: skip
+    local = batch(str(tasks), "-s", "h100", "--virtual", "--json", "--concurrency", "3")
+    sharded = batch(str(tasks), "-s", "h100", "--virtual", "--json", "--concurrency", "3",
+                    "--executor", "processes:2")  # fmt: skip
+    assert local.returncode == 0, local.stderr
+    assert sharded.returncode == 0, sharded.stderr
+    assert len(lines(local.stdout)) == 10
+    # In task order, the same runs; times to the rounding of the virtual clock's readings (a
+    # task that starts later in the shared clock subtracts larger numbers).
+    for a, b in zip(lines(sharded.stdout), lines(local.stdout), strict=True):
+        assert {**a, "e2e_s": None} == {**b, "e2e_s": None}
+        assert a["e2e_s"] == pytest.approx(b["e2e_s"], rel=1e-9)
+
+
+# -- real time, over HTTP against `agentrt serve` --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[tuple[str, object]]:
+    """An emulated wafer behind the OpenAI API on loopback (real time); yields (URL, engine)."""
+    from substrates.emulated import build_engine
+    from substrates.http.server import create_app, serve_in_thread
+
+    engine = build_engine("wse3", model=MODEL, seed=0)
+    with serve_in_thread(create_app(engine)) as url:
+        yield url, engine
+
+
+def test_a_batch_over_openai_http_against_serve(tmp_path: Path, served: tuple[str, object]) -> None:
+    url, _ = served
+    slow = tmp_path / "slow.yaml"
+    slow.write_text(
+        "name: too-slow\nsteps:\n  - id: think\n    prompt: Think long.\n    timeout_s: 0.001\n"
+        "    retry: {max_attempts: 1}\n"
+    )
+    tasks = write_tasks(tmp_path / "http.jsonl", 12, extra=[
+        json.dumps({"id": "fails", "plan": "slow.yaml"}),
+    ])  # fmt: skip
+    out = tmp_path / "results.jsonl"
+    proc = batch(
+        str(tasks), "-s", "openai_http", "-o", f"base_url={url}/v1", "-o", f"model={MODEL}",
+        "-o", "api_key=test", "--concurrency", "4", "--json", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr  # one task failed; the batch went on
+    rows = lines(proc.stdout)
+    assert lines(out.read_text()) == rows
+    assert [r["id"] for r in rows] == [f"t{i:03d}" for i in range(12)] + ["fails"]
+    assert all(r["status"] == "succeeded" and r["output"] for r in rows[:12])
+    assert rows[12]["status"] == "failed"
+    assert "think" in str(rows[12]["error"])
+    assert "failed: fails:" in proc.stderr
