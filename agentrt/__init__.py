@@ -33,6 +33,7 @@ from agentrt.errors import (
     UnknownNameError,
 )
 from agentrt.functions import TypedTool, function_tool
+from agentrt.journal import Journal, JournalMismatch, RunInfo, idempotency_key
 from agentrt.plan import Plan, RetryPolicy, Step, StepDefaults, StepKind, load_plan
 from agentrt.policy import Policy, RunState
 from agentrt.result import RunResult, RunStatus, StepResult, StepStatus
@@ -67,6 +68,8 @@ __all__ = [
     "DoesNotFitError",
     "InferenceRequest",
     "InferenceResult",
+    "Journal",
+    "JournalMismatch",
     "Message",
     "Plan",
     "PlanError",
@@ -77,6 +80,7 @@ __all__ = [
     "RetryableError",
     "RetryableToolError",
     "RunFailed",
+    "RunInfo",
     "RunResult",
     "RunState",
     "RunStatus",
@@ -110,6 +114,7 @@ __all__ = [
     "__version__",
     "current_clock",
     "function_tool",
+    "idempotency_key",
     "load_plan",
     "run",
 ]

@@ -110,6 +110,7 @@ class LoopStep:
         "inference",
         "kind",
         "last_attempt_start",
+        "restored",
         "start",
         "state",
         "tool_result",
@@ -134,6 +135,8 @@ class LoopStep:
         self.tool_result: ToolResult | None = None
         self.tool_s = 0.0
         self.error: str | None = None
+        #: The result a journal holds for this step (restored, not run, in this execution).
+        self.restored: StepResult | None = None
 
     @property
     def retry_s(self) -> float:
@@ -142,6 +145,8 @@ class LoopStep:
 
     def freeze(self, origin: float, now: float) -> StepResult:
         """The step's `StepResult` (a running step shows as cancelled, ending ``now``)."""
+        if self.restored is not None:
+            return self.restored
         values = _STEP_DEFAULTS.copy()
         values["id"] = self.id
         values["kind"] = self.kind

@@ -38,6 +38,7 @@ from agentrt._loopparts import (
     retry_after,
 )
 from agentrt.errors import StepTimeout, ToolError, ToolLoopFailed
+from agentrt.journal import _KEY
 from agentrt.plan import RetryPolicy
 from agentrt.redact import redact
 from agentrt.result import StepResult
@@ -48,6 +49,7 @@ from agentrt.telemetry.tracing import current_span
 from agentrt.tool import Tool, ToolResult
 
 if TYPE_CHECKING:
+    from agentrt._journalrun import RestoredCall
     from agentrt.agent import AgentRun
 
 __all__ = ["ToolLoop"]
@@ -108,6 +110,11 @@ class ToolLoop:
         # Per-step log events and context variables: only for a run's own steps, and only when
         # a log processor would read them.
         self._logs = as_steps and (run._log_steps or run._log_context)
+        # A run's own conversation commits each finished call (a plan step commits as a whole).
+        self._journal = run._journal if as_steps else None
+        self._run_id = run.run_id
+        # Tool calls of the current turn that a journal holds: step id -> (step, message).
+        self._done: dict[str, tuple[LoopStep, Message]] = {}
         self._index = 0
         self.steps: list[LoopStep] = []
         self.output = ""
@@ -173,7 +180,9 @@ class ToolLoop:
             assert chat.inference is not None
             if self._phase == "tools":
                 calls = chat.inference.tool_calls
-                if len(calls) == 1:
+                if self._done:
+                    await self._rest_of_turn(calls)
+                elif len(calls) == 1:
                     step = self._tool_step(self.turns, 1, calls[0], (chat.id,))
                     self._turn_tools = [step]
                     reply = await self._tool(self._open_tool(step), shared=True)
@@ -186,6 +195,70 @@ class ToolLoop:
                     self._turn_tools = steps
                     self.messages += await self._tools(steps)
             self._after_tools(chat)
+
+    def restore(self, calls: list[RestoredCall]) -> bool:
+        """Take over the calls an earlier execution finished; True if the model has answered.
+
+        Complete turns are replayed (their failures and ``max_turns`` count as before); a turn
+        whose tool calls were cut short keeps the finished ones, and `run_to_answer` runs the
+        rest.
+        """
+        turn_tools: list[LoopStep] = []
+        for restored in calls:
+            result = restored.result
+            step = LoopStep(result.id, result.kind, result.index, result.waits_for, 0.0)
+            step.restored = result
+            step.state = result.status  # type: ignore[assignment]
+            step.attempts = result.attempts
+            step.error = result.error
+            self.steps.append(step)
+            self._index = max(self._index, result.index + 1)
+            if result.kind == "chat":
+                if turn_tools:
+                    self._finish_restored_turn(turn_tools)
+                    turn_tools = []
+                step.inference = restored.inference
+                self.turns += 1
+                self.messages.append(restored.message)
+                self.last = restored.inference
+                if self._answered(step):
+                    return True
+            else:
+                step.call = restored.call
+                step.tool_result = restored.tool_result
+                step.tool_s = result.tool_s
+                turn_tools.append(step)
+                self._done[step.id] = (step, restored.message)
+        chat = self._chat_step
+        if (
+            chat is not None
+            and chat.inference is not None
+            and self._phase == "tools"
+            and len(self._done) == len(chat.inference.tool_calls)
+        ):
+            self._finish_restored_turn(turn_tools)
+        return False
+
+    def _finish_restored_turn(self, steps: list[LoopStep]) -> None:
+        """A turn whose every tool call the journal holds: its messages, in call order."""
+        chat = self._chat_step
+        assert chat is not None
+        self._turn_tools = sorted(steps, key=lambda s: _call_number(s.id))
+        self.messages += [self._done[s.id][1] for s in self._turn_tools]
+        self._done = {}
+        self._after_tools(chat)
+
+    async def _rest_of_turn(self, calls: tuple[ToolCall, ...]) -> None:
+        """The tool calls of a restored turn that the journal does not hold."""
+        done = self._done
+        chat = self._chat_step
+        assert chat is not None
+        steps = [self._tool_step(self.turns, k, c, (chat.id,)) for k, c in enumerate(calls, 1)]
+        missing = [s for s in steps if s.id not in done]
+        replies = iter(await self._tools(missing))
+        self._turn_tools = [done[s.id][0] if s.id in done else s for s in steps]
+        self.messages += [done[s.id][1] if s.id in done else next(replies) for s in steps]
+        self._done = {}
 
     def _answered(self, chat: LoopStep) -> bool:
         """After a model call: True if it answered, else on to its tool calls."""
@@ -364,6 +437,10 @@ class ToolLoop:
             )
         )
         self.last = result
+        if self._journal is not None:
+            self._journal.loop_step(
+                step.freeze(self.run._start or 0.0, end), self.messages[-1], inference=result
+            )
         if not self.as_steps:
             timing = self.timing
             self.timing = result.timing if timing is None else timing.plus(result.timing)
@@ -461,11 +538,19 @@ class ToolLoop:
         assert result is not None
         if self._recorder is not None:
             self._recorder.tool_result(call, result, step.tool_s)
-        return trusted(
+        message = trusted(
             Message,
             {"role": "tool", "content": result.output, "tool_call_id": call.id, "name": call.name},
             TOOL_MESSAGE_FIELDS,
         )
+        if self._journal is not None:
+            self._journal.loop_step(
+                step.freeze(self.run._start or 0.0, step.end or step.start),
+                message,
+                call=call,
+                tool_result=result,
+            )
+        return message
 
     async def _tool_attempt(self, op: OpenTool, *, shared: bool) -> ToolResult:
         step, tool, args = op.step, op.tool, op.args
@@ -476,6 +561,7 @@ class ToolLoop:
         timeouts = self.run._timeouts
         scope = self._stretch if shared else timeouts.scope()
         timeouts.add(scope, self.timeout_s)
+        key = _KEY.set((self._run_id, step.id))
         try:
             if op.span is not None and tool.name in self._remote_tools:
                 with current_span(op.span), nullcontext() if shared else scope:
@@ -490,6 +576,7 @@ class ToolLoop:
                 self._cut = op
             raise
         finally:
+            _KEY.reset(key)
             timeouts.remove(scope)
         if not shared and scope.cancelled_caught:
             raise StepTimeout(f"it did not finish within its timeout of {self.timeout_s} s")
@@ -594,3 +681,8 @@ class ToolLoop:
     def results(self, origin: float, now: float) -> list[StepResult]:
         """Every step so far, in start order."""
         return [s.freeze(origin, now) for s in self.steps]
+
+
+def _call_number(step_id: str) -> int:
+    """K of a tool step ``tool-T-K``."""
+    return int(step_id.rpartition("-")[2])

@@ -27,6 +27,13 @@ from pydantic import JsonValue, ValidationError
 from tenacity import RetryCallState
 
 from agentrt._construct import trusted
+from agentrt._journalrun import (
+    RestoredCall,
+    RunJournal,
+    conversation_hash,
+    launch_of,
+    target_of,
+)
 from agentrt._loopparts import (
     DEFAULT_MAX_CONCURRENT_TOOLS,
     DEFAULT_MAX_TOOL_FAILURES,
@@ -45,6 +52,7 @@ from agentrt.errors import (
     ToolError,
     ToolLoopFailed,
 )
+from agentrt.journal import _KEY, Journal, digest
 from agentrt.log import get_logger
 from agentrt.plan import (
     Plan,
@@ -108,8 +116,12 @@ class _StepRecord:
     frozen: StepResult | None = field(default=None)
 
     def outputs(self) -> dict[str, str]:
-        text = self.inference.text if self.inference is not None else ""
-        tool = self.tool_result.output if self.tool_result is not None else None
+        frozen = self.frozen
+        if frozen is not None and self.inference is None and self.tool_result is None:
+            text, tool = frozen.text, frozen.tool_output  # restored from a journal
+        else:
+            text = self.inference.text if self.inference is not None else ""
+            tool = self.tool_result.output if self.tool_result is not None else None
         return {"text": text, "tool": tool or "", "output": text if tool is None else tool}
 
 
@@ -159,6 +171,9 @@ class Agent:
         max_concurrent_tools: tool calls of one model turn that run at the same time.
         max_tool_failures: failed tool calls in a row (bad arguments, unknown tool, an error:
             each goes back to the model as a tool message) after which a tool loop fails.
+        journal: commit every finished step of plans and conversations to this
+            `agentrt.journal.Journal`, so that `resume` can continue a run after its process
+            died (docs/journal.md).
     """
 
     def __init__(
@@ -175,6 +190,7 @@ class Agent:
         recorder: Recorder | None = None,
         max_concurrent_tools: int = DEFAULT_MAX_CONCURRENT_TOOLS,
         max_tool_failures: int = DEFAULT_MAX_TOOL_FAILURES,
+        journal: Journal | None = None,
     ) -> None:
         if max_concurrent_tools < 1:
             raise ConfigError(
@@ -203,6 +219,7 @@ class Agent:
                 self.tools[tool.name] = tool
         self.name = name
         self.seed = seed
+        self.journal = journal
 
     def specs(self, names: Sequence[str] | None = None) -> tuple[ToolSpec, ...]:
         """The `ToolSpec` of each tool (or of the tools ``names``), as model requests offer them.
@@ -234,6 +251,7 @@ class Agent:
         deadline_s: float | None = None,
         max_steps: int | None = None,
         max_turns: int | None = None,
+        launch: Mapping[str, JsonValue] | None = None,
     ) -> AgentRun:
         """Check ``target`` against this agent and return a run ready to `AgentRun.execute`.
 
@@ -241,8 +259,9 @@ class Agent:
         from outside: ``AgentRun.result()`` works at any time.
 
         Raises:
-            ConfigError: a step names a tool this agent does not have, a bad limit, or an empty
-                conversation.
+            ConfigError: a step names a tool this agent does not have, a bad limit, an empty
+                conversation, or a policy with a journal (journals hold plans and conversations).
+            JournalMismatch: ``run_id`` is in the journal with another plan or task.
         """
         if isinstance(target, str | Sequence):
             if max_steps is not None:
@@ -276,13 +295,55 @@ class Agent:
             raise ConfigError(f"max_steps must be at least 1, got {max_steps}")
         if max_turns is not None and max_turns < 1:
             raise ConfigError(f"max_turns must be at least 1, got {max_turns}")
+        run_id = run_id or os.urandom(8).hex()
+        journal = None if self.journal is None else self._run_journal(target, run_id, launch)
         return AgentRun(
             self,
             target,
-            run_id=run_id or os.urandom(8).hex(),
+            run_id=run_id,
             deadline_s=deadline_s,
             max_steps=max_steps,
             max_turns=max_turns,
+            journal=journal,
+        )
+
+    def _run_journal(
+        self,
+        target: Plan | Policy | list[Message],
+        run_id: str,
+        launch: Mapping[str, JsonValue] | None,
+    ) -> RunJournal:
+        assert self.journal is not None
+        if not isinstance(target, Plan | list):
+            raise ConfigError(
+                f"policy {target.name!r} cannot run with a journal: journals hold plans and "
+                "conversations; run it on an Agent without journal=..."
+            )
+        described: dict[str, JsonValue] = {
+            **launch_of(target),
+            "substrate": self.substrate.name,
+            "tools": list(self.tools),
+            "seed": self.seed,
+            **(launch or {}),
+        }
+        if isinstance(target, Plan):
+            return RunJournal(
+                self.journal,
+                run_id,
+                kind="plan",
+                name=target.name,
+                digest=digest(target.model_dump(mode="json")),
+                launch=described,
+                steps_total=len(target.steps),
+            )
+        return RunJournal(
+            self.journal,
+            run_id,
+            kind="conversation",
+            name=_CONVERSATION,
+            digest=conversation_hash(target, self.specs()),
+            launch=described,
+            steps_total=None,
         )
 
     async def run(
@@ -293,6 +354,7 @@ class Agent:
         deadline_s: float | None = None,
         max_steps: int | None = None,
         max_turns: int | None = None,
+        launch: Mapping[str, JsonValue] | None = None,
     ) -> RunResult:
         """Run a conversation with tools, a plan or a policy, and return the result.
 
@@ -312,12 +374,74 @@ class Agent:
             max_steps: for policies, the most steps to run (default 200).
             max_turns: for conversations, the most model calls (default 100); for a plan, the
                 default of its steps with ``tools`` that set none.
+            launch: with a journal, extra JSON stored with the run to rebuild it elsewhere (the
+                CLI stores its substrate options); the plan or messages, substrate name, tool
+                names and seed are stored anyway.
+
+        With a journal, a ``run_id`` the journal already holds continues that run (as `resume`
+        does, with this target: a changed one raises `agentrt.journal.JournalMismatch`).
         """
         agent_run = self.prepare(
-            target, run_id=run_id, deadline_s=deadline_s, max_steps=max_steps, max_turns=max_turns
+            target,
+            run_id=run_id,
+            deadline_s=deadline_s,
+            max_steps=max_steps,
+            max_turns=max_turns,
+            launch=launch,
         )
+        journal = agent_run._journal
+        if journal is not None and journal.stored is not None:
+            return journal.stored
         await agent_run.execute()
         return agent_run.result()
+
+    async def resume(
+        self,
+        run_id: str,
+        *,
+        target: Plan | str | Sequence[Message] | None = None,
+        deadline_s: float | None = None,
+        max_turns: int | None = None,
+    ) -> RunResult:
+        """Continue the journaled run ``run_id``: finished steps are not run again.
+
+        Steps the journal holds as finished keep their results (their outputs feed the steps
+        after them); steps that were in flight run again, their tool calls with the same
+        `agentrt.journal.idempotency_key`. A run that succeeded returns its stored result.
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> from agentrt import Agent, Plan, Step, VirtualClock, run
+            >>> from agentrt.journal import Journal
+            >>> from agentrt.testing import FixedLatencySubstrate
+            >>> journal = Journal(pathlib.Path(tempfile.mkdtemp()) / "runs.db")
+            >>> agent = Agent(FixedLatencySubstrate(latency_s=0.2), journal=journal)
+            >>> plan = Plan(name="hello", steps=[Step(id="think", prompt="Say hi.")])
+            >>> first = run(agent.run, plan, run_id="r1", clock=VirtualClock())
+            >>> run(agent.resume, "r1", clock=VirtualClock()).status
+            'succeeded'
+
+        Args:
+            run_id: the run to continue.
+            target: the plan (or task) to check against the journal; default the one stored.
+            deadline_s: the whole-run deadline of this execution.
+            max_turns: as in `run`.
+
+        Raises:
+            ConfigError: the agent has no journal.
+            UnknownNameError: the journal has no such run (the message suggests close ones).
+            JournalMismatch: ``target`` is not the plan (or task) the run started with.
+        """
+        if self.journal is None:
+            raise ConfigError("resume needs a journal: Agent(..., journal=Journal(PATH))")
+        info = self.journal.run(run_id)
+        return await self.run(
+            target if target is not None else target_of(info.launch),
+            run_id=run_id,
+            deadline_s=deadline_s,
+            max_turns=max_turns,
+            launch=info.launch,
+        )
 
     async def aclose(self) -> None:
         """Close the substrate and every tool."""
@@ -339,8 +463,10 @@ class AgentRun:
         deadline_s: float | None,
         max_steps: int | None,
         max_turns: int | None = None,
+        journal: RunJournal | None = None,
     ) -> None:
         self.agent = agent
+        self._journal = journal
         self.target = target
         self.run_id = run_id
         plan_deadline = target.deadline_s if isinstance(target, Plan) else None
@@ -399,9 +525,16 @@ class AgentRun:
         tracer = self._tracer = RunTracer(
             self.agent.tracer_provider, self._clock, detail=self.agent.trace_detail
         )
+        journal = self._journal
         tracer.start_run(
-            agent=self.agent.name, run_id=self.run_id, target=target_name, t=self._start
+            agent=self.agent.name,
+            run_id=self.run_id,
+            target=target_name,
+            t=self._start,
+            links=(journal.link,) if journal is not None and journal.link is not None else (),
         )
+        if journal is not None:
+            self._restore(journal)
         self._metrics = self.agent._instruments.active
         self._log_context = _logs_read_contextvars()
         self._timeouts = AttemptTimeouts()
@@ -442,12 +575,31 @@ class AgentRun:
                 tracer.end_run(status=self._status, error=self._error, t=self._end)
                 if self.agent.recorder is not None:
                     self.agent.recorder.finish(self.run_id, self._status, self._end - self._start)
+                if journal is not None:
+                    journal.finish(self.result())
                 _log.info(
                     "run_finished",
                     status=self._status,
                     e2e_s=self._end - self._start,
                     error=self._error,
                 )
+
+    def _restore(self, journal: RunJournal) -> None:
+        """Record the run as (re)started, and take over the steps an earlier execution finished."""
+        tracer = self._tracer
+        root = tracer.root.get_span_context() if tracer.enabled and tracer.root else None
+        journal.begin(
+            tracer.trace_id,
+            None if root is None else format(root.span_id, "016x"),
+        )
+        if not isinstance(self.target, Plan):
+            return
+        for result, _ in journal.steps:
+            record = self._records.get(result.id)
+            if record is not None:
+                record.state = result.status
+                record.attempts = result.attempts
+                record.frozen = result
 
     def result(self) -> RunResult:
         """The run's result so far: final after `execute` returns (or is cancelled)."""
@@ -505,7 +657,13 @@ class AgentRun:
             as_steps=True,
         )
         try:
-            await loop.run_to_answer()
+            journal = self._journal
+            if journal is not None and journal.steps:
+                restored = [RestoredCall(result, payload) for result, payload in journal.steps]
+                if not loop.restore(restored):
+                    await loop.run_to_answer()
+            else:
+                await loop.run_to_answer()
         except ToolLoopFailed as exc:
             self._fail(str(exc), step_id=loop.failed_step)
         except Exception as exc:  # a model call failed for good
@@ -515,6 +673,7 @@ class AgentRun:
             self._status = "succeeded"
 
     async def _run_dag(self, plan: Plan) -> None:
+        journal = self._journal
         waiting = {s.id: len(set(s.depends_on)) for s in plan.steps}
         children: dict[str, list[str]] = {s.id: [] for s in plan.steps}
         for s in plan.steps:
@@ -527,9 +686,12 @@ class AgentRun:
             current: str | None = step_id
             while current is not None:
                 record = self._records[current]
-                await self._execute_step(
-                    record, plan.timeout_for(record.step), plan.retry_for(record.step)
-                )
+                if record.state == "pending":  # (else restored from the journal)
+                    await self._execute_step(
+                        record, plan.timeout_for(record.step), plan.retry_for(record.step)
+                    )
+                    if journal is not None:
+                        self._commit(journal, record)
                 if record.state == "failed" and not record.step.optional:
                     self._fail(str(record.error), step_id=current)
                     tg.cancel_scope.cancel()
@@ -549,6 +711,11 @@ class AgentRun:
                     tg.start_soon(chain, step_id, tg, name=f"agentrt step {step_id}")
         if self._status is None:
             self._status = "succeeded"
+
+    def _commit(self, journal: RunJournal, record: _StepRecord) -> None:
+        """Journal a plan step that ended so that the run goes on (succeeded, or optional)."""
+        if record.state == "succeeded" or (record.state == "failed" and record.step.optional):
+            journal.plan_step(self._freeze(record))
 
     async def _run_policy(self, policy: Policy) -> None:
         started = 0
@@ -816,6 +983,7 @@ class AgentRun:
         t0 = clock.current_time()
         tool_span = tracer.start_tool(record.span_context, tool.name, attempt=record.attempts, t=t0)
         tool_result: ToolResult | None = None
+        key = _KEY.set((self.run_id, step.id))
         try:
             with current_span(tool_span if getattr(tool, "remote", False) else None):
                 tool_result = await tool.call(args)
@@ -823,6 +991,7 @@ class AgentRun:
             error = exc
             raise
         finally:
+            _KEY.reset(key)
             t1 = clock.current_time()
             tracer.end_tool(tool_span, result=tool_result, error=error, t=t1)
         measured = t1 - t0

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Literal
 
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
 from agentrt.clock import Clock
 from agentrt.redact import redact
@@ -190,14 +190,20 @@ class RunTracer:
             return None
         return format(self.root.get_span_context().trace_id, "032x")
 
-    def start_run(self, *, agent: str, run_id: str, target: str, t: float) -> None:
-        """Open the root ``invoke_agent`` span (none at all when no SDK is configured)."""
+    def start_run(
+        self, *, agent: str, run_id: str, target: str, t: float, links: Sequence[Link] = ()
+    ) -> None:
+        """Open the root ``invoke_agent`` span (none at all when no SDK is configured).
+
+        ``links``: spans this run continues (a resumed run links to its first execution's root).
+        """
         if self._idle:
             return
         root = self._tracer.start_span(
             sc.INVOKE_AGENT_SPAN.format(agent=agent),
             kind=SpanKind.INTERNAL,
             start_time=self._ns(t),
+            links=links,
             attributes={
                 sc.OPERATION_NAME: "invoke_agent",
                 sc.AGENT_NAME: agent,
