@@ -7,8 +7,9 @@ runs and names the first bad line as ``FILE:LINE: what and the fix``.
 
 `run_batch` runs the tasks on one substrate, at most ``concurrency`` at a time (an anyio
 `CapacityLimiter`). A task that fails is a failed `TaskResult`; it does not stop the others.
-With a journal, run ids are ``BATCH/TASK_ID``: a task the journal shows finished is not run
-again, and one that was cut short (a crash, Ctrl-C) is resumed where it stopped.
+Run ids are ``BATCH/TASK_ID``. With a journal, a task the journal shows succeeded is not run
+again (its stored result is reported), and one that was cut short (a crash, Ctrl-C) or failed
+continues where it stopped; a task line changed since is refused (`JournalMismatch`).
 
 `shard` and `run_shard` spread a batch over an `agentrt.executors.Executor`: each shard runs in
 its own process (or Ray task) with its share of the concurrency, and the results come back in
@@ -26,21 +27,21 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import json
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import anyio
 from opentelemetry.trace import NoOpTracerProvider
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from agentrt.agent import Agent
 from agentrt.clock import VirtualClock
 from agentrt.clock import run as run_on_clock
 from agentrt.errors import AgentrtError, ConfigError
+from agentrt.journal import Journal
 from agentrt.plan import Plan, load_plan
 from agentrt.registry import default_registry
 from agentrt.replay import registered_tools
@@ -124,8 +125,9 @@ class BatchSettings(BaseModel):
 class TaskResult(BaseModel):
     """How one task of a batch went (one JSON line of the results).
 
-    ``journal`` is ``new`` for a run started here, ``resumed`` for one the journal had cut
-    short, ``done`` for one the journal shows finished (not run again).
+    ``journal`` is ``new`` for a run started here, ``done`` for one the journal shows
+    succeeded (its stored result; nothing runs again), ``resumed`` for one the journal holds
+    unfinished (a crash, Ctrl-C) or failed: it continues, its finished steps not run again.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -265,10 +267,17 @@ async def _run_one(
     *,
     shared: Substrate | None,
     tools: dict[str, Tool],
-    journal: Any,
-    finished: dict[str, str],
+    journal: Journal | None,
+    journal_states: Mapping[str, str],
 ) -> TaskResult:
     run_id = settings.run_id(task)
+    before = journal_states.get(run_id)
+    if before == "running":  # a live process runs it now
+        return TaskResult(
+            id=task.id, run_id=run_id, status="failed",
+            error=f"run {run_id} is running in another process; wait for it to finish or pass "
+            "another --name",
+        )  # fmt: skip
     seed = task.seed if task.seed is not None else settings.seed
     try:
         substrate = shared or default_registry().substrate(
@@ -276,30 +285,39 @@ async def _run_one(
         )
     except AgentrtError as exc:
         return TaskResult(id=task.id, run_id=run_id, status="failed", error=_describe(exc))
-    agent = Agent(
-        substrate,
-        tools={n: tools[n] for n in task.tool_names(settings.tools)},
-        name=task.plan.name if task.plan is not None else settings.name,
-        seed=seed,
-        tracer_provider=NoOpTracerProvider(),
-        **({"journal": journal} if journal is not None else {}),
-    )
-    state = finished.get(run_id)
     try:
-        if state is None:
-            result = await agent.run(task.target, run_id=run_id, max_turns=task.max_turns)
-            return TaskResult.from_run(task, result, "new")
-        assert journal is not None
-        if state in ("succeeded", "failed"):
-            return TaskResult.from_run(task, journal.result(run_id), "done")
-        result = await agent.resume(run_id)  # type: ignore[attr-defined]
-        return TaskResult.from_run(task, result, "resumed")
+        agent = Agent(
+            substrate,
+            tools={n: tools[n] for n in task.tool_names(settings.tools)},
+            name=task.plan.name if task.plan is not None else settings.name,
+            seed=seed,
+            tracer_provider=NoOpTracerProvider(),
+            journal=journal,
+        )
+        launch: dict[str, JsonValue] = {
+            "batch": settings.name,
+            "substrate": settings.substrate,
+            "options": _public(settings.options),
+        }
+        result = await agent.run(
+            task.target, run_id=run_id, max_turns=task.max_turns, launch=launch
+        )
     except AgentrtError as exc:
         return TaskResult(id=task.id, run_id=run_id, status="failed", error=_describe(exc))
     finally:
         if shared is None:
             with anyio.CancelScope(shield=True):
                 await substrate.aclose()
+    how: Literal["new", "resumed", "done"] = (
+        "new" if before is None else "done" if before == "succeeded" else "resumed"
+    )
+    return TaskResult.from_run(task, result, how)
+
+
+def _public(options: dict[str, Any]) -> dict[str, JsonValue]:
+    """Options fit to store in a journal: no keys, tokens or secrets."""
+    hidden = ("key", "token", "secret", "password")
+    return {k: v for k, v in options.items() if not any(h in k.lower() for h in hidden)}
 
 
 def _describe(exc: BaseException) -> str:
@@ -334,17 +352,17 @@ async def run_batch(
         await probe.aclose()
     names = set(settings.tools).union(*(t.tool_names(()) for t in tasks))
     tools = registered_tools(sorted(names), virtual=settings.virtual, registry=registry)
-    journal = _open_journal(settings.journal)
+    journal = Journal(settings.journal) if settings.journal is not None else None
     results: list[TaskResult | None] = [None] * len(tasks)
     limiter = anyio.CapacityLimiter(settings.concurrency)
     try:
-        finished = {r.run_id: r.state for r in journal.runs()} if journal is not None else {}
+        states = {r.run_id: r.state for r in journal.runs()} if journal is not None else {}
 
         async def one(index: int, task: BatchTask) -> None:
             async with limiter:
                 result = await _run_one(
                     settings, task, shared=shared, tools=tools, journal=journal,
-                    finished=finished,
+                    journal_states=states,
                 )  # fmt: skip
             results[index] = result
             if on_done is not None:
@@ -362,13 +380,6 @@ async def run_batch(
         if journal is not None:
             journal.close()
     return [r for r in results if r is not None]
-
-
-def _open_journal(path: str | None) -> Any:
-    if path is None:
-        return None
-    # TODO(batch18): a plain import once journal18's module has landed.
-    return importlib.import_module("agentrt.journal").Journal(path)
 
 
 def shard(tasks: Sequence[BatchTask], count: int) -> list[list[BatchTask]]:

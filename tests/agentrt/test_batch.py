@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agentrt.batch import BatchSettings, BatchTask, read_tasks, shard
 from agentrt.errors import ConfigError
+from agentrt.journal import Journal
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "batch" / "tasks.jsonl"
@@ -187,3 +191,95 @@ def test_a_batch_over_openai_http_against_serve(tmp_path: Path, served: tuple[st
     assert rows[12]["status"] == "failed"
     assert "think" in str(rows[12]["error"])
     assert "failed: fails:" in proc.stderr
+
+
+# -- a journal: a crashed or interrupted batch resumes ---------------------------------------
+
+
+@pytest.fixture
+def counted() -> Iterator[tuple[str, Any]]:
+    """A fresh served engine per test, so its statistics count this test's requests only."""
+    from substrates.emulated import build_engine
+    from substrates.http.server import create_app, serve_in_thread
+
+    engine = build_engine("wse3", model=MODEL, seed=0)
+    with serve_in_thread(create_app(engine)) as url:
+        yield url, engine
+
+
+def _http_args(url: str, tasks: Path, journal: Path) -> list[str]:
+    return [
+        str(tasks), "-s", "openai_http", "-o", f"base_url={url}/v1", "-o", f"model={MODEL}",
+        "-o", "api_key=test", "--concurrency", "2", "--journal", str(journal), "--json",
+    ]  # fmt: skip
+
+
+def _start(args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "agentrt", "batch", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+
+
+def _wait_for_succeeded(journal: Path, count: int, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the batch ended before it could be stopped"
+        if journal.exists():
+            with Journal(journal) as j:
+                if sum(r.state == "succeeded" for r in j.runs()) >= count:
+                    return
+        time.sleep(0.02)
+    raise AssertionError(f"{count} runs did not succeed within 60 s")
+
+
+def _states(journal: Path) -> dict[str, str]:
+    with Journal(journal) as j:
+        return {r.run_id: r.state for r in j.runs()}
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_a_stopped_batch_resumes_without_rerunning_finished_tasks(
+    tmp_path: Path, counted: tuple[str, Any], how: signal.Signals
+) -> None:
+    url, engine = counted
+    tasks = write_tasks(tmp_path / "crash.jsonl", 24)
+    journal = tmp_path / "runs.db"
+    args = _http_args(url, tasks, journal)
+    proc = _start(args)
+    try:
+        _wait_for_succeeded(journal, 6, proc)
+        proc.send_signal(how)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    before = _states(journal)
+    finished = {r for r, s in before.items() if s == "succeeded"}
+    assert 6 <= len(finished) < 24
+    # Nothing is left "running": a killed process's runs read as interrupted, and Ctrl-C
+    # journals them so before it exits.
+    assert set(before.values()) <= {"succeeded", "interrupted"}, before
+    if how == signal.SIGINT:
+        assert proc.returncode == 130
+        assert "interrupted by SIGINT; batch crash stopped" in stderr
+        assert "re-run the same command to resume" in stderr
+        assert "Traceback" not in stderr
+        assert "interrupted" in before.values()
+    else:
+        assert proc.returncode == -signal.SIGKILL
+
+    again = batch(*args)
+    assert again.returncode == 0, again.stderr
+    rows = lines(again.stdout)
+    assert [r["id"] for r in rows] == [f"t{i:03d}" for i in range(24)]
+    assert all(r["status"] == "succeeded" and r["output"] for r in rows)
+    how_run = {str(r["run_id"]): r["journal"] for r in rows}
+    assert {r for r, j in how_run.items() if j == "done"} == finished
+    assert {r for r, j in how_run.items() if j == "resumed"} == set(before) - finished
+    assert set(_states(journal).values()) == {"succeeded"}
+    # Every task reached the engine once, but for those in flight when the batch stopped (at
+    # most --concurrency): the finished ones were not run again.
+    stats = engine.statistics()
+    assert 24 <= stats.completed + stats.cancelled <= 24 + 2
