@@ -150,13 +150,18 @@ def _run_sharded(
                 label=label,
                 on_done=lambda n, _total: progress.update(progress.task_ids[0], completed=n),
             )
-        except Interrupted as exc:
-            # Ctrl-C on a terminal reaches the workers too; a SIGTERM to this process alone
-            # does not: pass it on, so the shards unwind and journal before the pool closes.
+        except (Interrupted, TaskFailed) as exc:
+            # The signal may arrive while the executor waits for a shard (it wraps what it
+            # catches there). Ctrl-C on a terminal reaches the workers too; a signal to this
+            # process alone does not: pass it on, so the shards unwind and journal their runs
+            # before the pool closes. SIGTERM, since a background job ignores SIGINT.
+            cause = exc.cause if isinstance(exc, TaskFailed) else exc
+            if not isinstance(cause, Interrupted):
+                raise
             for child in multiprocessing.active_children():
                 if child.pid is not None:
-                    os.kill(child.pid, signal.SIGINT)
-            return [], exc
+                    os.kill(child.pid, signal.SIGTERM)
+            return [], cause
     by_id = {r.id: r for part in out for r in part}
     return [by_id[t.id] for t in tasks], None
 
@@ -263,7 +268,10 @@ def batch_command(
             else:
                 results, interrupted = _run_sharded(chosen, settings, tasks, show=show)
         except TaskFailed as exc:
-            raise opt.fail(f"{exc}; the finished runs are in the journal", 1) from None
+            where = "; the finished runs are in the journal" if journal is not None else ""
+            raise opt.fail(
+                f"{exc.label} failed: {type(exc.cause).__name__}: {exc.cause}{where}", 1
+            ) from None
     wall_s = time.perf_counter() - started
     if out is not None:
         _write_out(out, results)
@@ -272,9 +280,13 @@ def batch_command(
             sys.stdout.write(redact(r.model_dump_json()) + "\n")
         sys.stdout.flush()
     else:
-        title = f"agentrt batch {tasks_path.name} · {settings.substrate} · {chosen.name}"
-        print_table(_out, [Column("", "left"), Column("value")], summary_rows(results, wall_s),
-                    title=title)  # fmt: skip
+        _out.print(
+            f"batch {settings.name} · {tasks_path.name} · {settings.substrate} · "
+            f"{'virtual' if virtual else 'real'} time · executor {chosen.name} · "
+            f"concurrency {concurrency}",
+            highlight=False,
+        )
+        print_table(_out, [Column("", "left"), Column("value")], summary_rows(results, wall_s))
     failed = [r for r in results if r.status != "succeeded"]
     for r in failed[:_SHOWN_FAILURES]:
         _err.print(f"[bold red]failed:[/] {r.id}: {redact(r.error or '')}", highlight=False,
@@ -287,8 +299,13 @@ def batch_command(
             "; with --journal FILE a re-run resumes instead of starting over"
         )  # fmt: skip
         _err.print(
-            f"agentrt: interrupted by {interrupted.signal_name}; batch {settings.name} stopped "
-            f"with {len(results)} of {len(tasks)} tasks finished{resume}",
+            f"agentrt: interrupted by {interrupted.signal_name}; batch {settings.name} stopped"
+            + (
+                f" with {len(results)} of {len(tasks)} tasks finished"
+                if chosen.name == "local"
+                else ""
+            )
+            + resume,
             highlight=False,
             soft_wrap=True,
         )

@@ -238,14 +238,18 @@ def _states(journal: Path) -> dict[str, str]:
         return {r.run_id: r.state for r in j.runs()}
 
 
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+@pytest.mark.parametrize(
+    ("how", "executor"),
+    [(signal.SIGKILL, "local"), (signal.SIGINT, "local"), (signal.SIGTERM, "processes:2")],
+    ids=["kill-9", "ctrl-c", "sigterm-processes"],
+)
 def test_a_stopped_batch_resumes_without_rerunning_finished_tasks(
-    tmp_path: Path, counted: tuple[str, Any], how: signal.Signals
+    tmp_path: Path, counted: tuple[str, Any], how: signal.Signals, executor: str
 ) -> None:
     url, engine = counted
     tasks = write_tasks(tmp_path / "crash.jsonl", 24)
     journal = tmp_path / "runs.db"
-    args = _http_args(url, tasks, journal)
+    args = [*_http_args(url, tasks, journal), "--executor", executor]
     proc = _start(args)
     try:
         _wait_for_succeeded(journal, 6, proc)
@@ -261,9 +265,9 @@ def test_a_stopped_batch_resumes_without_rerunning_finished_tasks(
     # Nothing is left "running": a killed process's runs read as interrupted, and Ctrl-C
     # journals them so before it exits.
     assert set(before.values()) <= {"succeeded", "interrupted"}, before
-    if how == signal.SIGINT:
-        assert proc.returncode == 130
-        assert "interrupted by SIGINT; batch crash stopped" in stderr
+    if how != signal.SIGKILL:
+        assert proc.returncode == 128 + how
+        assert f"interrupted by {how.name}; batch crash stopped" in stderr
         assert "re-run the same command to resume" in stderr
         assert "Traceback" not in stderr
         assert "interrupted" in before.values()
