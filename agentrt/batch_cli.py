@@ -192,6 +192,18 @@ def summary_rows(results: Sequence[TaskResult], wall_s: float) -> list[list[str]
     return rows
 
 
+def _check_journal_place(executor: str, journal: Path | None) -> None:
+    """Refuse a journal that a remote Ray cluster's nodes would each keep a copy of."""
+    kind, _, address = executor.strip().partition(":")
+    host = address.split(":")[0]
+    if journal is not None and kind == "ray" and address and host not in ("127.0.0.1", "localhost"):
+        raise ConfigError(
+            f"--journal cannot follow --executor {executor}: the journal is an SQLite file that "
+            "every worker must reach on one machine; run resumable batches with --executor "
+            "processes (or ray on this machine), or drop --journal (--out keeps the results)"
+        )
+
+
 def _write_out(path: Path, results: Sequence[TaskResult]) -> None:
     try:
         with path.open("w", encoding="utf-8") as f:
@@ -256,6 +268,7 @@ def batch_command(
         check_tools(settings.tools, tasks)
         probe = default_registry().substrate(substrate, seed=seed, **options)
         run(probe.aclose)
+        _check_journal_place(executor, journal)
         chosen = parse_executor(executor)
     except AgentrtError as exc:
         raise opt.fail(str(exc)) from None

@@ -96,6 +96,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
         [str(EXAMPLE), "-s", "wse3", "--tools", "no-such-tool"],
         [str(EXAMPLE), "-s", "wse3", "--executor", "threads"],
         [str(EXAMPLE), "-s", "wse3", "--name", "a/b"],
+        [str(EXAMPLE), "-s", "wse3", "--journal", "j.db", "--executor", "ray:10.0.0.1:6379"],
     ):
         proc = batch(*argv)
         assert proc.returncode == 2, (argv, proc.stderr)
@@ -287,3 +288,15 @@ def test_a_stopped_batch_resumes_without_rerunning_finished_tasks(
     # most --concurrency): the finished ones were not run again.
     stats = engine.statistics()
     assert 24 <= stats.completed + stats.cancelled <= 24 + 2
+
+
+def test_the_batch_benchmark_runs_small() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "batch.py"), "--tasks", "4",
+         "--concurrency", "1,2", "--executors", "local,processes:2"],
+        capture_output=True, text=True, timeout=300, check=False, cwd=ROOT / "benchmarks",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "┃" in proc.stdout  # a rich table
+    assert "target:" in proc.stdout
+    assert proc.stdout.count("│ processes:2 ") == 2
