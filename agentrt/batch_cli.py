@@ -29,7 +29,6 @@ from agentrt.batch import (
     BatchSettings,
     BatchTask,
     TaskResult,
-    check_tools,
     read_tasks,
     run_batch,
     run_shard,
@@ -43,6 +42,7 @@ from agentrt.log import configure_logging
 from agentrt.redact import redact
 from agentrt.registry import default_registry
 from agentrt.render import Column, print_table, terminal_console
+from agentrt.tasksfile import check_tools
 
 __all__ = ["batch_command", "summary_rows"]
 

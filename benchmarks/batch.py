@@ -88,7 +88,7 @@ def main() -> None:
                     m = _one(url, tasks, level, executor, journal)
                     rate = args.tasks / m["wall_s"]
                     base = base or rate
-                    speedups[level] = rate / base
+                    speedups.setdefault(level, rate / base)  # the first executor's
                     rows.append([
                         executor, str(level), str(args.tasks), "no" if journal is None else "yes",
                         f"{m['wall_s']:.2f}", f"{rate:.1f}", f"{rate / base:.2f}x",
