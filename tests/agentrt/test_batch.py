@@ -300,3 +300,38 @@ def test_the_batch_benchmark_runs_small() -> None:
     assert "┃" in proc.stdout  # a rich table
     assert "target:" in proc.stdout
     assert proc.stdout.count("│ processes:2 ") == 2
+
+
+def test_tool_loop_tasks_call_the_tools_over_http(tmp_path: Path) -> None:
+    """--tools: the served model (playing a trajectory) calls the real search tool, then answers."""
+    from agentrt import Message, ToolCall
+    from agentrt.trajectory import Trajectory, TrajectoryHeader, TurnRecord, write_trajectory
+    from substrates.emulated import build_engine
+    from substrates.http.server import create_app, serve_in_thread
+
+    call = ToolCall(id="call_s1", name="search", arguments='{"query": "wafer", "k": 2}')
+    script = tmp_path / "script.jsonl"
+    write_trajectory(
+        Trajectory(
+            header=TrajectoryHeader(messages=(Message(role="user", content="Find it."),)),
+            records=(
+                TurnRecord(index=1, tool_calls=(call,), finish_reason="tool_calls",
+                           output_tokens=12),
+                TurnRecord(index=2, text="Found it in the corpus.", output_tokens=6),
+            ),
+        ),
+        script,
+    )  # fmt: skip
+    engine = build_engine(
+        "wse3", model=MODEL, jitter=0, stall_prob=0, trajectory=str(script)
+    )  # fmt: skip
+    tasks = write_tasks(tmp_path / "tools.jsonl", 3)
+    with serve_in_thread(create_app(engine)) as url:
+        proc = batch(
+            str(tasks), "-s", "openai_http", "-o", f"base_url={url}/v1", "-o", f"model={MODEL}",
+            "-o", "api_key=test", "--tools", "search", "--concurrency", "3", "--json",
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = lines(proc.stdout)
+    assert [r["output"] for r in rows] == ["Found it in the corpus."] * 3
+    assert [r["steps"] for r in rows] == [3, 3, 3]  # chat, the search call, chat
