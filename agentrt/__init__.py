@@ -33,7 +33,7 @@ from agentrt.errors import (
     UnknownNameError,
 )
 from agentrt.functions import TypedTool, function_tool
-from agentrt.journal import Journal, JournalMismatch, RunInfo, idempotency_key
+from agentrt.journal import Journal, JournalError, JournalMismatch, RunInfo, idempotency_key
 from agentrt.plan import Plan, RetryPolicy, Step, StepDefaults, StepKind, load_plan
 from agentrt.policy import Policy, RunState
 from agentrt.result import RunResult, RunStatus, StepResult, StepStatus
@@ -69,6 +69,7 @@ __all__ = [
     "InferenceRequest",
     "InferenceResult",
     "Journal",
+    "JournalError",
     "JournalMismatch",
     "Message",
     "Plan",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -10,7 +11,7 @@ from opentelemetry.trace import Link, SpanContext, TraceFlags
 from pydantic import JsonValue
 
 from agentrt.errors import ConfigError
-from agentrt.journal import Journal, JournalMismatch, JournalState, digest
+from agentrt.journal import Journal, JournalMismatch, JournalState, _alive, digest
 from agentrt.plan import Plan
 from agentrt.result import RunResult, RunStatus, StepResult
 from agentrt.substrate import InferenceResult, Message, ToolCall, ToolSpec
@@ -97,7 +98,12 @@ class RunJournal:
         row = journal._row(run_id)
         if row is None:
             return
-        state, journaled, result, trace_id, span_id, _, stored_kind = row
+        state, journaled, result, trace_id, span_id, stored_kind, pid, host = row
+        if state == "running" and pid != os.getpid() and _alive(pid, host):
+            raise ConfigError(
+                f"run {run_id!r} is running in process {pid} on {host}; wait for it to end (or "
+                "stop it) before resuming, or start a new run id"
+            )
         if stored_kind != kind:
             raise ConfigError(
                 f"run {run_id!r} in {journal.path} is a {stored_kind} run, not a {kind}; resume "

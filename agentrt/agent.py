@@ -389,9 +389,6 @@ class Agent:
             max_turns=max_turns,
             launch=launch,
         )
-        journal = agent_run._journal
-        if journal is not None and journal.stored is not None:
-            return journal.stored
         await agent_run.execute()
         return agent_run.result()
 
@@ -417,9 +414,10 @@ class Agent:
             >>> journal = Journal(pathlib.Path(tempfile.mkdtemp()) / "runs.db")
             >>> agent = Agent(FixedLatencySubstrate(latency_s=0.2), journal=journal)
             >>> plan = Plan(name="hello", steps=[Step(id="think", prompt="Say hi.")])
-            >>> first = run(agent.run, plan, run_id="r1", clock=VirtualClock())
-            >>> run(agent.resume, "r1", clock=VirtualClock()).status
-            'succeeded'
+            >>> first = run(lambda: agent.run(plan, run_id="r1"), clock=VirtualClock())
+            >>> run(agent.resume, "r1", clock=VirtualClock()) == first  # stored: nothing runs
+            True
+            >>> journal.close()
 
         Args:
             run_id: the run to continue.
@@ -514,11 +512,14 @@ class AgentRun:
         """Run to completion, failure or deadline. Call once.
 
         Never raises for step failures (they end up in `result`); cancellation from outside
-        propagates after every in-flight step has been cancelled and recorded.
+        propagates after every in-flight step has been cancelled and recorded. A journaled run
+        that succeeded before does nothing.
         """
         if self._started:
             raise ConfigError(f"run {self.run_id} was already executed; prepare a new one")
         self._started = True
+        if self._journal is not None and self._journal.stored is not None:
+            return  # it succeeded before: `result` is the journal's
         self._clock = current_clock()
         self._start = self._clock.current_time()
         target_name = self.name
@@ -602,7 +603,12 @@ class AgentRun:
                 record.frozen = result
 
     def result(self) -> RunResult:
-        """The run's result so far: final after `execute` returns (or is cancelled)."""
+        """The run's result so far: final after `execute` returns (or is cancelled).
+
+        A journaled run that had succeeded before is its stored result.
+        """
+        if self._journal is not None and self._journal.stored is not None:
+            return self._journal.stored
         start = self._start if self._start is not None else 0.0
         end = self._end if self._end is not None else self._clock.current_time()
         messages: tuple[Message, ...] = ()

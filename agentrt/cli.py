@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import anyio
 import typer
 from opentelemetry.trace import NoOpTracerProvider
+from pydantic import JsonValue
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -29,6 +30,7 @@ from agentrt.clock import VirtualClock, run
 from agentrt.compare import Comparison, compare
 from agentrt.errors import AgentrtError, ConfigError, UnknownNameError
 from agentrt.interrupts import Interrupted, raise_on_signals
+from agentrt.journal import Journal, JournalError
 from agentrt.log import configure_logging
 from agentrt.plan import Plan, load_plan
 from agentrt.redact import redact
@@ -47,7 +49,7 @@ from agentrt.telemetry.configure import Telemetry, configure, parse_trace_target
 from agentrt.tool import Tool
 from agentrt.trajectory import Trajectory, TrajectoryRecorder, read_trajectory
 
-__all__ = ["MAX_TABLE_STEPS", "app", "main"]
+__all__ = ["MAX_TABLE_STEPS", "app", "finish_run", "main"]
 
 #: Runs with more steps than this print their totals and slowest steps, not a row per step.
 MAX_TABLE_STEPS = 200
@@ -206,8 +208,27 @@ def run_command(
             help="Span detail: phases (queue/network/prefill/decode) or steps.",
         ),
     ] = "phases",
+    journal_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--journal",
+            metavar="FILE",
+            help="Commit each finished step to this SQLite journal (`agentrt resume` continues "
+            "the run if the process dies).",
+        ),
+    ] = None,
+    run_id: Annotated[
+        str | None,
+        typer.Option(
+            "--run-id",
+            metavar="ID",
+            help="The run's id (default random); with --journal, an id the journal holds "
+            "continues that run.",
+        ),
+    ] = None,
 ) -> None:
     """Run PLAN on a substrate and print each step's timing, or the whole run as JSON."""
+    journal: Journal | None = None
     try:
         if trace_detail not in ("phases", "steps"):
             raise ConfigError(f"--trace-detail must be phases or steps, not {trace_detail!r}")
@@ -247,6 +268,8 @@ def run_command(
         if faults:
             sub = registry.wrap("faults", sub, faults, seed=seed)
         tools = _tools_for(plan, virtual=virtual)
+        if journal_path is not None:
+            journal = Journal(journal_path)
         telemetry = configure(target, service_name="agentrt", set_global=False)
         recorder = TrajectoryRecorder(record, agent=plan.name) if record is not None else None
         agent = Agent(
@@ -258,11 +281,53 @@ def run_command(
             tracer_provider=_tracer_provider(telemetry),
             meter_provider=telemetry.meter_provider,
             trace_detail=trace_detail,  # type: ignore[arg-type]
+            journal=journal,
         )
-        prepared = agent.prepare(plan, deadline_s=deadline_s)
+        launch: dict[str, JsonValue] = {
+            "cli": {
+                "plan_path": str(plan_path),
+                "substrate": substrate,
+                "options": json.loads(json.dumps(options, default=str)),
+                "faults": json.loads(json.dumps(faults, default=str)),
+                "seed": seed,
+                "virtual": virtual,
+                "deadline_s": deadline_s,
+                "trace_detail": trace_detail,
+            }
+        }
+        prepared = agent.prepare(plan, deadline_s=deadline_s, run_id=run_id, launch=launch)
     except AgentrtError as exc:
+        if journal is not None:
+            journal.close()
         raise _fail(str(exc).replace("\n", " ")) from None
+    if journal is not None:
+        _err.print(
+            f"run {prepared.run_id} · journal {journal.path} (if it stops: agentrt resume "
+            f"{prepared.run_id} --journal {journal.path})",
+            highlight=False,
+            soft_wrap=True,
+        )
+    try:
+        finish_run(prepared, plan, telemetry, recorder, as_json=as_json, virtual=virtual)
+    finally:
+        if journal is not None:
+            journal.close()
 
+
+def finish_run(
+    prepared: AgentRun,
+    plan: Plan,
+    telemetry: Telemetry,
+    recorder: TrajectoryRecorder | None,
+    *,
+    as_json: bool,
+    virtual: bool,
+) -> None:
+    """Execute a prepared plan run and print it (`agentrt run`, `agentrt resume`).
+
+    Raises:
+        typer.Exit: 1 if the run did not succeed; 128 + N if signal N interrupted it.
+    """
     show_progress = not as_json and not virtual and _err.is_terminal
     interrupted: Interrupted | None = None
     try:
@@ -276,6 +341,8 @@ def run_command(
         )
     except Interrupted as exc:
         interrupted = exc
+    except JournalError as exc:
+        raise _fail(str(exc), code=1) from None
     finally:
         telemetry.shutdown()
     if interrupted is not None:

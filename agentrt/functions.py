@@ -11,6 +11,7 @@ import functools
 import inspect
 import re
 import typing
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, ParamSpec, TypeVar, cast, final, overload
 
@@ -31,6 +32,7 @@ from pydantic_core import PydanticSerializationError, to_json, to_jsonable_pytho
 from agentrt._docstring import parse_docstring
 from agentrt.clock import VirtualClock, current_clock
 from agentrt.errors import AgentrtError, ConfigError, RetryableToolError, ToolError
+from agentrt.journal import idempotency_key
 from agentrt.tool import ToolResult
 
 __all__ = ["TypedTool", "function_tool"]
@@ -38,6 +40,8 @@ __all__ = ["TypedTool", "function_tool"]
 P = ParamSpec("P")
 R = TypeVar("R")
 
+#: A parameter of this name gets the call's `agentrt.journal.idempotency_key` (not in the schema).
+KEY_PARAMETER = "idempotency_key"
 #: What OpenAI-compatible endpoints accept as a tool name.
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _JSON_TYPES = (
@@ -105,6 +109,7 @@ class TypedTool(Generic[P, R]):
         self._keywords = tuple((field, keyword) for field, keyword in plan if keyword is not None)
         self.timeout_s = timeout_s
         self._is_async = inspect.iscoroutinefunction(inspect.unwrap(fn))
+        self._wants_key = KEY_PARAMETER in inspect.signature(fn).parameters
         self._thread = thread
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -128,6 +133,8 @@ class TypedTool(Generic[P, R]):
                 ) from exc
         positional = [getattr(args, field) for field in self._positional]
         keywords = {keyword: getattr(args, field) for field, keyword in self._keywords}
+        if self._wants_key:
+            keywords[KEY_PARAMETER] = idempotency_key() or f"direct:{uuid.uuid4().hex}"
         try:
             if self._is_async and self.timeout_s is None:  # the common case, one frame less
                 value = await self._fn(*positional, **keywords)  # type: ignore[misc]
@@ -191,7 +198,10 @@ def function_tool(
     optional; ``Annotated[int, Field(ge=1)]`` (or ``= Field(...)``) adds constraints; the
     docstring's first part is the tool's description and its ``Args:`` section (Google style;
     NumPy ``Parameters`` and Sphinx ``:param x:`` too) describes each parameter. Anything wrong
-    is one `ConfigError` at decoration time, naming the function and the fix.
+    is one `ConfigError` at decoration time, naming the function and the fix. A parameter named
+    ``idempotency_key`` (a ``str``) is not shown to the model: each call gets the call's
+    `agentrt.journal.idempotency_key`, the same when a resumed run repeats the call (called
+    outside a run, a fresh random key).
 
     Example:
         >>> from typing import Annotated, Literal
@@ -253,6 +263,13 @@ def _args_model(
     fields: dict[str, Any] = {}
     plan: list[tuple[str, str | None]] = []
     for param in signature.parameters.values():
+        if param.name == KEY_PARAMETER:
+            if param.kind is param.POSITIONAL_ONLY:
+                raise ConfigError(
+                    f"function_tool({label}): {KEY_PARAMETER} is filled in by keyword; do not "
+                    "make it positional-only"
+                )
+            continue  # not the model's to give: the agent passes the call's idempotency key
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             star = "*" if param.kind is param.VAR_POSITIONAL else "**"
             raise ConfigError(

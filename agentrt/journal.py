@@ -11,6 +11,7 @@ outputs feed the steps after them) and steps that were in flight run again, with
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import difflib
 import hashlib
@@ -20,7 +21,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -28,11 +29,13 @@ from typing import Any, Literal, final
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from agentrt.errors import ConfigError, UnknownNameError
+from agentrt.errors import AgentrtError, ConfigError, UnknownNameError
+from agentrt.result import StepResult
 
 __all__ = [
     "SCHEMA_VERSION",
     "Journal",
+    "JournalError",
     "JournalMismatch",
     "RunInfo",
     "JournalState",
@@ -96,6 +99,13 @@ def idempotency_key() -> str | None:
     """
     value = _KEY.get()
     return None if value is None else f"{value[0]}:{value[1]}"
+
+
+class JournalError(AgentrtError):
+    """Reading or writing a journal failed (a full disk, a file another program locked).
+
+    A run whose step cannot be committed stops with this error: it would no longer be durable.
+    """
 
 
 class JournalMismatch(ConfigError):
@@ -221,9 +231,21 @@ class Journal:
                 f"one reads schema {SCHEMA_VERSION}); upgrade agentrt to read it"
             )
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the connection; an SQLite failure becomes a `JournalError`."""
+        with self._lock:
+            try:
+                yield
+            except sqlite3.Error as exc:
+                raise JournalError(
+                    f"the journal {self.path} failed: {type(exc).__name__}: {exc}; check the disk "
+                    "(space, permissions) and that no other program holds the file"
+                ) from exc
+
     def close(self) -> None:
         """Close the file; safe to call more than once."""
-        with self._lock:
+        with self._locked():
             self._db.close()
 
     def __enter__(self) -> Journal:
@@ -244,7 +266,7 @@ class Journal:
 
     def runs(self) -> list[RunInfo]:
         """Every run, oldest first."""
-        with self._lock:
+        with self._locked():
             rows = self._db.execute(f"{_SELECT_RUNS} ORDER BY r.started, r.run_id").fetchall()
         return [_info(row) for row in rows]
 
@@ -254,31 +276,40 @@ class Journal:
         Raises:
             UnknownNameError: no run has that id (the message suggests the closest ones).
         """
-        with self._lock:
+        with self._locked():
             row = self._db.execute(f"{_SELECT_RUNS} WHERE r.run_id = ?", (run_id,)).fetchone()
         if row is None:
             raise self._unknown(run_id)
         return _info(row)
 
+    def finished(self, run_id: str) -> list[StepResult]:
+        """The steps of ``run_id`` the journal holds as finished, in the order they finished.
+
+        Raises:
+            UnknownNameError: no run has that id.
+        """
+        self.run(run_id)
+        return [StepResult.model_validate_json(result) for _, result, _ in self._steps(run_id)]
+
     def _unknown(self, run_id: str) -> UnknownNameError:
-        with self._lock:
+        with self._locked():
             known = [r[0] for r in self._db.execute("SELECT run_id FROM runs")]
         close = difflib.get_close_matches(run_id, known, n=5, cutoff=0.3)
-        return UnknownNameError(f"run in {self.path}", run_id, close or known[-20:])
+        return UnknownNameError("run id", run_id, close or known[-20:])
 
     # -- what `agentrt._journalrun` uses -------------------------------------------------------
 
     def _row(self, run_id: str) -> tuple[Any, ...] | None:
-        with self._lock:
+        with self._locked():
             row: tuple[Any, ...] | None = self._db.execute(
-                "SELECT state, hash, result, trace_id, span_id, launch, kind FROM runs "
+                "SELECT state, hash, result, trace_id, span_id, kind, pid, host FROM runs "
                 "WHERE run_id = ?",
                 (run_id,),
             ).fetchone()
         return row
 
     def _steps(self, run_id: str) -> list[tuple[str, str, str]]:
-        with self._lock:
+        with self._locked():
             return self._db.execute(
                 "SELECT step_id, result, payload FROM steps WHERE run_id = ? ORDER BY seq",
                 (run_id,),
@@ -297,7 +328,7 @@ class Journal:
         span_id: str | None,
     ) -> None:
         now = time.time()
-        with self._lock, self._db:
+        with self._locked(), self._db:
             self._db.execute("BEGIN IMMEDIATE")
             updated = self._db.execute(
                 "UPDATE runs SET state = 'running', pid = ?, host = ?, updated = ?, "
@@ -328,7 +359,7 @@ class Journal:
 
     def _step(self, run_id: str, step_id: str, result: str, payload: str) -> None:
         now = time.time()
-        with self._lock, self._db:
+        with self._locked(), self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
                 "INSERT OR REPLACE INTO steps VALUES (?, ?, "
@@ -338,7 +369,7 @@ class Journal:
             self._db.execute("UPDATE runs SET updated = ? WHERE run_id = ?", (now, run_id))
 
     def _finish(self, run_id: str, state: JournalState, result: str | None) -> None:
-        with self._lock, self._db:
+        with self._locked(), self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
                 "UPDATE runs SET state = ?, result = ?, updated = ? WHERE run_id = ?",

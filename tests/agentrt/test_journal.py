@@ -302,3 +302,55 @@ def test_a_conversation_with_another_task_is_refused(journal: Journal) -> None:
     vrun(Chat(hang_on="c").agent(journal).run, "Note a, b, c.", run_id="r1", deadline_s=30)
     with pytest.raises(JournalMismatch):
         vrun(Chat().agent(journal).run, "Note d.", run_id="r1")
+
+
+def test_a_run_live_in_another_process_is_not_resumed(journal: Journal) -> None:
+    import os
+
+    vrun(World(fail_on="s1").agent(journal).run, chain_plan(), run_id="r1")
+    db = sqlite3.connect(journal.path)
+    db.execute("UPDATE runs SET state = 'running', pid = ? WHERE run_id = 'r1'", (os.getppid(),))
+    db.commit()
+    db.close()
+    assert journal.run("r1").state == "running"
+    with pytest.raises(ConfigError, match=f"is running in process {os.getppid()}"):
+        vrun(World().agent(journal).resume, "r1")
+
+
+def test_function_tools_that_declare_the_key_receive_it(journal: Journal) -> None:
+    from agentrt import function_tool
+
+    seen: list[str] = []
+
+    @function_tool(name="note")
+    def note(x: str, idempotency_key: str) -> str:
+        """Note x once.
+
+        Args:
+            x: what to note.
+        """
+        seen.append(idempotency_key)
+        return f"noted {x}"
+
+    assert "idempotency_key" not in note.args_model.model_json_schema()["properties"]
+    agent = Agent(FunctionSubstrate(lambda r: "ok"), tools=[note], journal=journal)
+    assert vrun(agent.run, chain_plan(2), run_id="r9").status == "succeeded"
+    assert seen == ["r9:s0", "r9:s1"]
+    direct = run(note.call, {"x": "y"})
+    assert direct.output == "noted y"
+    assert seen[-1].startswith("direct:")
+
+
+def test_a_journal_that_cannot_be_written_stops_the_run(journal: Journal) -> None:
+    from agentrt import JournalError
+
+    journal._db.execute("PRAGMA busy_timeout = 50")
+    other = sqlite3.connect(journal.path)
+    other.execute("BEGIN IMMEDIATE")  # another program holds the write lock
+    try:
+        with pytest.raises(JournalError, match="database is locked"):
+            vrun(World().agent(journal).run, chain_plan(), run_id="r1")
+    finally:
+        other.rollback()
+        other.close()
+    assert vrun(World().agent(journal).run, chain_plan(), run_id="r2").status == "succeeded"
