@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -156,10 +157,15 @@ async def _run_one(
             tracer_provider=NoOpTracerProvider(),
             journal=journal,
         )
+        # What `agentrt resume RUN_ID` reads to rebuild a plan run, as `agentrt run` stores it.
         launch: dict[str, JsonValue] = {
             "batch": settings.name,
-            "substrate": settings.substrate,
-            "options": _public(settings.options),
+            "cli": {
+                "substrate": settings.substrate,
+                "options": _public(settings.options),
+                "seed": seed,
+                "virtual": settings.virtual,
+            },
         }
         result = await agent.run(
             task.target, run_id=run_id, max_turns=task.max_turns, launch=launch
@@ -271,10 +277,12 @@ def run_shard(settings: BatchSettings, tasks: list[BatchTask]) -> list[TaskResul
     SIGINT and SIGTERM cancel the shard: its runs unwind and the journal records them as
     interrupted, so re-running the batch resumes them.
     """
+    # Signal handlers need the main thread; an executor running tasks in threads gets none.
+    main = threading.current_thread() is threading.main_thread()
     return run_on_clock(
         run_batch,
         settings,
         tasks,
         clock=VirtualClock() if settings.virtual else None,
-        cancel_on=_CANCEL_ON,
+        cancel_on=_CANCEL_ON if main else (),
     )
