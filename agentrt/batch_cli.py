@@ -133,7 +133,9 @@ def _run_sharded(
     executor: Executor, settings: BatchSettings, tasks: Sequence[BatchTask], *, show: bool
 ) -> tuple[list[TaskResult], Interrupted | None]:
     """Deal the tasks into shards, one per worker, and map `run_shard` over them."""
-    workers = int(getattr(executor, "workers", 0) or settings.concurrency)
+    # processes:N has N workers, ray:N N CPUs; a cluster of unknown size gets a shard per slot.
+    workers = getattr(executor, "workers", None) or getattr(executor, "num_cpus", None)
+    workers = int(workers or settings.concurrency)
     shards = shard(tasks, min(workers, settings.concurrency))
     params = [
         {"settings": settings.model_copy(update={"concurrency": share}), "tasks": part}
@@ -195,8 +197,8 @@ def summary_rows(results: Sequence[TaskResult], wall_s: float) -> list[list[str]
 def _check_journal_place(executor: str, journal: Path | None) -> None:
     """Refuse a journal that a remote Ray cluster's nodes would each keep a copy of."""
     kind, _, address = executor.strip().partition(":")
-    host = address.split(":")[0]
-    if journal is not None and kind == "ray" and address and host not in ("127.0.0.1", "localhost"):
+    local = not address or address.isdigit() or address.split(":")[0] in ("127.0.0.1", "localhost")
+    if journal is not None and kind == "ray" and not local:
         raise ConfigError(
             f"--journal cannot follow --executor {executor}: the journal is an SQLite file that "
             "every worker must reach on one machine; run resumable batches with --executor "

@@ -155,6 +155,28 @@ def test_the_processes_executor_gives_the_local_results(tmp_path: Path) -> None:
         assert a["e2e_s"] == pytest.approx(b["e2e_s"], rel=1e-9)
 
 
+def test_the_ray_executor_gives_the_local_results_and_resumes_from_the_journal(
+    tmp_path: Path,
+) -> None:
+    """On Ray's local cluster: the same lines as local; a journal on this machine works."""
+    pytest.importorskip("ray")
+    pytest.importorskip("agentrt.executors.raycluster")
+    tasks = write_tasks(tmp_path / "tasks.jsonl", 6)
+    journal = tmp_path / "runs.db"
+    local = batch(str(tasks), "-s", "h100", "--virtual", "--json", "--concurrency", "2")
+    on_ray = batch(str(tasks), "-s", "h100", "--virtual", "--json", "--concurrency", "2",
+                   "--executor", "ray:2", "--journal", str(journal), timeout=300)  # fmt: skip
+    assert local.returncode == 0, local.stderr
+    assert on_ray.returncode == 0, on_ray.stderr
+    for a, b in zip(lines(on_ray.stdout), lines(local.stdout), strict=True):
+        assert {**a, "e2e_s": None} == {**b, "e2e_s": None}
+        assert a["e2e_s"] == pytest.approx(b["e2e_s"], rel=1e-9)
+    again = batch(str(tasks), "-s", "h100", "--virtual", "--json", "--concurrency", "2",
+                  "--executor", "ray:2", "--journal", str(journal), timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert [r["journal"] for r in lines(again.stdout)] == ["done"] * 6
+
+
 # -- real time, over HTTP against `agentrt serve` --------------------------------------------
 
 
