@@ -241,7 +241,7 @@ def batch_command(
     ] = None,
     executor: Annotated[
         str,
-        typer.Option(metavar="EXECUTOR", help="local, processes[:N] or ray[:ADDRESS]."),
+        typer.Option(metavar="EXECUTOR", help="local, processes[:N], ray[:N] or ray:ADDRESS."),
     ] = "local",
     out: Annotated[
         Path | None, typer.Option(metavar="FILE", help="Write one JSON line per task to FILE.")
