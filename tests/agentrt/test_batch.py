@@ -357,3 +357,25 @@ def test_tool_loop_tasks_call_the_tools_over_http(tmp_path: Path) -> None:
     rows = lines(proc.stdout)
     assert [r["output"] for r in rows] == ["Found it in the corpus."] * 3
     assert [r["steps"] for r in rows] == [3, 3, 3]  # chat, the search call, chat
+
+
+def test_a_changed_task_line_is_refused_by_the_journal(tmp_path: Path) -> None:
+    tasks = write_tasks(tmp_path / "tasks.jsonl", 3)
+    journal = tmp_path / "runs.db"
+    first = batch(str(tasks), "-s", "wse3", "--virtual", "--json", "--journal", str(journal))
+    assert first.returncode == 0, first.stderr
+    assert [r["journal"] for r in lines(first.stdout)] == ["new"] * 3
+    text = tasks.read_text().replace("Question 1:", "Another question:")
+    tasks.write_text(text)
+    again = batch(str(tasks), "-s", "wse3", "--virtual", "--json", "--journal", str(journal))
+    assert again.returncode == 1
+    rows = lines(again.stdout)
+    assert [rows[0]["journal"], rows[2]["journal"]] == ["done", "done"]
+    assert [r["status"] for r in rows] == ["succeeded", "failed", "succeeded"]
+    assert str(rows[1]["error"]).startswith("JournalMismatch: ")
+    renamed = batch(str(tasks), "-s", "wse3", "--virtual", "--json", "--journal", str(journal),
+                    "--name", "second")  # fmt: skip
+    assert renamed.returncode == 0, renamed.stderr
+    assert [r["run_id"] for r in lines(renamed.stdout)] == [
+        "second/t000", "second/t001", "second/t002",
+    ]  # fmt: skip
