@@ -96,7 +96,7 @@ class TaskResult(BaseModel):
 
     id: str
     run_id: str
-    status: Literal["succeeded", "failed", "interrupted"]
+    status: Literal["succeeded", "failed"]
     output: str = ""
     e2e_s: float = 0.0
     error: str | None = None
