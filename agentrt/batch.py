@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -58,6 +59,8 @@ __all__ = [
 
 #: Signals that cancel a shard running in a worker process (it unwinds and journals).
 _CANCEL_ON = (signal.SIGINT, signal.SIGTERM)
+#: Real seconds between a worker's checks that the batch that started it still lives.
+_ORPHAN_POLL_S = 0.5
 
 
 class BatchSettings(BaseModel):
@@ -275,14 +278,36 @@ def run_shard(settings: BatchSettings, tasks: list[BatchTask]) -> list[TaskResul
     """Run one shard of a batch to the end on a fresh event loop (an executor's task).
 
     SIGINT and SIGTERM cancel the shard: its runs unwind and the journal records them as
-    interrupted, so re-running the batch resumes them.
+    interrupted, so re-running the batch resumes them. So does the death of the process that
+    started this worker (the batch was killed): the shard does not run on as an orphan.
     """
     # Signal handlers need the main thread; an executor running tasks in threads gets none.
     main = threading.current_thread() is threading.main_thread()
-    return run_on_clock(
-        run_batch,
-        settings,
-        tasks,
-        clock=VirtualClock() if settings.virtual else None,
-        cancel_on=_CANCEL_ON if main else (),
-    )
+    done, orphaned = threading.Event(), threading.Event()
+    if main:
+        threading.Thread(
+            target=_cancel_when_orphaned, args=(os.getppid(), done, orphaned), daemon=True
+        ).start()
+    try:
+        return run_on_clock(
+            run_batch,
+            settings,
+            tasks,
+            clock=VirtualClock() if settings.virtual else None,
+            cancel_on=_CANCEL_ON if main else (),
+        )
+    finally:
+        done.set()
+        if orphaned.is_set():
+            # The runs have unwound and are journalled. Nobody will read a result, and a pool
+            # worker would wait for its next task on a pipe its siblings still hold open.
+            os._exit(128 + signal.SIGTERM)
+
+
+def _cancel_when_orphaned(parent: int, done: threading.Event, orphaned: threading.Event) -> None:
+    """SIGTERM this process once its parent has gone (it is then adopted: a new parent id)."""
+    while not done.wait(_ORPHAN_POLL_S):
+        if os.getppid() != parent:
+            orphaned.set()
+            os.kill(os.getpid(), signal.SIGTERM)
+            return

@@ -261,10 +261,42 @@ def _states(journal: Path) -> dict[str, str]:
         return {r.run_id: r.state for r in j.runs()}
 
 
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 @pytest.mark.parametrize(
     ("how", "executor"),
-    [(signal.SIGKILL, "local"), (signal.SIGINT, "local"), (signal.SIGTERM, "processes:2")],
-    ids=["kill-9", "ctrl-c", "sigterm-processes"],
+    [
+        (signal.SIGKILL, "local"),
+        (signal.SIGINT, "local"),
+        (signal.SIGTERM, "processes:2"),
+        (signal.SIGKILL, "processes:2"),
+    ],
+    ids=["kill-9", "ctrl-c", "sigterm-processes", "kill-9-processes"],
 )
 def test_a_stopped_batch_resumes_without_rerunning_finished_tasks(
     tmp_path: Path, counted: tuple[str, Any], how: signal.Signals, executor: str
@@ -276,12 +308,18 @@ def test_a_stopped_batch_resumes_without_rerunning_finished_tasks(
     proc = _start(args)
     try:
         _wait_for_succeeded(journal, 6, proc)
+        workers = _descendants(proc.pid)
         proc.send_signal(how)
         _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+    # No orphans: the workers of a killed batch notice and stop (journalling their runs).
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in workers), workers
     before = _states(journal)
     finished = {r for r, s in before.items() if s == "succeeded"}
     assert 6 <= len(finished) < 24
