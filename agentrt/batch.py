@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -274,19 +275,23 @@ def shard(tasks: Sequence[BatchTask], count: int) -> list[list[BatchTask]]:
     return [list(tasks[i::count]) for i in range(count)]
 
 
-def run_shard(settings: BatchSettings, tasks: list[BatchTask]) -> list[TaskResult]:
+def run_shard(
+    settings: BatchSettings, tasks: list[BatchTask], owner: tuple[str, int] | None = None
+) -> list[TaskResult]:
     """Run one shard of a batch to the end on a fresh event loop (an executor's task).
 
     SIGINT and SIGTERM cancel the shard: its runs unwind and the journal records them as
-    interrupted, so re-running the batch resumes them. So does the death of the process that
-    started this worker (the batch was killed): the shard does not run on as an orphan.
+    interrupted, so re-running the batch resumes them. So does the death of ``owner`` (the
+    batch's host name and process id; on another host it is not watched), or else of the
+    process that started this worker: a killed batch leaves no worker running on as an orphan.
     """
     # Signal handlers need the main thread; an executor running tasks in threads gets none.
     main = threading.current_thread() is threading.main_thread()
     done, orphaned = threading.Event(), threading.Event()
-    if main:
+    if main and (owner is None or owner[0] == socket.gethostname()):
+        watched = owner[1] if owner is not None else None
         threading.Thread(
-            target=_cancel_when_orphaned, args=(os.getppid(), done, orphaned), daemon=True
+            target=_cancel_when_orphaned, args=(watched, done, orphaned), daemon=True
         ).start()
     try:
         return run_on_clock(
@@ -304,10 +309,23 @@ def run_shard(settings: BatchSettings, tasks: list[BatchTask]) -> list[TaskResul
             os._exit(128 + signal.SIGTERM)
 
 
-def _cancel_when_orphaned(parent: int, done: threading.Event, orphaned: threading.Event) -> None:
-    """SIGTERM this process once its parent has gone (it is then adopted: a new parent id)."""
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _cancel_when_orphaned(
+    owner: int | None, done: threading.Event, orphaned: threading.Event
+) -> None:
+    """SIGTERM this process once ``owner`` has gone, or (no owner) once its parent has."""
+    parent = os.getppid()
     while not done.wait(_ORPHAN_POLL_S):
-        if os.getppid() != parent:
+        if (owner is not None and _gone(owner)) or (owner is None and os.getppid() != parent):
             orphaned.set()
             os.kill(os.getpid(), signal.SIGTERM)
             return

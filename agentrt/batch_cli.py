@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import socket
 import statistics
 import sys
 import time
@@ -138,7 +139,11 @@ def _run_sharded(
     workers = int(workers or settings.concurrency)
     shards = shard(tasks, min(workers, settings.concurrency))
     params = [
-        {"settings": settings.model_copy(update={"concurrency": share}), "tasks": part}
+        {
+            "settings": settings.model_copy(update={"concurrency": share}),
+            "tasks": part,
+            "owner": (socket.gethostname(), os.getpid()),
+        }
         for part, share in zip(shards, _shares(settings.concurrency, len(shards)), strict=True)
     ]
     label: Callable[[Any], str] = lambda p: (  # noqa: E731 - a one-line label
