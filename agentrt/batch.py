@@ -30,6 +30,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import anyio
@@ -281,9 +282,9 @@ def run_shard(
     """Run one shard of a batch to the end on a fresh event loop (an executor's task).
 
     SIGINT and SIGTERM cancel the shard: its runs unwind and the journal records them as
-    interrupted, so re-running the batch resumes them. So does the death of ``owner`` (the
-    batch's host name and process id; on another host it is not watched), or else of the
-    process that started this worker: a killed batch leaves no worker running on as an orphan.
+    interrupted, so re-running the batch resumes them. So does the death of the process that
+    started this worker, or of ``owner`` (the batch's host name and process id, watched on its
+    own host only): a killed batch leaves no worker running on as an orphan.
     """
     # Signal handlers need the main thread; an executor running tasks in threads gets none.
     main = threading.current_thread() is threading.main_thread()
@@ -310,6 +311,15 @@ def run_shard(
 
 
 def _gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (a zombie not yet reaped counts as ended)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return Path("/proc/self").exists()  # no such process, if this system has a /proc
+    except (OSError, IndexError):
+        pass
+    else:
+        return fields[0] == "Z"
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -322,10 +332,10 @@ def _gone(pid: int) -> bool:
 def _cancel_when_orphaned(
     owner: int | None, done: threading.Event, orphaned: threading.Event
 ) -> None:
-    """SIGTERM this process once ``owner`` has gone, or (no owner) once its parent has."""
+    """SIGTERM this process once ``owner`` or the process that started this one has gone."""
     parent = os.getppid()
     while not done.wait(_ORPHAN_POLL_S):
-        if (owner is not None and _gone(owner)) or (owner is None and os.getppid() != parent):
+        if os.getppid() != parent or (owner is not None and _gone(owner)):
             orphaned.set()
             os.kill(os.getpid(), signal.SIGTERM)
             return
