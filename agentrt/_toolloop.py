@@ -38,7 +38,7 @@ from agentrt._loopparts import (
     retry_after,
 )
 from agentrt.errors import StepTimeout, ToolError, ToolLoopFailed
-from agentrt.journal import _KEY
+from agentrt.journal import _KEY, wants_key
 from agentrt.plan import RetryPolicy
 from agentrt.redact import redact
 from agentrt.result import StepResult
@@ -113,6 +113,10 @@ class ToolLoop:
         # A run's own conversation commits each finished call (a plan step commits as a whole).
         self._journal = run._journal if as_steps else None
         self._run_id = run.run_id
+        # Tools whose calls get an idempotency key: all in a journaled run, else those that ask.
+        self._keyed = frozenset(
+            n for n, t in tools.items() if run._journal is not None or wants_key(t)
+        )
         # Tool calls of the current turn that a journal holds: step id -> (step, message).
         self._done: dict[str, tuple[LoopStep, Message]] = {}
         self._index = 0
@@ -561,7 +565,7 @@ class ToolLoop:
         timeouts = self.run._timeouts
         scope = self._stretch if shared else timeouts.scope()
         timeouts.add(scope, self.timeout_s)
-        key = _KEY.set((self._run_id, step.id))
+        key = _KEY.set((self._run_id, step.id)) if tool.name in self._keyed else None
         try:
             if op.span is not None and tool.name in self._remote_tools:
                 with current_span(op.span), nullcontext() if shared else scope:
@@ -576,7 +580,8 @@ class ToolLoop:
                 self._cut = op
             raise
         finally:
-            _KEY.reset(key)
+            if key is not None:
+                _KEY.reset(key)
             timeouts.remove(scope)
         if not shared and scope.cancelled_caught:
             raise StepTimeout(f"it did not finish within its timeout of {self.timeout_s} s")

@@ -52,7 +52,7 @@ from agentrt.errors import (
     ToolError,
     ToolLoopFailed,
 )
-from agentrt.journal import _KEY, Journal, digest
+from agentrt.journal import _KEY, Journal, digest, wants_key
 from agentrt.log import get_logger
 from agentrt.plan import (
     Plan,
@@ -989,7 +989,11 @@ class AgentRun:
         t0 = clock.current_time()
         tool_span = tracer.start_tool(record.span_context, tool.name, attempt=record.attempts, t=t0)
         tool_result: ToolResult | None = None
-        key = _KEY.set((self.run_id, step.id))
+        key = (
+            _KEY.set((self.run_id, step.id))
+            if self._journal is not None or wants_key(tool)
+            else None
+        )
         try:
             with current_span(tool_span if getattr(tool, "remote", False) else None):
                 tool_result = await tool.call(args)
@@ -997,7 +1001,8 @@ class AgentRun:
             error = exc
             raise
         finally:
-            _KEY.reset(key)
+            if key is not None:
+                _KEY.reset(key)
             t1 = clock.current_time()
             tracer.end_tool(tool_span, result=tool_result, error=error, t=t1)
         measured = t1 - t0

@@ -109,7 +109,8 @@ class TypedTool(Generic[P, R]):
         self._keywords = tuple((field, keyword) for field, keyword in plan if keyword is not None)
         self.timeout_s = timeout_s
         self._is_async = inspect.iscoroutinefunction(inspect.unwrap(fn))
-        self._wants_key = KEY_PARAMETER in inspect.signature(fn).parameters
+        #: Whether calls get the idempotency key even in runs without a journal.
+        self.wants_idempotency_key = KEY_PARAMETER in inspect.signature(fn).parameters
         self._thread = thread
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -133,7 +134,7 @@ class TypedTool(Generic[P, R]):
                 ) from exc
         positional = [getattr(args, field) for field in self._positional]
         keywords = {keyword: getattr(args, field) for field, keyword in self._keywords}
-        if self._wants_key:
+        if self.wants_idempotency_key:
             keywords[KEY_PARAMETER] = idempotency_key() or f"direct:{uuid.uuid4().hex}"
         try:
             if self._is_async and self.timeout_s is None:  # the common case, one frame less

@@ -1,10 +1,12 @@
-"""A real-time journaled plan run, for test_journal_kill.py to kill -9 and resume.
+"""A real-time journaled run, for test_journal_kill.py to kill -9 and resume.
 
-Usage: python journal_driver.py JOURNAL RUN_ID EXEC_LOG EFFECTS
+Usage: python journal_driver.py JOURNAL RUN_ID EXEC_LOG EFFECTS plan|chat
 
-Prints ``ready`` once it is about to run, then (if not killed) the steps' outputs as JSON. Every
-model and tool call is logged to EXEC_LOG (fsynced) before it starts: ``PID KIND STEP KEY``. The
-``effect`` tool appends ``KEY OUTPUT`` to EFFECTS unless a line with its idempotency key is there.
+``plan`` runs a 16-step plan; ``chat`` a tool-calling conversation of 6 turns, two tool calls
+each. Prints ``ready`` once it is about to run, then (if not killed) the steps' outputs and the
+answer as JSON. Every model and tool call is logged to EXEC_LOG (fsynced) before it starts:
+``PID KIND STEP KEY``. The ``effect`` tool appends ``KEY OUTPUT`` to EFFECTS unless a line with
+its idempotency key is there.
 """
 
 from __future__ import annotations
@@ -18,11 +20,22 @@ from typing import Any
 
 import anyio
 
-from agentrt import Agent, InferenceRequest, Plan, Step, idempotency_key
+from agentrt import (
+    Agent,
+    InferenceRequest,
+    InferenceResult,
+    Plan,
+    Step,
+    Timing,
+    ToolCall,
+    Usage,
+    idempotency_key,
+)
 from agentrt.journal import Journal
 from agentrt.testing import FunctionSubstrate, FunctionTool
 
 STEPS = 16
+TURNS = 6
 SLEEP_S = 0.012
 
 
@@ -62,23 +75,55 @@ def record_once(path: Path, key: str, output: str) -> None:
         log(path, f"{key} {output}")
 
 
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def chat_reply(request: InferenceRequest) -> InferenceResult:
+    """Turn N of the conversation: two tool calls fed the conversation so far; then the answer."""
+    turn = 1 + sum(m.role == "assistant" for m in request.messages)
+    seen = _digest("|".join(m.content for m in request.messages))
+    calls = (
+        tuple(
+            ToolCall(
+                id=f"c{turn}-{k}",
+                name="effect",
+                arguments=json.dumps({"x": f"t{turn}-{k}", "seen": seen}),
+            )
+            for k in (1, 2)
+        )
+        if turn <= TURNS
+        else ()
+    )
+    return InferenceResult(
+        text="" if calls else f"answer {seen}",
+        usage=Usage(input_tokens=10, output_tokens=5),
+        timing=Timing.build(output_tokens=5),
+        substrate="driver",
+        model="driver",
+        finish_reason="tool_calls" if calls else "stop",
+        tool_calls=calls,
+    )
+
+
 def main() -> None:
-    journal_path, run_id, exec_log, effects = sys.argv[1:5]
+    journal_path, run_id, exec_log, effects, mode = sys.argv[1:6]
     exec_path, effects_path = Path(exec_log), Path(effects)
     pid = os.getpid()
 
-    async def model(request: InferenceRequest) -> str:
+    async def model(request: InferenceRequest) -> str | InferenceResult:
         log(exec_path, f"{pid} model {request.step_id} -")
         await anyio.sleep(SLEEP_S)
-        digest = hashlib.sha256(request.prompt_text.encode()).hexdigest()[:12]
-        return f"{request.step_id}:{digest}"
+        if mode == "chat":
+            return chat_reply(request)
+        return f"{request.step_id}:{_digest(request.prompt_text)}"
 
     async def effect(args: Any) -> str:
         key = idempotency_key()
         assert key is not None
-        log(exec_path, f"{pid} tool {args.x} {key}")
+        log(exec_path, f"{pid} tool {key.rpartition(':')[2]} {key}")
         await anyio.sleep(SLEEP_S)
-        output = f"did {args.x} after {hashlib.sha256(args.seen.encode()).hexdigest()[:8]}"
+        output = f"did {args.x} after {_digest(args.seen)}"
         record_once(effects_path, key, output)
         return output
 
@@ -87,9 +132,10 @@ def main() -> None:
             FunctionSubstrate(model), tools=[FunctionTool("effect", effect)], journal=journal
         )
         print("ready", flush=True)
-        result = anyio.run(lambda: agent.run(plan(), run_id=run_id))
+        target = plan() if mode == "plan" else "Do the six chores."
+        result = anyio.run(lambda: agent.run(target, run_id=run_id))
     steps = [[s.id, s.status, s.text, s.tool_output] for s in result.steps]
-    print(json.dumps(steps), flush=True)
+    print(json.dumps([*steps, ["output", result.status, result.output, None]]), flush=True)
 
 
 if __name__ == "__main__":

@@ -354,3 +354,33 @@ def test_a_journal_that_cannot_be_written_stops_the_run(journal: Journal) -> Non
         other.rollback()
         other.close()
     assert vrun(World().agent(journal).run, chain_plan(), run_id="r2").status == "succeeded"
+
+
+def test_without_a_journal_only_tools_that_ask_get_keys() -> None:
+    from agentrt import function_tool
+
+    plain: list[str | None] = []
+    asked: list[str] = []
+
+    @function_tool
+    def pay(x: str, idempotency_key: str) -> str:
+        """Pay x."""
+        asked.append(idempotency_key)
+        return "paid"
+
+    def look_fn(args: Any) -> str:
+        plain.append(idempotency_key())
+        return "seen"
+
+    look = FunctionTool("look", look_fn)
+    plan = Plan(
+        name="p",
+        steps=(
+            Step(id="a", prompt="a", tool="look", args={}),
+            Step(id="b", prompt="b", tool="pay", args={"x": "1"}, depends_on=("a",)),
+        ),
+    )
+    agent = Agent(FunctionSubstrate(lambda r: "ok"), tools=[look, pay])
+    assert vrun(agent.run, plan, run_id="r0").status == "succeeded"
+    assert plain == [None]
+    assert asked == ["r0:b"]
