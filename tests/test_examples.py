@@ -230,3 +230,11 @@ def test_power_budget_prices_750_mw_per_substrate() -> None:
     bad = example("examples/power_budget.py", "--slo", "p95(ttft) <= 1s")
     assert bad.returncode == 2
     assert "p95(e2e)" in bad.stderr
+
+
+def test_the_example_batch_runs_in_virtual_time() -> None:
+    proc = example("-m", "agentrt", "batch", "examples/batch/tasks.jsonl", "-s", "wse3",
+                   "--virtual", "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["status"] for r in rows] == ["succeeded"] * 4
