@@ -165,9 +165,9 @@ def tco_command(
         tools = tools_for(plan, virtual=True)
         options = {"model": model} if model else {}
         if unit == "tokens":  # convert through the plan's output tokens per task
-            probe = Sizer(plan, names[0].partition(":")[0] if names else "wse3", load_per_s=0.2,
-                          duration_s=60.0, seed=seed, options=options, tools=tools)  # fmt: skip
-            per_task = probe.measure(1).tokens_per_task
+            probe = Sizer(plan, names[0].partition(":")[0] if names else "wse3", load_per_s=1.0,
+                          seed=seed, options=options, tools=tools)  # fmt: skip
+            per_task = probe.floor().tokens_per_task
             if per_task <= 0:
                 raise ConfigError(f"{plan_path}: its tasks produce no output tokens; use tasks/s")
             rate /= per_task
