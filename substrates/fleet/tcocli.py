@@ -1,4 +1,4 @@
-"""``agentrt tco PLAN --load 5/s --slo 'p95(e2e) <= 10s'``: what a fleet meeting the SLO costs.
+"""``agentrt tco WORKLOAD --load 5/s --slo 'p95(e2e) <= 10s'``: what a fleet meeting the SLO costs.
 
 Per substrate (``wse3``, ``h100``, ``h100:vllm`` for a stack) it sizes the fleet with the fleet
 simulator in virtual time (`substrates.fleet.tcosize`), prices it with the sourced cost model
@@ -19,17 +19,19 @@ import typer
 
 from agentrt import cli_options as opt
 from agentrt.errors import AgentrtError, ConfigError
+from agentrt.executors import parse_executor
 from agentrt.log import configure_logging
-from agentrt.plan import load_plan
-from agentrt.registry import default_registry
 from agentrt.render import Column, print_table, terminal_console
 from substrates.emulated.tco import TcoBreakdown, UnitCosts
-from substrates.fleet.study import tools_for
 from substrates.fleet.targets import TargetError, parse_target
-from substrates.fleet.tcoplan import FleetCost, SloPoint, parse_load, price_fleets, sweep_slos
+from substrates.fleet.tcoplan import FleetCost, SloPoint, parse_load, price_fleets, slo_points
 from substrates.fleet.tcosize import DEFAULT_CAP, Sizer, p95_target
+from substrates.fleet.tcowork import load_workload
 
-__all__ = ["plot_sweep", "render_rows", "tco_command"]
+__all__ = ["SWEEP_FACTORS", "plot_sweep", "render_rows", "tco_command"]
+
+#: ``--plot`` re-sizes for the SLO's limit times each of these.
+SWEEP_FACTORS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)
 
 _out = terminal_console(piped_width=100)
 
@@ -127,8 +129,12 @@ def _ints(text: str, what: str) -> list[int]:
 
 
 def tco_command(
-    plan_path: Annotated[
-        Path, typer.Argument(metavar="PLAN", help="Plan file (.yaml): what each task runs.")
+    workload_path: Annotated[
+        Path,
+        typer.Argument(
+            metavar="WORKLOAD",
+            help="What each task runs: a plan (.yaml), a trajectory (.jsonl) or a fleet spec.",
+        ),
     ],
     load: Annotated[
         str, typer.Option(metavar="RATE", help="Target load: tasks/s (`5/s`) or `2000tok/s`.")
@@ -149,6 +155,12 @@ def tco_command(
     plot: Annotated[
         Path | None, typer.Option(metavar="FILE", help="Draw cost per task vs SLO tightness.")
     ] = None,
+    executor: Annotated[
+        str,
+        typer.Option(
+            metavar="KIND", help="Where substrates are sized: local, processes[:N], ray[:ADDRESS]."
+        ),
+    ] = "local",
     model: opt.Model = None,
     seed: Annotated[int, typer.Option(metavar="N", help="Seeds arrivals and replicas.")] = 1,
     as_json: opt.AsJson = False,
@@ -161,30 +173,36 @@ def tco_command(
         rate, unit = parse_load(load)
         horizons = _ints(months, "--months")
         names = [s.strip() for s in substrates.split(",") if s.strip()]
-        plan = load_plan(plan_path, tools=default_registry().tool_args_model)
-        tools = tools_for(plan, virtual=True)
-        options = {"model": model} if model else {}
-        if unit == "tokens":  # convert through the plan's output tokens per task
-            probe = Sizer(plan, names[0].partition(":")[0] if names else "wse3", load_per_s=1.0,
-                          seed=seed, options=options, tools=tools)  # fmt: skip
+        work = load_workload(workload_path)
+        if work.workload is None:
+            raise ConfigError(
+                f"{workload_path} is a fleet spec: `agentrt tco` sizes a plan or a trajectory "
+                "so far; size the fleet's pools with `agentrt check` targets on `agentrt load`"
+            )
+        options = {**({"model": model} if model else {}), **work.options}
+        if unit == "tokens":  # convert through the workload's output tokens per task
+            probe = Sizer(work.workload, names[0].partition(":")[0] if names else "wse3",
+                          load_per_s=1.0, seed=seed, options=options)  # fmt: skip
             per_task = probe.floor().tokens_per_task
             if per_task <= 0:
-                raise ConfigError(f"{plan_path}: its tasks produce no output tokens; use tasks/s")
+                raise ConfigError(f"{workload_path}: its tasks produce no output tokens; use /s")
             rate /= per_task
-        sizers: dict[str, Sizer] = {}
-        costs = price_fleets(
-            plan, names, load_per_s=rate, target=target, months=horizons, duration_s=duration,
-            seed=seed, cap=cap, options=options, tools=tools, sizers=sizers,
-        )  # fmt: skip
-        points = sweep_slos(sizers, target, cap=cap) if plot is not None else []
-        title = f"{plan.name} at {rate:,.3g} tasks/s"
+        with parse_executor(executor) as runner:
+            costs = price_fleets(
+                work.workload, names, load_per_s=rate, target=target, months=horizons,
+                duration_s=duration, seed=seed, cap=cap, options=options, executor=runner,
+                sweep_factors=SWEEP_FACTORS if plot is not None else (),
+            )  # fmt: skip
+        points = slo_points(costs)
+        title = f"{work.name} at {rate:,.3g} tasks/s"
         if plot is not None:
             plot_sweep(points, plot, title=title)
     except (AgentrtError, TargetError) as exc:
         raise opt.fail(str(exc)) from None
     if as_json:
         data = {
-            "plan": str(plan_path),
+            "workload": str(workload_path),
+            "kind": work.kind,
             "load_tasks_per_s": rate,
             "slo": target.text,
             "months": horizons,

@@ -103,3 +103,44 @@ def test_bad_input_exits_2_with_one_line(
     assert proc.returncode == 2
     assert message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("spike.yaml", "is a fleet spec"), ("notes.txt", "not a plan (.yaml with steps:), a traj")],
+)
+def test_a_file_that_is_not_a_plan_or_trajectory_exits_2(
+    agentrt_command: Command, tmp_path: Path, name: str, message: str
+) -> None:
+    path = Path(__file__).parents[3] / "examples" / "fleets" / name
+    if name == "notes.txt":
+        path = tmp_path / name
+        path.write_text("# just notes\n")
+    proc = agentrt_command("tco", str(path))
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_trajectory_is_sized_by_replaying_it_per_arrival(agentrt_command: Command) -> None:
+    trajectory = Path(__file__).parents[3] / "docs" / "trajectories" / "research-h100.jsonl"
+    proc = agentrt_command(
+        "tco", str(trajectory), "--load", "0.5/s", "--slo", "p95(e2e) <= 90s", "--duration",
+        "30", "--substrates", "b200", "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["kind"] == "trajectory"
+    [row] = data["substrates"]
+    assert row["sizing"]["met"]
+    assert row["sizing"]["measurement"]["tokens_per_task"] > 0
+    assert row["sizing"]["measured_s"] <= 90
+
+
+def test_processes_executor_gives_the_local_answer(agentrt_command: Command, plan: Path) -> None:
+    local = agentrt_command("tco", str(plan), "--load", "4/s", *FAST, "--json")
+    spread = agentrt_command(
+        "tco", str(plan), "--load", "4/s", *FAST, "--json", "--executor", "processes:2"
+    )
+    assert local.returncode == spread.returncode == 0, spread.stderr
+    assert json.loads(local.stdout)["substrates"] == json.loads(spread.stdout)["substrates"]
