@@ -52,6 +52,7 @@ __all__ = [
     "SloPoint",
     "parse_load",
     "price_fleets",
+    "price_sizing",
     "size_substrate",
     "slo_points",
 ]
@@ -189,16 +190,22 @@ def size_substrate(
     return SizedSubstrate(substrate, sizing, ordered, sizer.simulations)
 
 
-def _price(
+def price_sizing(
     name: str,
     sizing: Sizing,
     *,
-    months: Sequence[int],
-    facility: Facility,
-    ownership: Ownership | None,
+    months: Sequence[int] = (12, 24, 36),
+    facility: Facility | None = None,
+    ownership: Ownership | None = None,
     sweep: tuple[Sizing, ...] = (),
     simulations: int = 0,
 ) -> FleetCost:
+    """Price one substrate's `Sizing` (as `price_fleets` does): systems, TCO, per-unit costs.
+
+    Raises:
+        ConfigError: the preset has no system data.
+    """
+    facility = facility if facility is not None else default_facility()
     economics = load_system(sizing.preset)
     m = sizing.measured
     delivered = sizing.load_per_s * (m.completed / m.arrivals if m.arrivals else 0.0)
@@ -269,7 +276,7 @@ def price_fleets(
     runner = executor if executor is not None else LocalExecutor()
     sized = runner.map(size_substrate, params, label=lambda p: str(p["substrate"]))
     return [
-        _price(
+        price_sizing(
             s.substrate,
             s.sizing,
             months=months,
@@ -304,7 +311,7 @@ def slo_points(
     points: list[SloPoint] = []
     for cost in costs:
         for sizing in cost.sweep:
-            priced = _price(
+            priced = price_sizing(
                 cost.substrate, sizing, months=(12,), facility=facility, ownership=ownership
             )
             steady = priced.steady
