@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +25,7 @@ from agentrt.log import configure_logging
 from agentrt.render import Column, print_table, terminal_console
 from substrates.emulated.tco import TcoBreakdown, UnitCosts
 from substrates.fleet.targets import TargetError, parse_target
+from substrates.fleet.tcofleet import FleetSizing, PoolCost, price_fleet, size_fleet
 from substrates.fleet.tcoplan import FleetCost, SloPoint, parse_load, price_fleets, slo_points
 from substrates.fleet.tcosize import DEFAULT_CAP, Sizer, p95_target
 from substrates.fleet.tcowork import load_workload
@@ -118,6 +120,45 @@ def plot_sweep(points: Sequence[SloPoint], path: Path, *, title: str) -> None:
         plt.close(fig)
 
 
+def _print_fleet(
+    sized: FleetSizing, pools: Sequence[PoolCost], months: Sequence[int], *, as_json: bool
+) -> None:
+    """A fleet spec's sized ceilings and their price, one pool per column (or JSON)."""
+    verdict = "meets" if sized.met else f"misses ({sized.missed})"
+    measured = "inf" if math.isinf(sized.measured_s) else f"{sized.measured_s:,.2f} s"
+    if as_json:
+        data = {
+            "kind": "fleet", "fleet": sized.name, "slo": sized.target.text, "met": sized.met,
+            "missed": sized.missed or None, "measured_s": None if measured == "inf"
+            else sized.measured_s, "simulations": sized.simulations, "months": list(months),
+            "pools": [p.to_dict() for p in pools],
+        }  # fmt: skip
+        _out.print_json(json.dumps(data))
+        return
+
+    def bill(p: PoolCost, n: int) -> str:
+        return _usd(p.owned[n].total_usd) if n in p.owned else "-"
+
+    rows = [
+        ["preset", *(p.preset for p in pools)],
+        ["ceiling (max)", *(f"{p.ceiling:,}" for p in pools)],
+        ["peak replicas", *(f"{p.peak_replicas:,}" for p in pools)],
+        ["mean replicas", *(f"{p.mean_replicas:,.2f}" for p in pools)],
+        ["systems at peak", *(f"{p.systems:,}" for p in pools)],
+        ["capex", *(_usd(p.owned[min(p.owned)].capex_usd) for p in pools)],
+        ["opex / month", *(_usd(p.owned[min(p.owned)].opex_usd_per_month) for p in pools)],
+        *([f"TCO {n} months", *(bill(p, n) for p in pools)] for n in months),
+        ["rented / month", *(_usd(p.rent_usd_per_month) if p.rent_usd_per_month is not None
+                             else "-" for p in pools)],
+    ]  # fmt: skip
+    print_table(
+        _out,
+        [Column("", "left"), *(Column(p.pool) for p in pools)],
+        rows,
+        title=f"agentrt tco: fleet {sized.name}, {sized.target.text}: {verdict}, {measured}",
+    )
+
+
 def _ints(text: str, what: str) -> list[int]:
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
@@ -174,11 +215,13 @@ def tco_command(
         horizons = _ints(months, "--months")
         names = [s.strip() for s in substrates.split(",") if s.strip()]
         work = load_workload(workload_path)
+        if work.fleet is not None:  # its own arrivals, pools and autoscalers: --load unused
+            sized = replace(size_fleet(work.fleet, target, cap=cap), name=work.name)
+            _print_fleet(sized, price_fleet(work.fleet, sized, months=horizons), horizons,
+                         as_json=as_json)  # fmt: skip
+            return
         if work.workload is None:
-            raise ConfigError(
-                f"{workload_path} is a fleet spec: `agentrt tco` sizes a plan or a trajectory "
-                "so far; size the fleet's pools with `agentrt check` targets on `agentrt load`"
-            )
+            raise ConfigError(f"{workload_path}: nothing to size")
         options = {**({"model": model} if model else {}), **work.options}
         if unit == "tokens":  # convert through the workload's output tokens per task
             probe = Sizer(work.workload, names[0].partition(":")[0] if names else "wse3",

@@ -39,7 +39,7 @@ from agentrt.trajectory import Trajectory
 from substrates.emulated.engine import EmulatedEngine
 from substrates.fleet.pool import Pool
 
-__all__ = ["Measurement", "arrival_count", "simulate", "sure_miss_count"]
+__all__ = ["Measurement", "arrival_count", "percentiles", "simulate", "sure_miss_count"]
 
 #: What each arrival runs: a plan's agent, or a recorded trajectory's conversations.
 Workload = Plan | Trajectory
@@ -124,11 +124,18 @@ def sure_miss_count(arrivals: int, q: float) -> int:
     return arrivals - int((arrivals - 1) * q / 100)
 
 
-def percentiles(e2e_s: list[float], missing: int) -> dict[float, float]:
-    """Percentiles over all arrivals, the ``missing`` ones counting as infinitely slow."""
+def percentiles(
+    e2e_s: list[float], missing: int, qs: Iterable[float] = (50.0, 95.0, 99.0)
+) -> dict[float, float]:
+    """Percentiles over all arrivals, the ``missing`` ones counting as infinitely slow.
+
+    Example:
+        >>> percentiles([1.0, 2.0, 3.0], 1, qs=(50.0, 95.0))
+        {50.0: 2.5, 95.0: inf}
+    """
     out: dict[float, float] = {}
     total = len(e2e_s) + missing
-    for q in (50.0, 95.0, 99.0):
+    for q in qs:
         if total == 0:
             out[q] = math.inf
         elif missing == 0:

@@ -107,14 +107,13 @@ def test_bad_input_exits_2_with_one_line(
 
 @pytest.mark.parametrize(
     ("name", "message"),
-    [("spike.yaml", "is a fleet spec"), ("notes.txt", "not a plan (.yaml with steps:), a traj")],
+    [("notes.txt", "not a plan (.yaml with steps:), a traj"), ("gone.yaml", "no such file")],
 )
 def test_a_file_that_is_not_a_plan_or_trajectory_exits_2(
     agentrt_command: Command, tmp_path: Path, name: str, message: str
 ) -> None:
-    path = Path(__file__).parents[3] / "examples" / "fleets" / name
+    path = tmp_path / name
     if name == "notes.txt":
-        path = tmp_path / name
         path.write_text("# just notes\n")
     proc = agentrt_command("tco", str(path))
     assert proc.returncode == 2
@@ -144,3 +143,24 @@ def test_processes_executor_gives_the_local_answer(agentrt_command: Command, pla
     )
     assert local.returncode == spread.returncode == 0, spread.stderr
     assert json.loads(local.stdout)["substrates"] == json.loads(spread.stdout)["substrates"]
+
+
+def test_a_fleet_spec_sizes_each_pools_ceiling_and_prices_peak_and_rent(
+    agentrt_command: Command,
+) -> None:
+    spec = Path(__file__).parents[3] / "examples" / "fleets" / "autoscale-h100.yaml"
+    proc = agentrt_command("tco", str(spec), "--slo", "p95(e2e) <= 120s", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert (data["kind"], data["met"]) == ("fleet", True)
+    [pool] = data["pools"]
+    assert 1 <= pool["peak_replicas"] <= pool["ceiling"]
+    assert pool["systems"] >= 1
+    assert pool["capex_usd"] > 0
+    assert pool["rent_usd_per_month"] > 0  # h100 has a rental price: its replica-hours
+    assert data["measured_s"] <= 120
+    tight = agentrt_command("tco", str(spec), "--slo", "p95(e2e) <= 40s", "--json")
+    assert tight.returncode == 0, tight.stderr
+    missed = json.loads(tight.stdout)
+    assert not missed["met"]
+    assert missed["missed"] in ("autoscaler", "cap")
