@@ -262,10 +262,11 @@ class Sizer:
                 missed = "cap" if hi >= cap else "floor"
                 return self._sizing(target, hi, met=False, tried=tried, missed=missed)
             lo, hi = hi, min(max(hi + 1, math.ceil(hi * GROWTH)), cap)
-        if hi - lo > 2 and ok(hi - 1):  # the guess is often right: one below proves it
-            hi -= 1
-        elif hi - lo > 2:
-            lo = hi - 1
+        if lo == 1 and hi > 3:  # the first guess hit; it is often exact: one below proves it
+            if ok(hi - 1):
+                hi -= 1
+            else:
+                lo = hi - 1
         while hi - lo > 1:
             mid = (lo + hi) // 2
             if ok(mid):
