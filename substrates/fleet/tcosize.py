@@ -8,8 +8,9 @@ infinitely slow, so a pool that drops more than 5% of its runs never meets a p95
 
 `Sizer.size` first plays one arrival alone (the floor: an SLO below it is missed at once, with
 ``missed="floor"``), then one replica at the load; from that replica's overloaded throughput it
-estimates a count, grows it by half until a hit, then bisects between the last miss and the
-first hit, so the answer N is proved by simulation: N meets the target and N - 1 does not. A
+and the target's slack over the floor it guesses a count; a hit walks down 1, 2, 4, ... below
+it to a miss, a miss grows it by a quarter until a hit; then it bisects between the last miss
+and the first hit, so the answer N is proved by simulation: N meets the target and N - 1 does not. A
 simulation that is sure to miss stops early (see `tcorun`), so misses cost little; hits run to
 the end. The search stops at ``cap`` (``missed="cap"``) or when a pool with about two replicas
 per run in flight still misses (``missed="floor"``). What each count proved is cached, so sizing
@@ -48,10 +49,10 @@ __all__ = ["DEFAULT_CAP", "GROWTH", "SLACK_C", "Sizer", "Sizing", "p95_target"]
 #: The most replicas `Sizer.size` tries unless told otherwise.
 DEFAULT_CAP = 256
 #: Until a hit, each next count is this times the last miss.
-GROWTH = 1.5
+GROWTH = 1.25
 #: The first count tried is ``n0 * (1 + SLACK_C / slack)``: ``n0`` replicas saturate at the load
 #: and ``slack`` is the target's margin over the floor (``limit / floor - 1``).
-SLACK_C = 0.5
+SLACK_C = 0.3
 
 
 def p95_target(target: Target) -> float:
@@ -230,8 +231,9 @@ class Sizer:
     def size(self, target: Target, *, cap: int = DEFAULT_CAP) -> Sizing:
         """The fewest replicas meeting ``target``, proved by a hit at N and a miss at N - 1.
 
-        Probes the floor (one arrival alone), then 1 replica, then grows from `estimate` by half
-        until a hit, then bisects between the last miss and the first hit; at most ``cap``.
+        Probes the floor (one arrival alone), then 1 replica, then a guess from its saturated
+        throughput (walking down from a hit, or growing by `GROWTH` from a miss), then bisects
+        between the last miss and the first hit; at most ``cap``.
 
         Raises:
             ConfigError: the target is not a ``pNN(e2e) <= X`` bound, or ``cap`` < 1.
@@ -262,11 +264,13 @@ class Sizer:
                 missed = "cap" if hi >= cap else "floor"
                 return self._sizing(target, hi, met=False, tried=tried, missed=missed)
             lo, hi = hi, min(max(hi + 1, math.ceil(hi * GROWTH)), cap)
-        if lo == 1 and hi > 3:  # the first guess hit; it is often exact: one below proves it
-            if ok(hi - 1):
-                hi -= 1
-            else:
-                lo = hi - 1
+        if lo == 1:  # the first guess hit: it is often close, so walk down 1, 2, 4, ... below
+            step = 1
+            while hi - step > lo:
+                if not ok(hi - step):
+                    lo = hi - step
+                    break
+                hi, step = hi - step, step * 2
         while hi - lo > 1:
             mid = (lo + hi) // 2
             if ok(mid):
