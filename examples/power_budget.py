@@ -15,6 +15,7 @@ replica, each at its SLO capacity; a pool shares load a little better than that.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from rich.console import Console
@@ -24,7 +25,7 @@ from agentrt.errors import AgentrtError
 from agentrt.plan import Plan, Step
 from substrates.emulated.tco import system_names
 from substrates.fleet.targets import Target, TargetError, parse_target
-from substrates.fleet.tcoplan import FleetCost, price_fleets
+from substrates.fleet.tcoplan import FleetCost, price_sizing
 from substrates.fleet.tcosize import Sizer
 
 #: A short agent task: plan, then answer (180 output tokens on the critical path).
@@ -50,28 +51,41 @@ def _duration(rate: float, target: Target) -> float:
 
 def replica_capacity(
     preset: str, target: Target, *, steps: int = 2, most: float = MOST_PER_S
-) -> float | None:
+) -> tuple[float | None, Sizer]:
     """The highest tasks/s one replica of ``preset`` serves within ``target`` (None: not 1/s).
 
-    Doubles the rate from 1/s while one replica meets the target, then bisects ``steps`` times
-    between the last rate met and the first missed; stops at ``most`` (a lower bound, then).
+    A short run offered ``most``/s comes first: a replica that keeps up with it within the
+    target is tried at ``most`` directly (the answer is then a lower bound); otherwise the
+    tasks/s it completed while saturated bound the answer from above, and the search starts
+    at a power of two below half that bound, halving while one replica misses, then doubles
+    while it meets and bisects ``steps`` times between the last rate met and the first missed.
+    Each trial is a simulation that stops early on a sure miss. Returns the rate and the sizer
+    that proved it.
     """
+    tried: dict[float, Sizer] = {}
 
     def meets(rate: float) -> bool:
-        sizer = Sizer(TASK, preset, load_per_s=rate, duration_s=_duration(rate, target))
-        return sizer.meets(1, target)
+        tried[rate] = Sizer(TASK, preset, load_per_s=rate, duration_s=_duration(rate, target))
+        return tried[rate].meets(1, target)
 
-    low, high = 0.0, 1.0
-    while meets(high):
+    quick = Sizer(TASK, preset, load_per_s=most, duration_s=5.0)
+    first = quick.probe(1, target)
+    if not first.aborted and target.met_by(first.e2e_s(95.0)) and meets(most):
+        return most, tried[most]
+    per_task = quick.floor().tokens_per_task
+    bound = first.tokens_per_s / per_task if per_task > 0 else most
+    low = 2.0 ** math.floor(math.log2(max(bound / 2, 1.0)))
+    while not meets(low):
+        low /= 2
+        if low < 1:
+            return None, Sizer(TASK, preset, load_per_s=1.0, duration_s=_duration(1.0, target))
+    high = low * 2
+    while high < most and meets(high):
         low, high = high, high * 2
-        if high > most:
-            return low
-    if low == 0.0:
-        return None
     for _ in range(steps):
         mid = (low + high) / 2
         low, high = (mid, high) if meets(mid) else (low, mid)
-    return low
+    return low, tried[low]
 
 
 def budget_rows(costs: list[FleetCost], mw: float) -> list[dict[str, object]]:
@@ -115,11 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         target = parse_target(args.slo)
         costs = []
         for name in names:
-            rate = replica_capacity(name, target)
-            if rate is None:  # one replica misses even at a trickle: show why
-                rate = 1.0
-            costs += price_fleets(TASK, [name], load_per_s=rate, target=target,
-                                  duration_s=_duration(rate, target), cap=64)  # fmt: skip
+            rate, sizer = replica_capacity(name, target)
+            # One replica at its capacity (or, missing even 1/s, at 1/s: the row says why).
+            costs.append(price_sizing(name, sizer.size(target, cap=1 if rate else 64)))
     except (AgentrtError, TargetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

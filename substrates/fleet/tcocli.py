@@ -1,4 +1,4 @@
-"""``agentrt tco PLAN --load 5/s --slo 'p95(e2e) <= 10s'``: what a fleet meeting the SLO costs.
+"""``agentrt tco WORKLOAD --load 5/s --slo 'p95(e2e) <= 10s'``: what a fleet meeting the SLO costs.
 
 Per substrate (``wse3``, ``h100``, ``h100:vllm`` for a stack) it sizes the fleet with the fleet
 simulator in virtual time (`substrates.fleet.tcosize`), prices it with the sourced cost model
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -19,17 +20,20 @@ import typer
 
 from agentrt import cli_options as opt
 from agentrt.errors import AgentrtError, ConfigError
+from agentrt.executors import parse_executor
 from agentrt.log import configure_logging
-from agentrt.plan import load_plan
-from agentrt.registry import default_registry
 from agentrt.render import Column, print_table, terminal_console
 from substrates.emulated.tco import TcoBreakdown, UnitCosts
-from substrates.fleet.study import tools_for
 from substrates.fleet.targets import TargetError, parse_target
-from substrates.fleet.tcoplan import FleetCost, SloPoint, parse_load, price_fleets, sweep_slos
+from substrates.fleet.tcofleet import FleetSizing, PoolCost, price_fleet, size_fleet
+from substrates.fleet.tcoplan import FleetCost, SloPoint, parse_load, price_fleets, slo_points
 from substrates.fleet.tcosize import DEFAULT_CAP, Sizer, p95_target
+from substrates.fleet.tcowork import load_workload
 
-__all__ = ["plot_sweep", "render_rows", "tco_command"]
+__all__ = ["SWEEP_FACTORS", "plot_sweep", "render_rows", "tco_command"]
+
+#: ``--plot`` re-sizes for the SLO's limit times each of these.
+SWEEP_FACTORS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)
 
 _out = terminal_console(piped_width=100)
 
@@ -116,6 +120,45 @@ def plot_sweep(points: Sequence[SloPoint], path: Path, *, title: str) -> None:
         plt.close(fig)
 
 
+def _print_fleet(
+    sized: FleetSizing, pools: Sequence[PoolCost], months: Sequence[int], *, as_json: bool
+) -> None:
+    """A fleet spec's sized ceilings and their price, one pool per column (or JSON)."""
+    verdict = "meets" if sized.met else f"misses ({sized.missed})"
+    measured = "inf" if math.isinf(sized.measured_s) else f"{sized.measured_s:,.2f} s"
+    if as_json:
+        data = {
+            "kind": "fleet", "fleet": sized.name, "slo": sized.target.text, "met": sized.met,
+            "missed": sized.missed or None, "measured_s": None if measured == "inf"
+            else sized.measured_s, "simulations": sized.simulations, "months": list(months),
+            "pools": [p.to_dict() for p in pools],
+        }  # fmt: skip
+        _out.print_json(json.dumps(data))
+        return
+
+    def bill(p: PoolCost, n: int) -> str:
+        return _usd(p.owned[n].total_usd) if n in p.owned else "-"
+
+    rows = [
+        ["preset", *(p.preset for p in pools)],
+        ["ceiling (max)", *(f"{p.ceiling:,}" for p in pools)],
+        ["peak replicas", *(f"{p.peak_replicas:,}" for p in pools)],
+        ["mean replicas", *(f"{p.mean_replicas:,.2f}" for p in pools)],
+        ["systems at peak", *(f"{p.systems:,}" for p in pools)],
+        ["capex", *(_usd(p.owned[min(p.owned)].capex_usd) for p in pools)],
+        ["opex / month", *(_usd(p.owned[min(p.owned)].opex_usd_per_month) for p in pools)],
+        *([f"TCO {n} months", *(bill(p, n) for p in pools)] for n in months),
+        ["rented / month", *(_usd(p.rent_usd_per_month) if p.rent_usd_per_month is not None
+                             else "-" for p in pools)],
+    ]  # fmt: skip
+    print_table(
+        _out,
+        [Column("", "left"), *(Column(p.pool) for p in pools)],
+        rows,
+        title=f"agentrt tco: fleet {sized.name}, {sized.target.text}: {verdict}, {measured}",
+    )
+
+
 def _ints(text: str, what: str) -> list[int]:
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
@@ -127,8 +170,12 @@ def _ints(text: str, what: str) -> list[int]:
 
 
 def tco_command(
-    plan_path: Annotated[
-        Path, typer.Argument(metavar="PLAN", help="Plan file (.yaml): what each task runs.")
+    workload_path: Annotated[
+        Path,
+        typer.Argument(
+            metavar="WORKLOAD",
+            help="What each task runs: a plan (.yaml), a trajectory (.jsonl) or a fleet spec.",
+        ),
     ],
     load: Annotated[
         str, typer.Option(metavar="RATE", help="Target load: tasks/s (`5/s`) or `2000tok/s`.")
@@ -149,6 +196,12 @@ def tco_command(
     plot: Annotated[
         Path | None, typer.Option(metavar="FILE", help="Draw cost per task vs SLO tightness.")
     ] = None,
+    executor: Annotated[
+        str,
+        typer.Option(
+            metavar="KIND", help="Where substrates are sized: local, processes[:N], ray[:ADDRESS]."
+        ),
+    ] = "local",
     model: opt.Model = None,
     seed: Annotated[int, typer.Option(metavar="N", help="Seeds arrivals and replicas.")] = 1,
     as_json: opt.AsJson = False,
@@ -161,30 +214,38 @@ def tco_command(
         rate, unit = parse_load(load)
         horizons = _ints(months, "--months")
         names = [s.strip() for s in substrates.split(",") if s.strip()]
-        plan = load_plan(plan_path, tools=default_registry().tool_args_model)
-        tools = tools_for(plan, virtual=True)
-        options = {"model": model} if model else {}
-        if unit == "tokens":  # convert through the plan's output tokens per task
-            probe = Sizer(plan, names[0].partition(":")[0] if names else "wse3", load_per_s=0.2,
-                          duration_s=60.0, seed=seed, options=options, tools=tools)  # fmt: skip
-            per_task = probe.measure(1).tokens_per_task
+        work = load_workload(workload_path)
+        if work.fleet is not None:  # its own arrivals, pools and autoscalers: --load unused
+            sized = replace(size_fleet(work.fleet, target, cap=cap), name=work.name)
+            _print_fleet(sized, price_fleet(work.fleet, sized, months=horizons), horizons,
+                         as_json=as_json)  # fmt: skip
+            return
+        if work.workload is None:
+            raise ConfigError(f"{workload_path}: nothing to size")
+        options = {**({"model": model} if model else {}), **work.options}
+        if unit == "tokens":  # convert through the workload's output tokens per task
+            probe = Sizer(work.workload, names[0].partition(":")[0] if names else "wse3",
+                          load_per_s=1.0, seed=seed, options=options)  # fmt: skip
+            per_task = probe.floor().tokens_per_task
             if per_task <= 0:
-                raise ConfigError(f"{plan_path}: its tasks produce no output tokens; use tasks/s")
+                raise ConfigError(f"{workload_path}: its tasks produce no output tokens; use /s")
             rate /= per_task
-        sizers: dict[str, Sizer] = {}
-        costs = price_fleets(
-            plan, names, load_per_s=rate, target=target, months=horizons, duration_s=duration,
-            seed=seed, cap=cap, options=options, tools=tools, sizers=sizers,
-        )  # fmt: skip
-        points = sweep_slos(sizers, target, cap=cap) if plot is not None else []
-        title = f"{plan.name} at {rate:,.3g} tasks/s"
+        with parse_executor(executor) as runner:
+            costs = price_fleets(
+                work.workload, names, load_per_s=rate, target=target, months=horizons,
+                duration_s=duration, seed=seed, cap=cap, options=options, executor=runner,
+                sweep_factors=SWEEP_FACTORS if plot is not None else (),
+            )  # fmt: skip
+        points = slo_points(costs)
+        title = f"{work.name} at {rate:,.3g} tasks/s"
         if plot is not None:
             plot_sweep(points, plot, title=title)
     except (AgentrtError, TargetError) as exc:
         raise opt.fail(str(exc)) from None
     if as_json:
         data = {
-            "plan": str(plan_path),
+            "workload": str(workload_path),
+            "kind": work.kind,
             "load_tasks_per_s": rate,
             "slo": target.text,
             "months": horizons,

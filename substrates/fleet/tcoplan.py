@@ -1,11 +1,13 @@
 """What a fleet meeting an SLO costs: sizing by simulation (`tcosize`) priced by the cost model.
 
-`price_fleets` sizes each substrate (``wse3``, ``h100:vllm`` for a preset on a named stack) with
-a `Sizer` at the target load, converts replicas to systems (each replica's chips, packed into
-systems of ``chips_per_system``), and prices them with `substrates.emulated.tco`: capex, opex
-per month, TCO over each horizon, and per-unit figures at the delivered load. `sweep_slos`
-re-sizes for looser and tighter targets (the sizer's cache reuses the runs) for the picture of
-cost vs SLO tightness.
+`price_fleets` sizes each substrate (``wse3``, ``h100:vllm`` for a preset on a named stack)
+with a `Sizer` at the target load, one `size_substrate` task per substrate on an `Executor`
+(here by default; ``processes`` or ``ray`` run substrates side by side), converts replicas to
+systems (each replica's chips, packed into systems of ``chips_per_system``), and prices them
+with `substrates.emulated.tco`: capex, opex per month, TCO over each horizon, and per-unit
+figures at the delivered load. ``sweep_factors`` re-sizes for looser and tighter targets in the
+same task (the sizer's cache reuses the runs); `slo_points` prices them for the picture of cost
+vs SLO tightness.
 
 Example:
     >>> from agentrt import Plan, Step
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentrt.errors import ConfigError
+from agentrt.executors import Executor, LocalExecutor
 from agentrt.plan import Plan
 from agentrt.tool import Tool
 from substrates.emulated.tco import (
@@ -38,10 +41,21 @@ from substrates.emulated.tco import (
     per_unit,
     tco,
 )
+from substrates.fleet.study import tools_for
 from substrates.fleet.targets import Target, parse_target
+from substrates.fleet.tcorun import Workload
 from substrates.fleet.tcosize import DEFAULT_CAP, Sizer, Sizing
 
-__all__ = ["FleetCost", "SloPoint", "parse_load", "price_fleets", "sweep_slos"]
+__all__ = [
+    "FleetCost",
+    "SizedSubstrate",
+    "SloPoint",
+    "parse_load",
+    "price_fleets",
+    "price_sizing",
+    "size_substrate",
+    "slo_points",
+]
 
 
 def parse_load(text: str) -> tuple[float, str]:
@@ -82,6 +96,8 @@ class FleetCost:
     tokens_per_s: float
     bills: Mapping[int, TcoBreakdown] = field(default_factory=dict)
     units: UnitCosts | None = None
+    sweep: tuple[Sizing, ...] = ()
+    simulations: int = 0
 
     @property
     def steady(self) -> TcoBreakdown | None:
@@ -95,6 +111,7 @@ class FleetCost:
             "substrate": self.substrate,
             "system": self.economics.display_name,
             "sizing": self.sizing.to_dict(),
+            "simulations": self.simulations,
             "systems": self.systems,
             "tasks_per_s": self.tasks_per_s,
             "tokens_per_s": self.tokens_per_s,
@@ -118,48 +135,84 @@ def _split(substrate: str) -> tuple[str, dict[str, Any]]:
     return preset, ({"stack": stack} if stack else {})
 
 
-def _sizers(
-    plan: Plan,
-    substrates: Sequence[str],
+@dataclass(frozen=True, slots=True)
+class SizedSubstrate:
+    """What `size_substrate` found for one substrate: the sizing, the sweep's, the effort."""
+
+    substrate: str
+    sizing: Sizing
+    sweep: tuple[Sizing, ...]
+    simulations: int
+
+
+def size_substrate(
     *,
+    workload: Workload,
+    substrate: str,
     load_per_s: float,
+    target: str,
     duration_s: float,
     seed: int,
+    cap: int,
     options: Mapping[str, Any],
-    tools: Iterable[Tool],
-) -> dict[str, Sizer]:
-    if not substrates:
-        raise ConfigError("no substrates to compare; e.g. --substrates wse3,h100,b200")
-    tool_list = list(tools)
-    sizers: dict[str, Sizer] = {}
-    for name in substrates:
-        preset, extra = _split(name)
-        sizers[name] = Sizer(
-            plan,
-            preset,
-            load_per_s=load_per_s,
-            duration_s=duration_s,
-            seed=seed,
-            options={**options, **extra},
-            tools=tool_list,
-        )
-    return sizers
+    tools: Sequence[Tool] | None = None,
+    sweep_limits_s: Sequence[float] = (),
+) -> SizedSubstrate:
+    """Size one substrate for ``target`` (and each sweep limit): an `Executor` task.
+
+    Module-level and picklable, so ``--executor processes`` can run one substrate per worker;
+    ``tools`` None builds the plan's tool twins here (tools need not pickle).
+
+    Example:
+        >>> from agentrt import Plan, Step
+        >>> plan = Plan(name="p", steps=[Step(id="a", max_output_tokens=50)])
+        >>> sized = size_substrate(workload=plan, substrate="b200", load_per_s=2.0,
+        ...     target="p95(e2e) <= 10s", duration_s=20.0, seed=1, cap=8,
+        ...     options={"model": "llama-3.1-8b"})
+        >>> sized.sizing.replicas, sized.sizing.met
+        (1, True)
+    """
+    preset, extra = _split(substrate)
+    if tools is None:
+        tools = tools_for(workload, virtual=True) if isinstance(workload, Plan) else []
+    sizer = Sizer(
+        workload, preset, load_per_s=load_per_s, duration_s=duration_s, seed=seed,
+        options={**options, **extra}, tools=tools,
+    )  # fmt: skip
+    parsed = parse_target(target)
+    sizing = sizer.size(parsed, cap=cap)
+    # Loosest first: a run stopped early on a loose limit also proves every tighter one missed.
+    sweep = {
+        limit: sizer.size(parse_target(f"{parsed.key} {parsed.op} {limit:.6g}s"), cap=cap)
+        for limit in sorted(sweep_limits_s, reverse=True)
+    }
+    ordered = tuple(sweep[limit] for limit in sweep_limits_s)
+    return SizedSubstrate(substrate, sizing, ordered, sizer.simulations)
 
 
-def _price(
+def price_sizing(
     name: str,
     sizing: Sizing,
     *,
-    months: Sequence[int],
-    facility: Facility,
-    ownership: Ownership | None,
+    months: Sequence[int] = (12, 24, 36),
+    facility: Facility | None = None,
+    ownership: Ownership | None = None,
+    sweep: tuple[Sizing, ...] = (),
+    simulations: int = 0,
 ) -> FleetCost:
+    """Price one substrate's `Sizing` (as `price_fleets` does): systems, TCO, per-unit costs.
+
+    Raises:
+        ConfigError: the preset has no system data.
+    """
+    facility = facility if facility is not None else default_facility()
     economics = load_system(sizing.preset)
     m = sizing.measured
     delivered = sizing.load_per_s * (m.completed / m.arrivals if m.arrivals else 0.0)
     tokens = delivered * m.tokens_per_task
     if not sizing.met or delivered <= 0 or tokens <= 0:
-        return FleetCost(name, sizing, economics, None, delivered, tokens)
+        return FleetCost(name, sizing, economics, None, delivered, tokens, sweep=sweep,
+                         simulations=simulations)  # fmt: skip
     systems = economics.systems_for_chips(sizing.replicas * sizing.chips_per_replica)
     bills = {
         n: tco(
@@ -173,11 +226,12 @@ def _price(
         for n in months
     }
     units = per_unit(bills[min(bills)], tasks_per_s=delivered, tokens_per_s=tokens)
-    return FleetCost(name, sizing, economics, systems, delivered, tokens, bills, units)
+    return FleetCost(name, sizing, economics, systems, delivered, tokens, bills, units,
+                     sweep=sweep, simulations=simulations)  # fmt: skip
 
 
 def price_fleets(
-    plan: Plan,
+    workload: Workload,
     substrates: Sequence[str],
     *,
     load_per_s: float,
@@ -189,41 +243,49 @@ def price_fleets(
     options: Mapping[str, Any] | None = None,
     facility: Facility | None = None,
     ownership: Ownership | None = None,
-    tools: Iterable[Tool] = (),
-    sizers: dict[str, Sizer] | None = None,
+    tools: Iterable[Tool] | None = None,
+    sweep_factors: Sequence[float] = (),
+    executor: Executor | None = None,
 ) -> list[FleetCost]:
     """Size and price a fleet per substrate at ``load_per_s`` tasks/s under ``target``.
 
-    ``sizers`` (filled if given, keyed by substrate) keeps the simulations for `sweep_slos`.
+    ``workload`` is a plan, or a trajectory (then ``options`` carries ``trajectory=PATH``).
+    Each substrate is sized by one `size_substrate` task on ``executor`` (default: here, one
+    after another); ``sweep_factors`` also sizes each for ``target``'s limit times each factor
+    (`slo_points` prices them). ``tools`` None: the plan's registered tools' twins.
 
     Raises:
         ConfigError: a bad substrate, option, target, horizon or missing system data.
     """
     if not months or any(n < 1 for n in months):
         raise ConfigError(f"--months needs horizons >= 1, e.g. 12,24,36; got {list(months)}")
+    if not substrates:
+        raise ConfigError("no substrates to compare; e.g. --substrates wse3,h100,b200")
     facility = facility if facility is not None else default_facility()
-    for name in substrates:  # fail on missing ownership data before simulating anything
-        load_system(_split(name)[0])
-    built = _sizers(
-        plan,
-        substrates,
-        load_per_s=load_per_s,
-        duration_s=duration_s,
-        seed=seed,
-        options=options or {},
-        tools=tools,
-    )
-    if sizers is not None:
-        sizers.update(built)
+    for name in substrates:  # fail on bad names and missing data before simulating anything
+        preset, extra = _split(name)
+        load_system(preset)
+        Sizer(workload, preset, load_per_s=load_per_s, options={**(options or {}), **extra})
+    shared = {
+        "workload": workload, "load_per_s": load_per_s, "target": target.text,
+        "duration_s": duration_s, "seed": seed, "cap": cap, "options": dict(options or {}),
+        "tools": list(tools) if tools is not None else None,
+        "sweep_limits_s": [target.limit * f for f in sweep_factors],
+    }  # fmt: skip
+    params = [{**shared, "substrate": name} for name in substrates]
+    runner = executor if executor is not None else LocalExecutor()
+    sized = runner.map(size_substrate, params, label=lambda p: str(p["substrate"]))
     return [
-        _price(
-            name,
-            sizer.size(target, cap=cap),
+        price_sizing(
+            s.substrate,
+            s.sizing,
             months=months,
             facility=facility,
             ownership=ownership,
+            sweep=s.sweep,
+            simulations=s.simulations,
         )
-        for name, sizer in built.items()
+        for s in sized
     ]
 
 
@@ -238,34 +300,28 @@ class SloPoint:
     usd_per_month: float | None
 
 
-def sweep_slos(
-    sizers: Mapping[str, Sizer],
-    target: Target,
-    factors: Sequence[float] = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0),
+def slo_points(
+    costs: Sequence[FleetCost],
     *,
-    cap: int = DEFAULT_CAP,
     facility: Facility | None = None,
     ownership: Ownership | None = None,
 ) -> list[SloPoint]:
-    """Re-size each substrate for ``target``'s limit times each factor: cost vs SLO tightness."""
+    """Price each substrate's sweep sizings (`price_fleets` ``sweep_factors``): cost vs SLO."""
     facility = facility if facility is not None else default_facility()
     points: list[SloPoint] = []
-    for factor in sorted(factors):
-        limit = target.limit * factor
-        slo = parse_target(f"{target.key} {target.op} {limit:.6g}s")
-        for name, sizer in sizers.items():
-            cost = _price(
-                name, sizer.size(slo, cap=cap), months=(12,), facility=facility,
-                ownership=ownership,
-            )  # fmt: skip
-            steady = cost.steady
+    for cost in costs:
+        for sizing in cost.sweep:
+            priced = price_sizing(
+                cost.substrate, sizing, months=(12,), facility=facility, ownership=ownership
+            )
+            steady = priced.steady
             points.append(
                 SloPoint(
-                    substrate=name,
-                    slo_s=limit,
-                    systems=cost.systems,
-                    usd_per_task=cost.units["usd_per_task"] if cost.units else None,
+                    substrate=cost.substrate,
+                    slo_s=sizing.target.limit,
+                    systems=priced.systems,
+                    usd_per_task=priced.units["usd_per_task"] if priced.units else None,
                     usd_per_month=steady.cost_usd_per_month if steady else None,
                 )
             )
-    return points
+    return sorted(points, key=lambda p: p.slo_s)

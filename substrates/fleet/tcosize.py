@@ -1,17 +1,24 @@
 """Fleet sizing by simulation: the fewest replicas whose pool meets ``p95(e2e) <= X`` at a load.
 
-`Sizer` runs a plan's agents arriving open-loop as a Poisson process at the target rate on a
-`Pool` of N warm replicas of one emulated preset (built with `build_engine`), for a fixed
-simulated duration in virtual time, and measures the p95 of the runs' end-to-end times. An
-arrival that does not complete (failed, shed, still running after the drain) counts as infinitely
-slow, so a pool that drops more than 5% of its runs never meets a p95 target. `Sizer.size`
-doubles N until the target is met, then bisects between the last miss and the first hit; every
-measurement is cached, so sizing for several SLOs reuses the same runs. The search is capped,
-and stops early when doubling no longer lowers the percentile (the latency floor of one run);
-a `Sizing` whose ``met`` is False says which (``missed``).
+`Sizer` plays a workload (a plan's agents, or a recorded trajectory) arriving open-loop as a
+seeded Poisson process at the target rate on a `Pool` of N warm replicas of one emulated preset
+(built with `build_engine`), for a fixed simulated duration in virtual time (`tcorun.simulate`),
+and measures the p95 of the runs' end-to-end times. An arrival that does not complete counts as
+infinitely slow, so a pool that drops more than 5% of its runs never meets a p95 target.
 
-Given the cache, the result is monotone: a tighter target never needs fewer replicas (every
-count that meets it also meets a looser one, and the search visits the same counts).
+`Sizer.size` first plays one arrival alone (the floor: an SLO below it is missed at once, with
+``missed="floor"``), then one replica at the load; from that replica's overloaded throughput it
+and the target's slack over the floor it guesses a count; a hit walks down 1, 2, 4, ... below
+it to a miss, a miss grows it by a quarter until a hit; then it bisects between the last miss
+and the first hit, so the answer N is proved by simulation: N meets the target and N - 1 does not. A
+simulation that is sure to miss stops early (see `tcorun`), so misses cost little; hits run to
+the end. The search stops at ``cap`` (``missed="cap"``) or when a pool with about two replicas
+per run in flight still misses (``missed="floor"``). What each count proved is cached, so sizing
+for several SLOs reuses the runs.
+
+As long as more replicas never hurt at a given load (true of these pools, up to the seeded
+noise), the answer is the least count meeting the target, so a tighter target never needs
+fewer replicas.
 
 Example:
     >>> from agentrt import Plan, Step
@@ -31,23 +38,21 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agentrt import VirtualClock, run
-from agentrt.compare import percentile
 from agentrt.errors import ConfigError
-from agentrt.plan import Plan
-from agentrt.substrate import Substrate
 from agentrt.tool import Tool
 from substrates.emulated.engine import EmulatedEngine, build_engine
-from substrates.fleet.load import LoadReport, run_load
-from substrates.fleet.pool import Pool
 from substrates.fleet.targets import Target
+from substrates.fleet.tcorun import Measurement, Workload, simulate
 
-__all__ = ["DEFAULT_CAP", "FLOOR_GAIN", "Measurement", "Sizer", "Sizing", "p95_target"]
+__all__ = ["DEFAULT_CAP", "GROWTH", "SLACK_C", "Sizer", "Sizing", "p95_target"]
 
 #: The most replicas `Sizer.size` tries unless told otherwise.
 DEFAULT_CAP = 256
-#: Doubling stops (target missed, ``missed="floor"``) when the percentile falls by less than 5%.
-FLOOR_GAIN = 0.95
+#: Until a hit, each next count is this times the last miss.
+GROWTH = 1.25
+#: The first count tried is ``n0 * (1 + SLACK_C / slack)``: ``n0`` replicas saturate at the load
+#: and ``slack`` is the target's margin over the floor (``limit / floor - 1``).
+SLACK_C = 0.3
 
 
 def p95_target(target: Target) -> float:
@@ -63,45 +68,6 @@ def p95_target(target: Target) -> float:
             f"not {target.text!r}"
         )
     return q
-
-
-@dataclass(frozen=True, slots=True)
-class Measurement:
-    """One simulated pool of ``replicas`` at the target load.
-
-    ``e2e_by_q`` maps percentiles (50, 95, 99) to seconds (``inf`` when too many runs did not
-    complete); ``busy_fraction`` is the replicas' mean share of the run spent computing.
-    """
-
-    replicas: int
-    arrivals: int
-    completed: int
-    e2e_by_q: Mapping[float, float]
-    output_tokens: int
-    busy_fraction: float
-    energy_j: float
-    sim_s: float
-
-    def e2e_s(self, q: float) -> float:
-        """The ``q``-th percentile of run end-to-end time (incomplete runs are ``inf``)."""
-        return self.e2e_by_q.get(q, math.inf)
-
-    @property
-    def tokens_per_task(self) -> float:
-        """Output tokens per completed run."""
-        return self.output_tokens / self.completed if self.completed else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (``inf`` as None)."""
-        return {
-            "replicas": self.replicas,
-            "arrivals": self.arrivals,
-            "completed": self.completed,
-            "e2e_s": {f"p{q:g}": _finite(v) for q, v in self.e2e_by_q.items()},
-            "tokens_per_task": self.tokens_per_task,
-            "busy_fraction": self.busy_fraction,
-            "sim_s": self.sim_s,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,29 +115,14 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _percentiles(e2e_s: list[float], missing: int) -> dict[float, float]:
-    """Percentiles over all arrivals, the ``missing`` ones counting as infinitely slow."""
-    out: dict[float, float] = {}
-    total = len(e2e_s) + missing
-    for q in (50.0, 95.0, 99.0):
-        if total == 0:
-            out[q] = math.inf
-        elif missing == 0:
-            out[q] = percentile(e2e_s, q)
-        else:
-            ordered = sorted(e2e_s) + [math.inf] * missing
-            high = min(int((total - 1) * q / 100) + 1, total - 1)
-            out[q] = math.inf if math.isinf(ordered[high]) else percentile(ordered, q)
-    return out
-
-
 class Sizer:
-    """Simulates pools of one preset at one load; caches a `Measurement` per replica count.
+    """Simulates pools of one preset at one load; caches what each replica count proved.
 
     Args:
-        plan: what each arriving agent runs.
+        workload: what each arrival runs: a plan, or a trajectory (then ``options`` carries
+            ``trajectory=PATH`` so the engines play its turns).
         preset: the emulated hardware preset (``wse3``, ``h100``, ...).
-        load_per_s: agent runs arriving per second (Poisson).
+        load_per_s: arrivals per second (Poisson).
         duration_s: simulated seconds of arrivals.
         seed: seeds the arrivals and the replicas (replica ``i`` gets ``seed + i``).
         options: `build_engine` keywords (``model``, ``stack``, ``precision``, ...).
@@ -184,7 +135,7 @@ class Sizer:
 
     def __init__(
         self,
-        plan: Plan,
+        workload: Workload,
         preset: str,
         *,
         load_per_s: float,
@@ -193,13 +144,14 @@ class Sizer:
         options: Mapping[str, Any] | None = None,
         tools: Iterable[Tool] = (),
         drain_timeout_s: float = 600.0,
+        screen_s: float | None = None,
     ) -> None:
         if not load_per_s > 0 or not duration_s > 0:
             raise ConfigError(
                 f"sizing needs a load > 0 per second and a duration > 0 s, got {load_per_s} "
                 f"and {duration_s}"
             )
-        self.plan = plan
+        self.workload = workload
         self.preset = preset
         self.load_per_s = load_per_s
         self.duration_s = duration_s
@@ -207,10 +159,16 @@ class Sizer:
         self.options = dict(options or {})
         self.tools = list(tools)
         self.drain_timeout_s = drain_timeout_s
+        self.screen_s = screen_s
+        self._screener: Sizer | None = None
         probe = self._engine(0)  # fail early on a bad preset or option
         self.deployment = probe.deployment.describe()
         self.chips_per_replica = int(probe.deployment.chips)
-        self._cache: dict[int, Measurement] = {}
+        self._complete: dict[int, Measurement] = {}
+        self._aborted: dict[int, list[Measurement]] = {}
+        self._floor: Measurement | None = None
+        #: Simulations run so far (floor probe included), for benchmarks.
+        self.simulations = 0
 
     def _engine(self, index: int) -> EmulatedEngine:
         try:
@@ -219,73 +177,68 @@ class Sizer:
             hint = "see `agentrt predict --help` for the options"
             raise ConfigError(f"{self.preset}: bad option ({exc}); {hint}") from None
 
+    def _run(self, replicas: int, load_per_s: float, duration_s: float,
+             abort: tuple[float, float] | None) -> Measurement:  # fmt: skip
+        self.simulations += 1
+        return simulate(
+            self.workload, self._engine, replicas=replicas, load_per_s=load_per_s,
+            duration_s=duration_s, seed=self.seed, tools=self.tools,
+            drain_timeout_s=self.drain_timeout_s, abort=abort,
+        )  # fmt: skip
+
+    def floor(self) -> Measurement:
+        """One arrival alone on one replica: the latency no number of replicas goes below."""
+        if self._floor is None:
+            self._floor = self._run(1, self.load_per_s, 1e-9, None)
+        return self._floor
+
     def measure(self, replicas: int) -> Measurement:
-        """Simulate a pool of ``replicas`` warm replicas at the load (cached per count)."""
+        """Simulate a pool of ``replicas`` warm replicas at the load to the end (cached)."""
         if replicas < 1:
             raise ConfigError(f"a pool needs at least 1 replica, got {replicas}")
-        if replicas not in self._cache:
-            self._cache[replicas] = self._simulate(replicas)
-        return self._cache[replicas]
+        if replicas not in self._complete:
+            self._complete[replicas] = self._run(replicas, self.load_per_s, self.duration_s, None)
+        return self._complete[replicas]
 
-    def _simulate(self, replicas: int) -> Measurement:
-        engines: list[EmulatedEngine] = []
-
-        def make(index: int) -> Substrate:
-            engine = self._engine(index)
-            engines.append(engine)
-            return engine
-
-        pool = Pool(
-            make,
-            name=self.preset,
-            min_replicas=replicas,
-            max_replicas=replicas,
-            initial=replicas,
-            wait_timeout_s=self.drain_timeout_s,
+    def _known(self, replicas: int, q: float, limit_s: float) -> Measurement | None:
+        """A cached measurement deciding ``pq <= limit_s`` at ``replicas``, if any."""
+        if replicas in self._complete:
+            return self._complete[replicas]
+        return next(
+            (m for m in self._aborted.get(replicas, ()) if m.misses(q, limit_s) is not None), None
         )
-        # Enough agents that the duration, not the count, ends the arrivals.
-        agents = max(1, math.ceil(self.load_per_s * self.duration_s * 2 + 50))
 
-        async def main() -> LoadReport:
-            try:
-                return await run_load(
-                    self.plan,
-                    pool,
-                    agents=agents,
-                    arrival_rate=self.load_per_s,
-                    duration_s=self.duration_s,
-                    seed=self.seed,
-                    tools=self.tools,
-                    drain_timeout_s=self.drain_timeout_s,
-                )
-            finally:
-                await pool.aclose()
-
-        report = run(main, clock=VirtualClock())
-        span = max(report.sim_s, self.duration_s)
-        busy = sum(e.statistics().busy_s for e in engines)
-        return Measurement(
-            replicas=replicas,
-            arrivals=report.arrivals,
-            completed=report.completed,
-            e2e_by_q=_percentiles(report.e2e_s, report.arrivals - report.completed),
-            output_tokens=report.output_tokens,
-            busy_fraction=min(1.0, busy / (replicas * span)) if span > 0 else 0.0,
-            energy_j=report.energy_j,
-            sim_s=report.sim_s,
-        )
+    def probe(self, replicas: int, target: Target) -> Measurement:
+        """A measurement deciding ``target`` at ``replicas``: stopped early on a sure miss."""
+        if replicas < 1:
+            raise ConfigError(f"a pool needs at least 1 replica, got {replicas}")
+        q = p95_target(target)
+        known = self._known(replicas, q, target.limit)
+        if known is not None:
+            return known
+        m = self._run(replicas, self.load_per_s, self.duration_s, (q, target.limit))
+        if m.aborted:
+            self._aborted.setdefault(replicas, []).append(m)
+        else:
+            self._complete[replicas] = m
+        return m
 
     def meets(self, replicas: int, target: Target) -> bool:
         """Whether a pool of ``replicas`` meets ``target`` at the load."""
-        return target.met_by(self.measure(replicas).e2e_s(p95_target(target)))
+        m = self.probe(replicas, target)
+        return not m.aborted and target.met_by(m.e2e_s(p95_target(target)))
 
     def size(self, target: Target, *, cap: int = DEFAULT_CAP) -> Sizing:
-        """The fewest replicas meeting ``target``: double from 1, then bisect; at most ``cap``.
+        """The fewest replicas meeting ``target``, proved by a hit at N and a miss at N - 1.
+
+        Probes the floor (one arrival alone), then 1 replica, then a guess from its saturated
+        throughput (walking down from a hit, or growing by `GROWTH` from a miss), then bisects
+        between the last miss and the first hit; at most ``cap``.
 
         Raises:
             ConfigError: the target is not a ``pNN(e2e) <= X`` bound, or ``cap`` < 1.
         """
-        p95_target(target)
+        q = p95_target(target)
         if cap < 1:
             raise ConfigError(f"the replica cap must be >= 1, got {cap}")
         tried: list[int] = []
@@ -294,17 +247,30 @@ class Sizer:
             tried.append(n)
             return self.meets(n, target)
 
-        q = p95_target(target)
-        lo, hi = 0, 1  # lo misses (0 always does), hi is the candidate
+        floor = self.floor()
+        if not target.met_by(floor.e2e_s(q)):
+            return self._sizing(target, 1, met=False, tried=tried, missed="floor", at=floor)
+        # Enough replicas that every run nearly has one to itself: more cannot beat the floor.
+        free = math.ceil(2 * self.load_per_s * floor.e2e_s(q)) + 1
+        if ok(1):
+            return self._sizing(target, 1, met=True, tried=tried)
+        # A first guess from one overloaded replica's throughput and the target's slack over
+        # the floor; it only picks the counts to try: hits and misses prove the answer.
+        slack = max(target.limit / floor.e2e_s(q) - 1, 1e-3)
+        n0 = self.saturation(target)
+        lo, hi = 1, min(max(2, math.ceil(n0 * (1 + SLACK_C / slack))), cap)
         while not ok(hi):
-            if hi >= cap:
-                return self._sizing(target, hi, met=False, tried=tried, missed="cap")
-            before, now = self.measure(lo).e2e_s(q) if lo else math.inf, self.measure(hi).e2e_s(q)
-            if math.isfinite(before) and now >= FLOOR_GAIN * before:
-                # Doubling bought (almost) nothing: the latency floor of one replica, not
-                # queueing, is what misses the target.
-                return self._sizing(target, hi, met=False, tried=tried, missed="floor")
-            lo, hi = hi, min(hi * 2, cap)
+            if hi >= cap or hi >= free:
+                missed = "cap" if hi >= cap else "floor"
+                return self._sizing(target, hi, met=False, tried=tried, missed=missed)
+            lo, hi = hi, min(max(hi + 1, math.ceil(hi * GROWTH)), cap)
+        if lo == 1:  # the first guess hit: it is often close, so walk down 1, 2, 4, ... below
+            step = 1
+            while hi - step > lo:
+                if not ok(hi - step):
+                    lo = hi - step
+                    break
+                hi, step = hi - step, step * 2
         while hi - lo > 1:
             mid = (lo + hi) // 2
             if ok(mid):
@@ -313,8 +279,23 @@ class Sizer:
                 lo = mid
         return self._sizing(target, hi, met=True, tried=tried)
 
+    def saturation(self, target: Target) -> float:
+        """Replicas the load needs at one overloaded replica's throughput (a lower bound)."""
+        one = self.probe(1, target)
+        per_task = self.floor().tokens_per_task
+        if one.tokens_per_s <= 0 or per_task <= 0:
+            return 1.0
+        return max(1.0, self.load_per_s * per_task / one.tokens_per_s)
+
     def _sizing(
-        self, target: Target, replicas: int, *, met: bool, tried: list[int], missed: str = ""
+        self,
+        target: Target,
+        replicas: int,
+        *,
+        met: bool,
+        tried: list[int],
+        missed: str = "",
+        at: Measurement | None = None,
     ) -> Sizing:
         return Sizing(
             missed=missed,
@@ -323,7 +304,7 @@ class Sizer:
             load_per_s=self.load_per_s,
             replicas=replicas,
             met=met,
-            measured=self.measure(replicas),
+            measured=at if at is not None else self.probe(replicas, target),
             chips_per_replica=self.chips_per_replica,
             deployment=self.deployment,
             tried=tuple(tried),

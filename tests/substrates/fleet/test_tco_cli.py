@@ -103,3 +103,64 @@ def test_bad_input_exits_2_with_one_line(
     assert proc.returncode == 2
     assert message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("notes.txt", "not a plan (.yaml with steps:), a traj"), ("gone.yaml", "no such file")],
+)
+def test_a_file_that_is_not_a_plan_or_trajectory_exits_2(
+    agentrt_command: Command, tmp_path: Path, name: str, message: str
+) -> None:
+    path = tmp_path / name
+    if name == "notes.txt":
+        path.write_text("# just notes\n")
+    proc = agentrt_command("tco", str(path))
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_trajectory_is_sized_by_replaying_it_per_arrival(agentrt_command: Command) -> None:
+    trajectory = Path(__file__).parents[3] / "docs" / "trajectories" / "research-h100.jsonl"
+    proc = agentrt_command(
+        "tco", str(trajectory), "--load", "0.5/s", "--slo", "p95(e2e) <= 90s", "--duration",
+        "30", "--substrates", "b200", "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["kind"] == "trajectory"
+    [row] = data["substrates"]
+    assert row["sizing"]["met"]
+    assert row["sizing"]["measurement"]["tokens_per_task"] > 0
+    assert row["sizing"]["measured_s"] <= 90
+
+
+def test_processes_executor_gives_the_local_answer(agentrt_command: Command, plan: Path) -> None:
+    local = agentrt_command("tco", str(plan), "--load", "4/s", *FAST, "--json")
+    spread = agentrt_command(
+        "tco", str(plan), "--load", "4/s", *FAST, "--json", "--executor", "processes:2"
+    )
+    assert local.returncode == spread.returncode == 0, spread.stderr
+    assert json.loads(local.stdout)["substrates"] == json.loads(spread.stdout)["substrates"]
+
+
+def test_a_fleet_spec_sizes_each_pools_ceiling_and_prices_peak_and_rent(
+    agentrt_command: Command,
+) -> None:
+    spec = Path(__file__).parents[3] / "examples" / "fleets" / "autoscale-h100.yaml"
+    proc = agentrt_command("tco", str(spec), "--slo", "p95(e2e) <= 120s", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert (data["kind"], data["met"]) == ("fleet", True)
+    [pool] = data["pools"]
+    assert 1 <= pool["peak_replicas"] <= pool["ceiling"]
+    assert pool["systems"] >= 1
+    assert pool["capex_usd"] > 0
+    assert pool["rent_usd_per_month"] > 0  # h100 has a rental price: its replica-hours
+    assert data["measured_s"] <= 120
+    tight = agentrt_command("tco", str(spec), "--slo", "p95(e2e) <= 40s", "--json")
+    assert tight.returncode == 0, tight.stderr
+    missed = json.loads(tight.stdout)
+    assert not missed["met"]
+    assert missed["missed"] in ("autoscaler", "cap")

@@ -68,9 +68,12 @@ def test_a_missed_target_says_why() -> None:
     s = sizer(10.0)
     capped = s.size(parse_target("p95(e2e) <= 6s"), cap=2)
     assert (capped.met, capped.missed, capped.replicas) == (False, "cap", 2)
-    floor = s.size(parse_target("p95(e2e) <= 10ms"), cap=256)
+    alone = sizer(10.0)
+    floor = alone.size(parse_target("p95(e2e) <= 10ms"), cap=256)
     assert (floor.met, floor.missed) == (False, "floor")
-    assert floor.replicas < 256  # stopped early: more replicas stopped helping
+    assert floor.replicas < 256  # stopped early: more replicas cannot help
+    assert alone.simulations == 1  # the floor probe alone decided it
+    assert floor.measured_s > 0.01  # the floor: one run alone
 
 
 @pytest.mark.parametrize(
@@ -86,3 +89,13 @@ def test_bad_inputs_are_config_errors() -> None:
         Sizer(PLAN, "h100", load_per_s=0.0)
     with pytest.raises(ConfigError):
         Sizer(PLAN, "no-such-chip", load_per_s=1.0)
+
+
+def test_misses_stop_early_and_a_looser_target_reuses_complete_runs() -> None:
+    s = sizer(10.0)
+    tight = s.size(parse_target("p95(e2e) <= 6s"), cap=64)
+    stopped = [n for n in tight.tried if s.probe(n, tight.target).aborted]
+    assert stopped  # at least one miss was proved before the end of its run
+    runs = s.simulations
+    assert s.meets(tight.replicas, parse_target("p95(e2e) <= 7s"))  # a complete hit: reused
+    assert s.simulations == runs
