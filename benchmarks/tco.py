@@ -6,6 +6,9 @@ simulations the sizing ran (from ``--json``'s ``simulations``, or counted by wra
 `tcorun.simulate`). The ``before`` columns are the same commands measured on main at 2216f68
 (sizing without early stops, floor probe or first guess), on the same 2-core machine.
 
+The first row of each pair runs in one process (``--executor local``), as before; the second
+with the default, which sizes substrates in parallel processes (its CPU column adds the workers').
+
 Run: ``python benchmarks/tco.py [--quick]`` (``--quick``: small commands, for the smoke test).
 Target: the headline command and the example in seconds; the same answers as before.
 """
@@ -82,14 +85,13 @@ def commands(quick: bool) -> list[tuple[str, list[str]]]:
     trajectory = ["docs/trajectories/research-h100.jsonl", "--load", "1/s", "--slo",
                   "p95(e2e) <= 60s", "--substrates", "wse3,b200", "--json"]  # fmt: skip
     fleet = ["examples/fleets/autoscale-h100.yaml", "--slo", "p95(e2e) <= 120s", "--json"]
+    local = ["--executor", "local"]
     return [
-        ("tco research 5/s p95<=30s", [*AGENTRT, *RESEARCH, "--json"]),
-        (
-            "  same, --executor processes:3",
-            [*AGENTRT, *RESEARCH, "--json", "--executor", "processes:3"],
-        ),
-        ("tco research 5/s p95<=10s", [*AGENTRT, *TIGHT, "--json"]),
-        ("power_budget.py", [sys.executable, "-c", COUNTED_EXAMPLE]),
+        ("tco research 5/s p95<=30s", [*AGENTRT, *RESEARCH, "--json", *local]),
+        ("  same, default --executor auto", [*AGENTRT, *RESEARCH, "--json"]),
+        ("tco research 5/s p95<=10s", [*AGENTRT, *TIGHT, "--json", *local]),
+        ("power_budget.py", [sys.executable, "-c", COUNTED_EXAMPLE, *local]),
+        ("  same, default: a process per core", [sys.executable, "examples/power_budget.py"]),
         ("tco trajectory 1/s p95<=60s", [*AGENTRT, *trajectory]),
         ("tco fleet autoscale-h100 p95<=120s", [*AGENTRT, *fleet]),
     ]

@@ -9,6 +9,7 @@ facility power (full load, PUE included) to the budget. Scaling is linear: N cop
 replica, each at its SLO capacity; a pool shares load a little better than that.
 
     python examples/power_budget.py                      # CS-3 vs H100 vs B200, seconds
+    python examples/power_budget.py --executor local     # one process (default: one per core)
     python examples/power_budget.py --zoo --slo 'p95(e2e) <= 20s' --mw 750
 """
 
@@ -16,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 
 from rich.console import Console
 from rich.table import Table
 
 from agentrt.errors import AgentrtError
+from agentrt.executors import parse_executor
 from agentrt.plan import Plan, Step
 from substrates.emulated.tco import system_names
 from substrates.fleet.targets import Target, TargetError, parse_target
@@ -88,6 +91,16 @@ def replica_capacity(
     return low, tried[low]
 
 
+def size_replica(name: str, slo: str) -> FleetCost:
+    """One replica of ``name`` at its SLO capacity, priced (an executor task: module-level).
+
+    Missing even 1/s, the replica is priced at 1/s and its row says why.
+    """
+    target = parse_target(slo)
+    rate, sizer = replica_capacity(name, target)
+    return price_sizing(name, sizer.size(target, cap=1 if rate else 64))
+
+
 def budget_rows(costs: list[FleetCost], mw: float) -> list[dict[str, object]]:
     """Per substrate: tasks/s and tokens/s a budget of ``mw`` MW delivers, and USD/task."""
     rows: list[dict[str, object]] = []
@@ -121,17 +134,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slo", default="p95(e2e) <= 15s", help="the SLO every fleet meets")
     parser.add_argument("--mw", type=float, default=750.0, help="facility power budget, MW")
     parser.add_argument("--zoo", action="store_true", help="every preset with system data")
+    parser.add_argument(
+        "--executor", default=None,
+        help="local, processes[:N] or ray[:ADDRESS] (default: a process per core)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     names = list(HEADLINE)
     if args.zoo:
         names += [n for n in system_names() if n not in HEADLINE]
+    cores = os.cpu_count() or 1
+    default = f"processes:{min(cores, len(names))}" if cores > 1 else "local"
     try:
         target = parse_target(args.slo)
-        costs = []
-        for name in names:
-            rate, sizer = replica_capacity(name, target)
-            # One replica at its capacity (or, missing even 1/s, at 1/s: the row says why).
-            costs.append(price_sizing(name, sizer.size(target, cap=1 if rate else 64)))
+        with parse_executor(args.executor or default) as executor:
+            params = [{"name": name, "slo": target.text} for name in names]
+            costs = executor.map(size_replica, params, label=lambda p: str(p["name"]))
     except (AgentrtError, TargetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

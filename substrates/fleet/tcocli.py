@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Annotated
 import typer
 
 from agentrt import cli_options as opt
+from agentrt.cli_tasks import progress_bar, wants_progress
 from agentrt.errors import AgentrtError, ConfigError
 from agentrt.executors import parse_executor
 from agentrt.log import configure_logging
@@ -169,6 +171,14 @@ def _ints(text: str, what: str) -> list[int]:
     return values
 
 
+def _auto_executor(executor: str, substrates: int) -> str:
+    """``auto``: a process per substrate when there are several and cores to run them."""
+    if executor.strip() != "auto":
+        return executor
+    cores = os.cpu_count() or 1
+    return f"processes:{min(substrates, cores)}" if substrates > 1 and cores > 1 else "local"
+
+
 def tco_command(
     workload_path: Annotated[
         Path,
@@ -199,9 +209,12 @@ def tco_command(
     executor: Annotated[
         str,
         typer.Option(
-            metavar="KIND", help="Where substrates are sized: local, processes[:N], ray[:ADDRESS]."
+            metavar="EXECUTOR",
+            help="Where substrates are sized, one task each: auto (processes when sizing more "
+            "than one on a machine with more than one core, else local), local, processes[:N], "
+            "ray[:ADDRESS]. Results are the same on every executor.",
         ),
-    ] = "local",
+    ] = "auto",
     model: opt.Model = None,
     seed: Annotated[int, typer.Option(metavar="N", help="Seeds arrivals and replicas.")] = 1,
     as_json: opt.AsJson = False,
@@ -230,11 +243,16 @@ def tco_command(
             if per_task <= 0:
                 raise ConfigError(f"{workload_path}: its tasks produce no output tokens; use /s")
             rate /= per_task
-        with parse_executor(executor) as runner:
+        show = wants_progress(as_json=as_json)
+        with (
+            parse_executor(_auto_executor(executor, len(names))) as runner,
+            progress_bar("sizing", show=show, unit="substrates") as on_done,
+        ):
+            on_done(0, len(names))
             costs = price_fleets(
                 work.workload, names, load_per_s=rate, target=target, months=horizons,
                 duration_s=duration, seed=seed, cap=cap, options=options, executor=runner,
-                sweep_factors=SWEEP_FACTORS if plot is not None else (),
+                sweep_factors=SWEEP_FACTORS if plot is not None else (), on_done=on_done,
             )  # fmt: skip
         points = slo_points(costs)
         title = f"{work.name} at {rate:,.3g} tasks/s"

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentrt.errors import ConfigError
-from agentrt.executors import Executor, LocalExecutor
+from agentrt.executors import Executor, LocalExecutor, OnDone
 from agentrt.plan import Plan
 from agentrt.tool import Tool
 from substrates.emulated.tco import (
@@ -246,6 +246,7 @@ def price_fleets(
     tools: Iterable[Tool] | None = None,
     sweep_factors: Sequence[float] = (),
     executor: Executor | None = None,
+    on_done: OnDone | None = None,
 ) -> list[FleetCost]:
     """Size and price a fleet per substrate at ``load_per_s`` tasks/s under ``target``.
 
@@ -253,6 +254,7 @@ def price_fleets(
     Each substrate is sized by one `size_substrate` task on ``executor`` (default: here, one
     after another); ``sweep_factors`` also sizes each for ``target``'s limit times each factor
     (`slo_points` prices them). ``tools`` None: the plan's registered tools' twins.
+    ``on_done(finished, total)`` is called as each substrate is sized (a progress bar).
 
     Raises:
         ConfigError: a bad substrate, option, target, horizon or missing system data.
@@ -274,7 +276,7 @@ def price_fleets(
     }  # fmt: skip
     params = [{**shared, "substrate": name} for name in substrates]
     runner = executor if executor is not None else LocalExecutor()
-    sized = runner.map(size_substrate, params, label=lambda p: str(p["substrate"]))
+    sized = runner.map(size_substrate, params, label=lambda p: str(p["substrate"]), on_done=on_done)
     return [
         price_sizing(
             s.substrate,

@@ -247,7 +247,9 @@ def _start(args: list[str]) -> subprocess.Popen[str]:
 def _wait_for_succeeded(journal: Path, count: int, proc: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        assert proc.poll() is None, "the batch ended before it could be stopped"
+        if proc.poll() is not None:
+            out, err = proc.communicate(timeout=10)
+            raise AssertionError(f"the batch ended before it could be stopped:\n{out}\n{err}")
         if journal.exists():
             with Journal(journal) as j:
                 if sum(r.state == "succeeded" for r in j.runs()) >= count:
