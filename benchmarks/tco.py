@@ -7,7 +7,8 @@ simulations the sizing ran (from ``--json``'s ``simulations``, or counted by wra
 (sizing without early stops, floor probe or first guess), on the same 2-core machine.
 
 The first row of each pair runs in one process (``--executor local``), as before; the second
-with the default, which sizes substrates in parallel processes (its CPU column adds the workers').
+with the default, which sizes substrates in parallel processes (no CPU column: the workers are
+the fork server's children, not the command's).
 
 Run: ``python benchmarks/tco.py [--quick]`` (``--quick``: small commands, for the smoke test).
 Target: the headline command and the example in seconds; the same answers as before.
@@ -108,7 +109,9 @@ def main() -> int:
         before = BEFORE.get(label)
         was = (f"{before[0]:.1f}", f"{before[1]:.1f}", str(before[2] or "-")) if before else (
             "-", "-", "-")  # fmt: skip
-        rows.append([label, *was, f"{wall:.1f}", f"{cpu:.1f}", sims or "-"])
+        # Workers forked by the fork server are not the command's children: no CPU for them.
+        parallel = label.strip().startswith("same, default")
+        rows.append([label, *was, f"{wall:.1f}", "-" if parallel else f"{cpu:.1f}", sims or "-"])
     print_table(
         "agentrt tco: sizing by simulation, before (main 2216f68) and now",
         ["command", "before wall s", "before CPU s", "before sims", "wall s", "CPU s", "sims"],
