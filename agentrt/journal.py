@@ -109,6 +109,16 @@ def wants_key(tool: object) -> bool:
     return bool(getattr(tool, "wants_idempotency_key", False))
 
 
+#: How long opening a journal waits for another process's lock.
+_OPEN_TIMEOUT_S = 10.0
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY / SQLITE_LOCKED: another connection holds the file for now."""
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
 class JournalError(AgentrtError):
     """Reading or writing a journal failed (a full disk, a file another program locked).
 
@@ -182,6 +192,7 @@ class Journal:
 
     Raises:
         ConfigError: the file is not a journal, or a newer agentrt wrote it.
+        JournalError: another process kept the file locked for 10 s.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -193,8 +204,21 @@ class Journal:
             )
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot open the journal {self.path}: {exc}") from exc
+        start = time.monotonic()
         try:
-            self._open()
+            self._open_when_free()
+        except sqlite3.OperationalError as exc:
+            self._db.close()
+            if not _busy(exc):
+                raise ConfigError(
+                    f"cannot open the journal {self.path}: {exc}; check the path and its "
+                    "permissions"
+                ) from exc
+            raise JournalError(
+                f"the journal {self.path} stayed locked for {time.monotonic() - start:.0f} s "
+                f"({exc}); "
+                "another process holds it: wait for it, or pass another file"
+            ) from exc
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise ConfigError(
@@ -204,6 +228,22 @@ class Journal:
         except ConfigError:
             self._db.close()
             raise
+
+    def _open_when_free(self) -> None:
+        """`_open`, retried while another process holds a lock SQLite does not wait for.
+
+        A WAL file being checkpointed or recovered as its last writer closes it answers
+        "database is locked" at once, without the connection's busy timeout.
+        """
+        deadline = time.monotonic() + _OPEN_TIMEOUT_S
+        while True:
+            try:
+                self._open()
+                return
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.02)
 
     def _open(self) -> None:
         db = self._db

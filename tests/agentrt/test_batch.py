@@ -317,6 +317,9 @@ def test_a_stopped_batch_resumes_without_rerunning_finished_tasks(
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
     # No orphans: the workers of a killed batch notice and stop (journalling their runs).
     deadline = time.monotonic() + 30
     while any(_alive(p) for p in workers) and time.monotonic() < deadline:

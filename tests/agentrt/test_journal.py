@@ -3,6 +3,7 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,26 @@ def test_files_that_are_not_journals_are_refused(tmp_path: Path) -> None:
     db.commit()
     with pytest.raises(ConfigError, match="schema 99, written by a newer agentrt"):
         Journal(newer)
+
+
+def test_opening_waits_for_another_process_lock_instead_of_calling_the_file_no_journal(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "runs.db"
+    Journal(path).close()
+    # Another connection holds the file exclusively (as a writer that is checkpointing does).
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("INSERT INTO meta VALUES ('held', 'yes')")
+    holder.execute("COMMIT")
+    release = threading.Timer(0.3, holder.close)
+    release.start()
+    try:
+        with Journal(path) as journal:  # waits for the lock, then opens the same journal
+            assert journal.runs() == []
+    finally:
+        release.join(timeout=10)
 
 
 def test_a_journaled_plan_records_every_step_and_its_state(journal: Journal) -> None:
