@@ -41,7 +41,7 @@ from agentrt.agent import Agent
 from agentrt.clock import VirtualClock
 from agentrt.clock import run as run_on_clock
 from agentrt.errors import AgentrtError
-from agentrt.journal import Journal
+from agentrt.journal import Journal, storable_options
 from agentrt.registry import default_registry
 from agentrt.replay import registered_tools
 from agentrt.result import RunResult
@@ -167,7 +167,7 @@ async def _run_one(
             "batch": settings.name,
             "cli": {
                 "substrate": settings.substrate,
-                "options": _public(settings.options),
+                "options": storable_options(settings.options),
                 "seed": seed,
                 "virtual": settings.virtual,
             },
@@ -185,12 +185,6 @@ async def _run_one(
         "new" if before is None else "done" if before == "succeeded" else "resumed"
     )
     return TaskResult.from_run(task, result, how)
-
-
-def _public(options: dict[str, Any]) -> dict[str, JsonValue]:
-    """Options fit to store in a journal: no keys, tokens or secrets."""
-    hidden = ("key", "token", "secret", "password")
-    return {k: v for k, v in options.items() if not any(h in k.lower() for h in hidden)}
 
 
 def _describe(exc: BaseException) -> str:

@@ -32,7 +32,7 @@ from agentrt.compare import Comparison
 from agentrt.comparetask import compare_substrate
 from agentrt.errors import AgentrtError, ConfigError, UnknownNameError
 from agentrt.interrupts import Interrupted, raise_on_signals
-from agentrt.journal import Journal, JournalError
+from agentrt.journal import Journal, JournalError, storable_options
 from agentrt.log import configure_logging
 from agentrt.plan import Plan, load_plan
 from agentrt.redact import redact
@@ -289,7 +289,7 @@ def run_command(
             "cli": {
                 "plan_path": str(plan_path),
                 "substrate": substrate,
-                "options": json.loads(json.dumps(options, default=str)),
+                "options": storable_options(options),
                 "faults": json.loads(json.dumps(faults, default=str)),
                 "seed": seed,
                 "virtual": virtual,

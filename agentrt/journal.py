@@ -40,6 +40,7 @@ __all__ = [
     "RunInfo",
     "JournalState",
     "idempotency_key",
+    "storable_options",
 ]
 
 #: The journal file format this agentrt writes (and the newest it reads).
@@ -107,6 +108,35 @@ def idempotency_key() -> str | None:
 def wants_key(tool: object) -> bool:
     """Whether ``tool`` asks for idempotency keys outside journaled runs too."""
     return bool(getattr(tool, "wants_idempotency_key", False))
+
+
+#: Option names whose values are never written to a journal.
+_SECRET_NAMES = ("key", "token", "secret", "password")
+
+
+def storable_options(options: Mapping[str, Any]) -> dict[str, JsonValue]:
+    """The substrate options fit to store in a journal (to rebuild a run): no secrets.
+
+    Options named like a secret (``key``, ``token``, ``secret``, ``password``) are left out, and
+    so is any value that carries a credential (a URL with a password, a secret query value):
+    give them again when resuming (``agentrt resume RUN_ID -o api_key=...``, or the
+    environment variable the substrate reads).
+
+    Example:
+        >>> storable_options({"base_url": "http://h:8000/v1", "api_key": "sk-1", "model": "m",
+        ...                   "proxy": "http://user:pw@proxy:3128"})
+        {'base_url': 'http://h:8000/v1', 'model': 'm'}
+    """
+    from agentrt.redact import redact
+
+    kept: dict[str, JsonValue] = {}
+    for name, value in options.items():
+        if any(word in name.lower() for word in _SECRET_NAMES):
+            continue
+        if isinstance(value, str) and redact(value) != value:
+            continue
+        kept[name] = json.loads(json.dumps(value, default=str))
+    return kept
 
 
 #: How long opening a journal waits for another process's lock.

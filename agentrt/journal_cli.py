@@ -39,11 +39,13 @@ def resume_command(
     journal_path: JournalOption,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run as JSON.")] = False,
     trace: opt.Trace = "none",
+    option: opt.Options = None,
 ) -> None:
     """Continue a journaled run: finished steps are not run again; in-flight ones are re-run.
 
     The run is rebuilt as `agentrt run` started it (plan, substrate and options, seed, virtual
-    time). A run that succeeded prints its stored result.
+    time). Secrets are never journaled: give them again with -o (e.g. -o api_key=...) or the
+    environment. A run that succeeded prints its stored result.
     """
     journal: Journal | None = None
     try:
@@ -62,6 +64,7 @@ def resume_command(
         raw_seed = cli.get("seed")
         seed = raw_seed if isinstance(raw_seed, int) else None
         options: dict[str, Any] = dict(cli.get("options") or {})  # type: ignore[arg-type]
+        options.update(opt.parse_options(option))  # secrets, or an endpoint that moved
         sub = registry.substrate(str(cli["substrate"]), seed=seed, **options)
         faults = cli.get("faults")
         if isinstance(faults, str) and faults:

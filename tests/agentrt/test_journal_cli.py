@@ -112,3 +112,22 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
     not_journal = cli("runs", "--journal", "notes.db", cwd=tmp_path)
     assert not_journal.returncode == 2
     assert "not an agentrt journal" in not_journal.stderr
+
+
+def test_secrets_are_not_journaled_and_resume_takes_them_again(tmp_path: Path) -> None:
+    # An endpoint that refuses connections: the run fails, but its launch is journaled first.
+    secret = "sk-journal-test-0123456789"
+    endpoint = ["-s", "openai_http", "-o", "base_url=http://127.0.0.1:9/v1", "-o", "model=m"]
+    failed = cli("run", str(RESEARCH), *endpoint, "-o", f"api_key={secret}", "--deadline", "3",
+                 "--journal", "runs.db", "--run-id", "r1", cwd=tmp_path)  # fmt: skip
+    assert failed.returncode == 1, failed.stderr
+    stored = b"".join(p.read_bytes() for p in tmp_path.glob("runs.db*"))
+    assert b"127.0.0.1:9" in stored  # the launch is there ...
+    assert secret.encode() not in stored  # ... without the key
+    with Journal(tmp_path / "runs.db") as journal:
+        options = journal.run("r1").launch["cli"]["options"]  # type: ignore[index, call-overload]
+    assert options == {"base_url": "http://127.0.0.1:9/v1", "model": "m"}
+    # The key is given again on resume (accepted: the run fails on the endpoint, not the option).
+    again = cli("resume", "r1", "--journal", "runs.db", "-o", f"api_key={secret}", cwd=tmp_path)
+    assert again.returncode == 1, again.stderr
+    assert secret not in again.stdout + again.stderr
