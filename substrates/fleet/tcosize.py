@@ -144,7 +144,6 @@ class Sizer:
         options: Mapping[str, Any] | None = None,
         tools: Iterable[Tool] = (),
         drain_timeout_s: float = 600.0,
-        screen_s: float | None = None,
     ) -> None:
         if not load_per_s > 0 or not duration_s > 0:
             raise ConfigError(
@@ -159,8 +158,6 @@ class Sizer:
         self.options = dict(options or {})
         self.tools = list(tools)
         self.drain_timeout_s = drain_timeout_s
-        self.screen_s = screen_s
-        self._screener: Sizer | None = None
         probe = self._engine(0)  # fail early on a bad preset or option
         self.deployment = probe.deployment.describe()
         self.chips_per_replica = int(probe.deployment.chips)
